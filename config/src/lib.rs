@@ -1,1 +1,289 @@
-//! placeholder
+//! Typed configuration of the gateway.
+//!
+//! The gateway reads one TOML file at start-up. This crate turns that text
+//! into typed values (socket addresses, durations, enums, normalised paths)
+//! exactly once, so the rest of the gateway never re-parses strings, and it
+//! reports *every* problem in one pass, each with the path of the offending
+//! field (`https.listen`, `users[1].tenant`, ...), so an operator fixes the
+//! whole file in one round trip instead of one error per restart.
+//!
+//! Unknown keys are errors at every level: a misspelt security setting must
+//! not be silently ignored. The crate is pure text-to-types; file-system
+//! checks (does the certificate exist, are key permissions tight) belong to
+//! the gateway.
+
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+mod duration;
+mod text;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::parse_duration;
+
+/// Parses configuration text leniently, so callers see every problem at once.
+///
+/// `origin` names the source (usually the file path) and is copied into each
+/// error. Fields that are missing or invalid fall back to their defaults and
+/// entries whose identity or scope cannot be established (a tenant or user
+/// with a bad name, a user with an unknown tenant or a bad home, a token with
+/// a bad id or hash) are left out, so the returned `Config` is only
+/// trustworthy when the error list is empty. A missing or invalid `mode`
+/// falls back to [`Mode::Production`], which generates nothing.
+pub fn parse(text: &str, origin: &str) -> (Config, Vec<ConfigError>) {
+    walk::parse(text, origin)
+}
+
+/// Reads and parses a configuration file, failing if anything is wrong.
+///
+/// This is the strict entry point the gateway uses at start-up: a read error
+/// becomes one [`ConfigError`] with an empty path naming the file, and any
+/// parse or validation error makes the whole load fail.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let origin = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            return Err(ConfigErrors(vec![ConfigError {
+                origin: origin.clone(),
+                path: String::new(),
+                message: format!("cannot read configuration file {origin}: {err}"),
+            }]));
+        }
+    };
+    let (config, errors) = parse(&text, &origin);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// One problem in the configuration, located precisely so it can be fixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where the text came from (usually the file path), so messages stand alone.
+    pub origin: String,
+    /// Field path such as `users[1].tenant`; empty for whole-file problems.
+    pub path: String,
+    /// What is wrong and, where useful, what would be accepted.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.origin, self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found in a configuration, so they can be reported together.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, err) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{err}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The whole gateway configuration, already validated and typed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Whether development conveniences (generated keys and certs) are allowed.
+    pub mode: Mode,
+    /// Base directory from which default paths are derived (`./data` by default).
+    pub data_dir: PathBuf,
+    /// How long in-flight transfers may finish after a shutdown signal (default 30s).
+    pub shutdown_grace: Duration,
+    /// The HTTPS front end.
+    pub https: HttpsConfig,
+    /// Where and how file contents are stored.
+    pub storage: StorageConfig,
+    /// The tamper-evident audit trail.
+    pub audit: AuditConfig,
+    /// Isolated storage namespaces, each with its own key.
+    pub tenants: Vec<TenantConfig>,
+    /// Accounts allowed to log in, each confined to one tenant.
+    pub users: Vec<UserConfig>,
+    /// Settings that only make sense in development mode.
+    pub development: DevelopmentConfig,
+}
+
+/// Deployment mode; a closed choice so that "production" can never be misspelt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Generates missing keys, certificates and a demo token for local use.
+    Development,
+    /// Generates nothing; every key and certificate must be provisioned.
+    Production,
+}
+
+/// Settings of the HTTPS listener.
+#[derive(Debug, Clone)]
+pub struct HttpsConfig {
+    /// Address to listen on (default `127.0.0.1:8443`).
+    pub listen: SocketAddr,
+    /// Which cipher-suite policy to offer clients.
+    pub tls_profile: TlsProfile,
+    /// PEM certificate chain, leaf first (default `data_dir/tls/server.pem`).
+    pub cert: PathBuf,
+    /// PEM private key of the leaf certificate (default `data_dir/tls/server.key`).
+    pub key: PathBuf,
+    /// Longest a TLS handshake may take before the connection is dropped (default 10s).
+    pub handshake_timeout: Duration,
+    /// Longest a connection or request body may sit idle (default 60s).
+    pub idle_timeout: Duration,
+    /// Cap on concurrent connections, to bound resource use (default 1024).
+    pub max_connections: usize,
+    /// `Strict-Transport-Security` max-age sent to browsers (default 365d).
+    pub hsts_max_age: Duration,
+}
+
+/// TLS cipher-suite policy, named rather than listed so operators cannot weaken it piecemeal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsProfile {
+    /// TLS 1.3 (and 1.2) with AES-256-GCM suites only (the default).
+    Aes256,
+    /// Broader suite list for older clients.
+    Intermediate,
+}
+
+/// Where encrypted file contents and tenant keys live.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// The storage backend holding encrypted objects.
+    pub backend: StorageBackend,
+    /// Directory holding tenant keys by default (default `data_dir/keys`).
+    pub keys_dir: PathBuf,
+}
+
+/// Storage backends; an enum so each backend carries exactly its own settings.
+#[derive(Debug, Clone)]
+pub enum StorageBackend {
+    /// Files on a local file system.
+    Local {
+        /// Root directory of the store (default `data_dir/store`).
+        root: PathBuf,
+    },
+}
+
+/// Settings of the append-only, signed audit trail.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// JSON-lines audit log (default `data_dir/audit/audit.jsonl`).
+    pub path: PathBuf,
+    /// Key used to sign checkpoints (default `data_dir/audit/checkpoint.key`).
+    pub signing_key: PathBuf,
+    /// Write a signed checkpoint after this many records (default 1000, at least 1).
+    pub checkpoint_every_records: u64,
+    /// Also write a checkpoint at least this often (default 60s, more than 0).
+    pub checkpoint_interval: Duration,
+}
+
+/// One tenant: an isolated namespace encrypted under its own key.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    /// Tenant name, validated to be safe in paths and logs.
+    pub name: String,
+    /// Key file of the tenant (default `keys_dir/<name>.key`).
+    pub key_file: PathBuf,
+}
+
+/// One user account and what it may do.
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    /// Login name, validated to be safe in paths and logs.
+    pub name: String,
+    /// Name of the (configured) tenant the user belongs to.
+    pub tenant: String,
+    /// Directory inside the tenant the user is confined to, normalised
+    /// (no leading or trailing `/`); empty means the whole tenant.
+    pub home: String,
+    /// Operations the user may perform.
+    pub permissions: Permissions,
+    /// Bearer tokens accepted for this user, stored only as hashes.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// Operations a user may perform, as flags so checks are cheap and explicit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// List directory contents.
+    pub list: bool,
+    /// Download files.
+    pub read: bool,
+    /// Upload or overwrite files.
+    pub write: bool,
+    /// Delete files and empty directories.
+    pub delete: bool,
+    /// Rename or move entries.
+    pub rename: bool,
+    /// Create directories.
+    pub mkdir: bool,
+}
+
+impl Permissions {
+    /// Names of the granted permissions in canonical order, for display and logs.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            ("list", self.list),
+            ("read", self.read),
+            ("write", self.write),
+            ("delete", self.delete),
+            ("rename", self.rename),
+            ("mkdir", self.mkdir),
+        ]
+        .into_iter()
+        .filter_map(|(name, granted)| granted.then_some(name))
+        .collect()
+    }
+}
+
+/// A bearer token, stored as the SHA-256 of the secret so the file holds no secrets.
+#[derive(Clone)]
+pub struct TokenConfig {
+    /// Public identifier of the token, unique across all users (for audit and revocation).
+    pub id: String,
+    /// SHA-256 digest of the token secret.
+    pub sha256: [u8; 32],
+}
+
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("id", &self.id)
+            .field("sha256", &format_args!("<redacted>"))
+            .finish()
+    }
+}
+
+/// Development-only conveniences; refused in production.
+#[derive(Debug, Clone, Default)]
+pub struct DevelopmentConfig {
+    /// User for whom a demo token is generated (written to `data_dir/dev/demo.token`).
+    pub demo_user: Option<String>,
+}

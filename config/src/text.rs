@@ -1,0 +1,89 @@
+//! Checks on individual strings: names, home directories, hex digests.
+
+/// Longest accepted name, to keep names usable as file names and log fields.
+const MAX_NAME: usize = 64;
+/// Longest accepted home segment, the usual file-system limit.
+const MAX_SEGMENT: usize = 255;
+/// Longest accepted home path overall.
+const MAX_HOME: usize = 4096;
+
+/// Checks a tenant, user or token name: 1..=64 of `[A-Za-z0-9._-]`, not
+/// starting with `.` or `-`, so names are safe as file names and in logs.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "contains {c:?}; only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"
+        ));
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "is {} characters long; at most {MAX_NAME} are allowed",
+            name.len()
+        ));
+    }
+    if name.starts_with(['.', '-']) {
+        return Err("must not start with '.' or '-'".to_owned());
+    }
+    Ok(())
+}
+
+/// Normalises a home directory (`"/a/b/"` -> `"a/b"`, `"/"` and `""` -> `""`),
+/// refusing anything that could escape or confuse path resolution.
+pub(crate) fn normalize_home(home: &str) -> Result<String, String> {
+    if home.is_empty() || home == "/" {
+        return Ok(String::new());
+    }
+    if home.len() > MAX_HOME {
+        return Err(format!("longer than {MAX_HOME} bytes"));
+    }
+    let inner = home.strip_prefix('/').unwrap_or(home);
+    let inner = inner.strip_suffix('/').unwrap_or(inner);
+    for segment in inner.split('/') {
+        if segment.is_empty() {
+            return Err("empty path segment (\"//\")".to_owned());
+        }
+        if segment == "." || segment == ".." {
+            return Err(format!("{segment:?} segments are not allowed"));
+        }
+        if segment.contains('\\') {
+            return Err("backslashes are not allowed".to_owned());
+        }
+        if segment.chars().any(char::is_control) {
+            return Err("control characters are not allowed".to_owned());
+        }
+        if segment.len() > MAX_SEGMENT {
+            return Err(format!("a path segment is longer than {MAX_SEGMENT} bytes"));
+        }
+    }
+    Ok(inner.to_owned())
+}
+
+/// Decodes a SHA-256 digest written as exactly 64 hex digits (either case).
+/// The value itself is never echoed, matching the redacted `Debug` output.
+pub(crate) fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
+    if s.len() != 64 {
+        return Err(format!(
+            "expected 64 hex characters (a SHA-256 digest), found {} characters",
+            s.chars().count()
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        let mut value = 0u8;
+        for &digit in pair {
+            let nibble = (digit as char).to_digit(16).ok_or_else(|| {
+                "expected 64 hex characters (a SHA-256 digest), found a non-hex character"
+                    .to_owned()
+            })?;
+            value = (value << 4) | nibble as u8;
+        }
+        *byte = value;
+    }
+    Ok(out)
+}

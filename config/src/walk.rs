@@ -1,0 +1,768 @@
+//! Walks the parsed TOML tree by hand, building typed values and collecting
+//! every error with its field path instead of stopping at the first one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use crate::duration::{parse_duration, DURATION_FORMAT};
+use crate::text::{check_name, normalize_home, parse_sha256};
+use crate::{
+    AuditConfig, Config, ConfigError, DevelopmentConfig, HttpsConfig, Mode, Permissions,
+    StorageBackend, StorageConfig, TenantConfig, TlsProfile, TokenConfig, UserConfig,
+};
+
+const TOP_KEYS: &[&str] = &[
+    "mode",
+    "data_dir",
+    "shutdown_grace",
+    "https",
+    "storage",
+    "audit",
+    "tenants",
+    "users",
+    "development",
+];
+const HTTPS_KEYS: &[&str] = &[
+    "listen",
+    "tls_profile",
+    "cert",
+    "key",
+    "handshake_timeout",
+    "idle_timeout",
+    "max_connections",
+    "hsts_max_age",
+];
+const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir"];
+const AUDIT_KEYS: &[&str] = &[
+    "path",
+    "signing_key",
+    "checkpoint_every_records",
+    "checkpoint_interval",
+];
+const TENANT_KEYS: &[&str] = &["name", "key_file"];
+const USER_KEYS: &[&str] = &["name", "tenant", "home", "permissions", "tokens"];
+const TOKEN_KEYS: &[&str] = &["id", "sha256"];
+const DEVELOPMENT_KEYS: &[&str] = &["demo_user"];
+
+const MODES: &[(&str, Mode)] = &[
+    ("development", Mode::Development),
+    ("production", Mode::Production),
+];
+const TLS_PROFILES: &[(&str, TlsProfile)] = &[
+    ("aes256", TlsProfile::Aes256),
+    ("intermediate", TlsProfile::Intermediate),
+];
+
+/// Backend names, resolved before their backend-specific settings are read.
+#[derive(Clone, Copy)]
+enum BackendKind {
+    Local,
+}
+const BACKENDS: &[(&str, BackendKind)] = &[("local", BackendKind::Local)];
+
+const PERMISSION_NAMES: &[&str] = &["list", "read", "write", "delete", "rename", "mkdir", "all"];
+
+const MAX_CONNECTIONS: i64 = 1_000_000;
+
+/// Entry point behind [`crate::parse`].
+pub(crate) fn parse(text: &str, origin: &str) -> (Config, Vec<ConfigError>) {
+    let mut ctx = Ctx {
+        origin,
+        errors: Vec::new(),
+    };
+    match text.parse::<Table>() {
+        Ok(root) => {
+            let config = ctx.config(&root);
+            (config, ctx.errors)
+        }
+        Err(err) => {
+            // Nothing below the syntax error is trustworthy: report it alone
+            // and hand back pure defaults.
+            let mut scratch = Ctx {
+                origin,
+                errors: Vec::new(),
+            };
+            let config = scratch.config(&Table::new());
+            ctx.err("", syntax_message(text, &err));
+            (config, ctx.errors)
+        }
+    }
+}
+
+/// Renders a TOML syntax error on one line with its line and column.
+fn syntax_message(text: &str, err: &toml::de::Error) -> String {
+    let message = err
+        .message()
+        .trim()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ");
+    match err.span().and_then(|span| text.get(..span.start)) {
+        Some(before) => {
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("invalid TOML at line {line}, column {column}: {message}")
+        }
+        None => format!("invalid TOML: {message}"),
+    }
+}
+
+/// Path of `key` inside the table at `path`; odd keys are quoted as in TOML.
+fn child(path: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let key = if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    };
+    if path.is_empty() {
+        key
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Path of element `i` of the array at `path`.
+fn item(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+/// Describes a value's TOML type for "expected X, found Y" messages.
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+/// Names for "configured: a, b" style hints.
+fn listing<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    names.map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// Error collector plus typed accessors that record problems as they go.
+struct Ctx<'o> {
+    origin: &'o str,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            origin: self.origin.to_owned(),
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn wrong_type(&mut self, path: &str, expected: &str, found: &Value) {
+        self.err(
+            path,
+            format!("expected {expected}, found {}", type_name(found)),
+        );
+    }
+
+    fn missing(&mut self, path: &str, key: &str, hint: &str) {
+        self.err(
+            &child(path, key),
+            format!("missing required key {key:?}{hint}"),
+        );
+    }
+
+    fn check_keys(&mut self, table: &Table, path: &str, accepted: &[&str]) {
+        for key in table.keys() {
+            if !accepted.contains(&key.as_str()) {
+                self.err(
+                    &child(path, key),
+                    format!("unknown key {key:?} (accepted: {})", accepted.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn string<'t>(&mut self, table: &'t Table, path: &str, key: &str) -> Option<&'t str> {
+        match table.get(key)? {
+            Value::String(s) => Some(s),
+            other => {
+                self.wrong_type(&child(path, key), "a string", other);
+                None
+            }
+        }
+    }
+
+    fn required_string<'t>(
+        &mut self,
+        table: &'t Table,
+        path: &str,
+        key: &str,
+        hint: &str,
+    ) -> Option<&'t str> {
+        if !table.contains_key(key) {
+            self.missing(path, key, hint);
+            return None;
+        }
+        self.string(table, path, key)
+    }
+
+    fn integer(&mut self, table: &Table, path: &str, key: &str) -> Option<i64> {
+        match table.get(key)? {
+            Value::Integer(n) => Some(*n),
+            other => {
+                self.wrong_type(&child(path, key), "an integer", other);
+                None
+            }
+        }
+    }
+
+    fn table<'t>(&mut self, table: &'t Table, path: &str, key: &str) -> Option<&'t Table> {
+        match table.get(key)? {
+            Value::Table(t) => Some(t),
+            other => {
+                self.wrong_type(&child(path, key), "a table", other);
+                None
+            }
+        }
+    }
+
+    /// An array of tables; each element that is not a table is reported and skipped.
+    fn tables<'t>(&mut self, table: &'t Table, path: &str, key: &str) -> Vec<(String, &'t Table)> {
+        let here = child(path, key);
+        match table.get(key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for (i, value) in items.iter().enumerate() {
+                    let at = item(&here, i);
+                    match value {
+                        Value::Table(t) => out.push((at, t)),
+                        other => self.wrong_type(&at, "a table", other),
+                    }
+                }
+                out
+            }
+            Some(other) => {
+                self.wrong_type(&here, "an array of tables", other);
+                Vec::new()
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        table: &Table,
+        path: &str,
+        key: &str,
+        options: &[(&str, T)],
+    ) -> Option<T> {
+        let value = self.string(table, path, key)?;
+        let found = options
+            .iter()
+            .find(|(name, _)| *name == value)
+            .map(|(_, v)| *v);
+        if found.is_none() {
+            let accepted: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+            self.err(
+                &child(path, key),
+                format!(
+                    "unknown {key} {value:?} (accepted: {})",
+                    accepted.join(", ")
+                ),
+            );
+        }
+        found
+    }
+
+    fn path(&mut self, table: &Table, path: &str, key: &str) -> Option<PathBuf> {
+        let value = self.string(table, path, key)?;
+        if value.is_empty() {
+            self.err(&child(path, key), "path must not be empty");
+            return None;
+        }
+        if value.contains('\0') {
+            self.err(&child(path, key), "path must not contain NUL");
+            return None;
+        }
+        Some(PathBuf::from(value))
+    }
+
+    fn duration(&mut self, table: &Table, path: &str, key: &str, default: Duration) -> Duration {
+        let here = child(path, key);
+        match table.get(key) {
+            None => default,
+            Some(Value::String(s)) => match parse_duration(s) {
+                Ok(d) => d,
+                Err(message) => {
+                    self.err(&here, message);
+                    default
+                }
+            },
+            Some(other) => {
+                self.err(
+                    &here,
+                    format!(
+                        "expected a duration string, {DURATION_FORMAT}; found {}",
+                        type_name(other)
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// A duration that must be strictly positive (timeouts, intervals).
+    fn positive_duration(
+        &mut self,
+        table: &Table,
+        path: &str,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let value = self.duration(table, path, key, default);
+        if value.is_zero() {
+            self.err(&child(path, key), "must be greater than 0");
+            default
+        } else {
+            value
+        }
+    }
+
+    fn config(&mut self, root: &Table) -> Config {
+        self.check_keys(root, "", TOP_KEYS);
+
+        let mode = if root.contains_key("mode") {
+            self.choice(root, "", "mode", MODES)
+        } else {
+            self.missing("", "mode", " (accepted: development, production)");
+            None
+        };
+        let data_dir = self
+            .path(root, "", "data_dir")
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let shutdown_grace = self.duration(root, "", "shutdown_grace", Duration::from_secs(30));
+
+        let empty = Table::new();
+        let https_table = self.table(root, "", "https").unwrap_or(&empty);
+        let https = self.https(https_table, &data_dir);
+        let storage_table = self.table(root, "", "storage").unwrap_or(&empty);
+        let storage = self.storage(storage_table, &data_dir);
+        let audit_table = self.table(root, "", "audit").unwrap_or(&empty);
+        let audit = self.audit(audit_table, &data_dir);
+
+        let tenant_entries = self.tables(root, "", "tenants");
+        let (tenants, tenant_names) = self.tenants(&tenant_entries, &storage.keys_dir);
+        let user_entries = self.tables(root, "", "users");
+        let (users, user_names) = self.users(&user_entries, &tenant_names);
+
+        let development = match self.table(root, "", "development") {
+            Some(table) => self.development(table, mode, &user_names),
+            None => DevelopmentConfig::default(),
+        };
+
+        Config {
+            mode: mode.unwrap_or(Mode::Production),
+            data_dir,
+            shutdown_grace,
+            https,
+            storage,
+            audit,
+            tenants,
+            users,
+            development,
+        }
+    }
+
+    fn https(&mut self, t: &Table, data_dir: &std::path::Path) -> HttpsConfig {
+        const P: &str = "https";
+        self.check_keys(t, P, HTTPS_KEYS);
+        let default_listen = SocketAddr::from(([127, 0, 0, 1], 8443));
+        let listen = match self.string(t, P, "listen") {
+            None => default_listen,
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(addr) => addr,
+                Err(_) => {
+                    self.err(
+                        &child(P, "listen"),
+                        format!(
+                            "invalid socket address {s:?}: expected IP:port such as \
+                             \"127.0.0.1:8443\" or \"[::1]:8443\""
+                        ),
+                    );
+                    default_listen
+                }
+            },
+        };
+        let tls_profile = self
+            .choice(t, P, "tls_profile", TLS_PROFILES)
+            .unwrap_or(TlsProfile::Aes256);
+        let cert = self
+            .path(t, P, "cert")
+            .unwrap_or_else(|| data_dir.join("tls").join("server.pem"));
+        let key = self
+            .path(t, P, "key")
+            .unwrap_or_else(|| data_dir.join("tls").join("server.key"));
+        let handshake_timeout =
+            self.positive_duration(t, P, "handshake_timeout", Duration::from_secs(10));
+        let idle_timeout = self.positive_duration(t, P, "idle_timeout", Duration::from_secs(60));
+        let max_connections = match self.integer(t, P, "max_connections") {
+            None => 1024,
+            Some(n) => match usize::try_from(n) {
+                Ok(v) if (1..=MAX_CONNECTIONS).contains(&n) => v,
+                _ => {
+                    self.err(
+                        &child(P, "max_connections"),
+                        format!("must be between 1 and {MAX_CONNECTIONS}, found {n}"),
+                    );
+                    1024
+                }
+            },
+        };
+        let hsts_max_age = self.duration(t, P, "hsts_max_age", Duration::from_secs(365 * 86_400));
+        HttpsConfig {
+            listen,
+            tls_profile,
+            cert,
+            key,
+            handshake_timeout,
+            idle_timeout,
+            max_connections,
+            hsts_max_age,
+        }
+    }
+
+    fn storage(&mut self, t: &Table, data_dir: &std::path::Path) -> StorageConfig {
+        const P: &str = "storage";
+        self.check_keys(t, P, STORAGE_KEYS);
+        let kind = self
+            .choice(t, P, "backend", BACKENDS)
+            .unwrap_or(BackendKind::Local);
+        let backend = match kind {
+            BackendKind::Local => StorageBackend::Local {
+                root: self
+                    .path(t, P, "root")
+                    .unwrap_or_else(|| data_dir.join("store")),
+            },
+        };
+        let keys_dir = self
+            .path(t, P, "keys_dir")
+            .unwrap_or_else(|| data_dir.join("keys"));
+        StorageConfig { backend, keys_dir }
+    }
+
+    fn audit(&mut self, t: &Table, data_dir: &std::path::Path) -> AuditConfig {
+        const P: &str = "audit";
+        self.check_keys(t, P, AUDIT_KEYS);
+        let path = self
+            .path(t, P, "path")
+            .unwrap_or_else(|| data_dir.join("audit").join("audit.jsonl"));
+        let signing_key = self
+            .path(t, P, "signing_key")
+            .unwrap_or_else(|| data_dir.join("audit").join("checkpoint.key"));
+        let checkpoint_every_records = match self.integer(t, P, "checkpoint_every_records") {
+            None => 1000,
+            Some(n) => match u64::try_from(n) {
+                Ok(v) if v >= 1 => v,
+                _ => {
+                    self.err(
+                        &child(P, "checkpoint_every_records"),
+                        format!("must be at least 1, found {n}"),
+                    );
+                    1000
+                }
+            },
+        };
+        let checkpoint_interval =
+            self.positive_duration(t, P, "checkpoint_interval", Duration::from_secs(60));
+        AuditConfig {
+            path,
+            signing_key,
+            checkpoint_every_records,
+            checkpoint_interval,
+        }
+    }
+
+    /// Reads and validates a name field; `None` if missing or invalid.
+    fn name<'t>(&mut self, t: &'t Table, path: &str, key: &str) -> Option<&'t str> {
+        let name = self.required_string(t, path, key, "")?;
+        match check_name(name) {
+            Ok(()) => Some(name),
+            Err(why) => {
+                self.err(&child(path, key), format!("invalid name {name:?}: {why}"));
+                None
+            }
+        }
+    }
+
+    /// Returns the valid tenants and every tenant name mentioned (valid
+    /// syntax), so users referring to a broken tenant do not cascade errors.
+    fn tenants(
+        &mut self,
+        entries: &[(String, &Table)],
+        keys_dir: &std::path::Path,
+    ) -> (Vec<TenantConfig>, BTreeMap<String, String>) {
+        let mut tenants = Vec::new();
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        let mut key_files: BTreeMap<PathBuf, String> = BTreeMap::new();
+        for (at, t) in entries {
+            self.check_keys(t, at, TENANT_KEYS);
+            let name = self.name(t, at, "name");
+            let explicit_key = self.path(t, at, "key_file");
+            let Some(name) = name else { continue };
+            if let Some(first) = names.get(name) {
+                self.err(
+                    &child(at, "name"),
+                    format!("duplicate tenant name {name:?} (first defined at {first})"),
+                );
+                continue;
+            }
+            names.insert(name.to_owned(), at.clone());
+            let key_file = explicit_key.unwrap_or_else(|| keys_dir.join(format!("{name}.key")));
+            if let Some(first) = key_files.get(&key_file) {
+                self.err(
+                    &child(at, "key_file"),
+                    format!(
+                        "key file {:?} is already used by {first}; each tenant needs its own key",
+                        key_file.display().to_string()
+                    ),
+                );
+            } else {
+                key_files.insert(key_file.clone(), at.clone());
+            }
+            tenants.push(TenantConfig {
+                name: name.to_owned(),
+                key_file,
+            });
+        }
+        (tenants, names)
+    }
+
+    fn users(
+        &mut self,
+        entries: &[(String, &Table)],
+        tenant_names: &BTreeMap<String, String>,
+    ) -> (Vec<UserConfig>, BTreeMap<String, String>) {
+        let mut users = Vec::new();
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        let mut token_ids: BTreeMap<String, String> = BTreeMap::new();
+        for (at, t) in entries {
+            self.check_keys(t, at, USER_KEYS);
+            let mut ok = true;
+
+            let name = self.name(t, at, "name");
+            if let Some(name) = name {
+                if let Some(first) = names.get(name) {
+                    self.err(
+                        &child(at, "name"),
+                        format!("duplicate user name {name:?} (first defined at {first})"),
+                    );
+                    ok = false;
+                } else {
+                    names.insert(name.to_owned(), at.clone());
+                }
+            }
+
+            let tenant = self.required_string(t, at, "tenant", "");
+            if let Some(tenant) = tenant {
+                if !tenant_names.contains_key(tenant) {
+                    let configured = if tenant_names.is_empty() {
+                        "no tenants are configured".to_owned()
+                    } else {
+                        format!("configured: {}", listing(tenant_names.keys()))
+                    };
+                    self.err(
+                        &child(at, "tenant"),
+                        format!("unknown tenant {tenant:?} ({configured})"),
+                    );
+                    ok = false;
+                }
+            }
+
+            let home =
+                match self.required_string(t, at, "home", " (use \"/\" for the whole tenant)") {
+                    Some(raw) => match normalize_home(raw) {
+                        Ok(home) => Some(home),
+                        Err(why) => {
+                            self.err(&child(at, "home"), format!("invalid home {raw:?}: {why}"));
+                            None
+                        }
+                    },
+                    None => None,
+                };
+
+            let permissions = self.permissions(t, at);
+            let tokens = self.tokens(t, at, &mut token_ids);
+
+            if let (true, Some(name), Some(tenant), Some(home)) = (ok, name, tenant, home) {
+                users.push(UserConfig {
+                    name: name.to_owned(),
+                    tenant: tenant.to_owned(),
+                    home,
+                    permissions,
+                    tokens,
+                });
+            }
+        }
+        (users, names)
+    }
+
+    fn permissions(&mut self, t: &Table, at: &str) -> Permissions {
+        let here = child(at, "permissions");
+        let mut perms = Permissions::default();
+        let items = match t.get("permissions") {
+            None => {
+                self.missing(
+                    at,
+                    "permissions",
+                    &format!(
+                        "; a user without permissions grants nothing (accepted: {})",
+                        PERMISSION_NAMES.join(", ")
+                    ),
+                );
+                return perms;
+            }
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.wrong_type(&here, "an array of permission names", other);
+                return perms;
+            }
+        };
+        let mut bad_entry = false;
+        for (j, value) in items.iter().enumerate() {
+            let at_j = item(&here, j);
+            let Value::String(name) = value else {
+                self.wrong_type(&at_j, "a string", value);
+                bad_entry = true;
+                continue;
+            };
+            match name.as_str() {
+                "list" => perms.list = true,
+                "read" => perms.read = true,
+                "write" => perms.write = true,
+                "delete" => perms.delete = true,
+                "rename" => perms.rename = true,
+                "mkdir" => perms.mkdir = true,
+                "all" => {
+                    perms = Permissions {
+                        list: true,
+                        read: true,
+                        write: true,
+                        delete: true,
+                        rename: true,
+                        mkdir: true,
+                    }
+                }
+                _ => {
+                    self.err(
+                        &at_j,
+                        format!(
+                            "unknown permission {name:?} (accepted: {})",
+                            PERMISSION_NAMES.join(", ")
+                        ),
+                    );
+                    bad_entry = true;
+                }
+            }
+        }
+        if perms == Permissions::default() && !bad_entry {
+            self.err(
+                &here,
+                format!(
+                    "grants nothing; list at least one of: {}",
+                    PERMISSION_NAMES.join(", ")
+                ),
+            );
+        }
+        perms
+    }
+
+    fn tokens(
+        &mut self,
+        t: &Table,
+        at: &str,
+        token_ids: &mut BTreeMap<String, String>,
+    ) -> Vec<TokenConfig> {
+        let mut tokens = Vec::new();
+        for (at_k, tt) in self.tables(t, at, "tokens") {
+            self.check_keys(tt, &at_k, TOKEN_KEYS);
+            let mut id = self.name(tt, &at_k, "id");
+            if let Some(token_id) = id {
+                if let Some(first) = token_ids.get(token_id) {
+                    self.err(
+                        &child(&at_k, "id"),
+                        format!("duplicate token id {token_id:?} (first defined at {first})"),
+                    );
+                    id = None;
+                } else {
+                    token_ids.insert(token_id.to_owned(), at_k.clone());
+                }
+            }
+            let digest = match self.required_string(tt, &at_k, "sha256", "") {
+                Some(hex) => match parse_sha256(hex) {
+                    Ok(digest) => Some(digest),
+                    Err(why) => {
+                        self.err(&child(&at_k, "sha256"), why);
+                        None
+                    }
+                },
+                None => None,
+            };
+            if let (Some(id), Some(sha256)) = (id, digest) {
+                tokens.push(TokenConfig {
+                    id: id.to_owned(),
+                    sha256,
+                });
+            }
+        }
+        tokens
+    }
+
+    fn development(
+        &mut self,
+        t: &Table,
+        mode: Option<Mode>,
+        user_names: &BTreeMap<String, String>,
+    ) -> DevelopmentConfig {
+        const P: &str = "development";
+        self.check_keys(t, P, DEVELOPMENT_KEYS);
+        let production = mode == Some(Mode::Production);
+        if production {
+            self.err(
+                P,
+                "the [development] section is not allowed when mode = \"production\"",
+            );
+        }
+        let demo_user = self.string(t, P, "demo_user");
+        if production {
+            return DevelopmentConfig::default();
+        }
+        let demo_user = demo_user.and_then(|user| {
+            if user_names.contains_key(user) {
+                Some(user.to_owned())
+            } else {
+                let configured = if user_names.is_empty() {
+                    "no users are configured".to_owned()
+                } else {
+                    format!("configured: {}", listing(user_names.keys()))
+                };
+                self.err(
+                    &child(P, "demo_user"),
+                    format!("unknown user {user:?} ({configured})"),
+                );
+                None
+            }
+        });
+        DevelopmentConfig { demo_user }
+    }
+}
