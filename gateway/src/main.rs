@@ -1,1 +1,307 @@
-fn main() {}
+//! The `gateway` command: parse arguments, then hand over to the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use gateway::audit::verify::{verify_trail, VerifyOptions};
+use gateway::secrets::{TenantKey, Token};
+use gateway::{check_files, prepare_development, Gateway};
+use gateway_config::Mode;
+
+const DEFAULT_CONFIG: &str = "config/gateway.toml";
+
+/// Secure file-exchange gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Check a configuration and every file it names; list every problem.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Create users and tokens (prints configuration stanzas; shows each token once).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Generate key files for production.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify hash chain, sequence, checkpoint signatures and sidecar of each trail.
+    Verify {
+        /// Trust only this checkpoint public key (the `.pub` file beside the signing key).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Checkpoint sidecar (default: `<FILE>.checkpoints` when present).
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// Trail files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Print a `[[users]]` stanza with a fresh token for a new user.
+    New {
+        /// User name.
+        #[arg(long)]
+        name: String,
+        /// Tenant the user belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// Home directory inside the tenant.
+        #[arg(long)]
+        home: String,
+        /// Comma-separated permissions: list,read,write,delete,rename,mkdir or all.
+        #[arg(long, default_value = "list,read")]
+        permissions: String,
+    },
+    /// Print a `[[users.tokens]]` stanza with a fresh token for an existing user.
+    Token {
+        /// User name.
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new 256-bit tenant storage key (0600). Never overwrites.
+    Tenant {
+        /// Key file to create.
+        file: PathBuf,
+    },
+    /// Write a new Ed25519 audit checkpoint key (0600) and its `.pub`. Never overwrites.
+    Audit {
+        /// Key file to create.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Audit { command: AuditCommand::Verify { public_key, checkpoints, files } } => {
+            audit_verify(public_key, checkpoints, &files)
+        }
+        Command::Users { command } => users(command),
+        Command::Keys { command: KeysCommand::Tenant { file } } => TenantKey::generate()
+            .and_then(|k| k.save(&file))
+            .map(|()| {
+                println!("wrote tenant key {}", file.display());
+                ExitCode::SUCCESS
+            })
+            .map_err(Into::into),
+        Command::Keys { command: KeysCommand::Audit { file } } => gateway::audit::CheckpointKey::generate(&file)
+            .map(|k| {
+                println!("wrote audit signing key {} (public key {})", file.display(), k.public_key_b64());
+                ExitCode::SUCCESS
+            })
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let origin = path.display().to_string();
+    let (config, mut problems): (_, Vec<String>) = {
+        let (config, errors) = gateway_config::parse(&text, &origin);
+        (config, errors.iter().map(ToString::to_string).collect())
+    };
+    problems.extend(check_files(&config).into_iter().map(|p| format!("{origin}: {p}")));
+    if problems.is_empty() {
+        let mode = if config.mode == Mode::Development { "development" } else { "production" };
+        println!("{origin}: OK ({mode}, {} tenants, {} users)", config.tenants.len(), config.users.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("{} problem(s) found", problems.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn audit_verify(public_key: Option<PathBuf>, checkpoints: Option<PathBuf>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let public_key = match public_key {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?;
+            Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .with_context(|| format!("{}: not a base64 public key", p.display()))?,
+            )
+        }
+    };
+    let mut ok = true;
+    for file in files {
+        let options = VerifyOptions { public_key: public_key.clone(), sidecar: checkpoints.clone() };
+        match verify_trail(file, &options) {
+            Ok(r) => {
+                println!(
+                    "{}: OK: {} records, {} checkpoints (last at seq {}), {} record(s) after the last checkpoint",
+                    file.display(),
+                    r.records,
+                    r.checkpoints,
+                    r.last_checkpoint.map_or("-".to_owned(), |s| s.to_string()),
+                    r.unsealed
+                );
+                match (&options.public_key, &r.public_key) {
+                    (None, Some(k)) => println!("  checkpoint key {k} (pass --public-key to pin it)"),
+                    (_, None) => println!("  no checkpoint: signatures could not be checked"),
+                    _ => {}
+                }
+                if r.sidecar.is_none() {
+                    println!("  no checkpoint sidecar: truncation past the last checkpoint cannot be detected");
+                }
+            }
+            Err(e) => {
+                eprintln!("TAMPERED {e}");
+                ok = false;
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn users(command: UsersCommand) -> anyhow::Result<ExitCode> {
+    let suffix = hex::encode(gateway::secrets::random_bytes::<4>()?);
+    match command {
+        UsersCommand::New { name, tenant, home, permissions } => {
+            let token = Token::mint(&format!("{name}-{suffix}"))?;
+            let perms: Vec<String> = permissions.split(',').map(|p| format!("{:?}", p.trim())).collect();
+            // Validate the stanza exactly as the gateway would before printing it.
+            let stanza = format!(
+                "[[users]]\nname = {name:?}\ntenant = {tenant:?}\nhome = {home:?}\npermissions = [{}]\n\n[[users.tokens]]\nid = \"{name}-{suffix}\"\nsha256 = \"{}\"\n",
+                perms.join(", "),
+                hex::encode(token.sha256())
+            );
+            let probe = format!("mode = \"production\"\n[[tenants]]\nname = {tenant:?}\n{stanza}");
+            let (_, errors) = gateway_config::parse(&probe, "users new");
+            if let Some(e) = errors.first() {
+                anyhow::bail!("{}", e.message);
+            }
+            println!("# Add to the configuration:\n{stanza}");
+            eprintln!("Token for {name} (shown once; only its hash is stored):\n{}", token.reveal());
+        }
+        UsersCommand::Token { user } => {
+            let id = format!("{user}-{suffix}");
+            let token = Token::mint(&id)?;
+            println!(
+                "# Add under the [[users]] entry of {user}:\n[[users.tokens]]\nid = \"{id}\"\nsha256 = \"{}\"\n",
+                hex::encode(token.sha256())
+            );
+            eprintln!("Token (shown once; only its hash is stored):\n{}", token.reveal());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match gateway_config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} problem(s) found; not starting", errors.0.len());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let dev = prepare_development(&config)?;
+    let gateway = Gateway::new(&config, &dev)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.https.listen)
+            .await
+            .with_context(|| format!("https.listen: cannot bind {}", config.https.listen))?;
+        let addr = listener.local_addr()?;
+        print_banner(&config, &dev, addr);
+        gateway.run(listener, shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn print_banner(config: &gateway_config::Config, dev: &gateway::DevMaterial, addr: SocketAddr) {
+    let host = if addr.ip().is_loopback() { "localhost".to_owned() } else { addr.ip().to_string() };
+    println!("gateway listening on https://{host}:{}/v1/files/", addr.port());
+    println!("audit trail: {}", config.audit.path.display());
+    if config.mode != Mode::Development {
+        return;
+    }
+    println!("DEVELOPMENT mode (config marks itself as development; never use it in production)");
+    for g in &dev.generated {
+        println!("  generated {g}");
+    }
+    if let (Some(ca), Some(demo)) = (&dev.ca_cert, &dev.demo) {
+        let auth = format!("-H \"Authorization: Bearer $(cat {})\"", demo.path.display());
+        let base = format!("https://{host}:{}/v1/files", addr.port());
+        println!("dev CA: {}   demo user: {} (token in {})", ca.display(), demo.user, demo.path.display());
+        println!("try:");
+        println!("  curl --cacert {} {auth} -T README.md {base}/README.md", ca.display());
+        println!("  curl --cacert {} {auth} {base}/README.md", ca.display());
+        println!("  curl --cacert {} {auth} {base}/", ca.display());
+    }
+}

@@ -1,0 +1,168 @@
+//! The audit record: what one line of the trail says.
+
+use serde::{Deserialize, Serialize};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// A credential was accepted.
+    AuthSuccess,
+    /// A credential was refused (or none was offered).
+    AuthFailure,
+    /// An authenticated user asked for something their permissions or home do not allow.
+    Denied,
+    /// A transfer (upload or download) began.
+    Started,
+    /// A transfer finished and, for uploads, the object is durable and visible.
+    Completed,
+    /// A transfer failed; for uploads nothing was stored.
+    Failed,
+    /// A non-transfer operation (list, stat, delete, …) and its result.
+    Operation,
+    /// A signed seal over every record before it.
+    Checkpoint,
+}
+
+/// The fields of one record apart from `seq`, `time` and `prev`, which the writer adds.
+/// Never holds a secret: credentials appear only as their id or fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// What happened.
+    pub event: AuditEvent,
+    /// Groups the `started` record with its terminal record.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub transfer_id: Option<String>,
+    /// `https` or `sftp`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub protocol: Option<String>,
+    /// The authenticated (or claimed, for failures) user.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user: Option<String>,
+    /// The user's tenant.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tenant: Option<String>,
+    /// `bearer`, `publickey`, …
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auth_method: Option<String>,
+    /// Token id or key fingerprint: never the secret itself.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub credential_id: Option<String>,
+    /// Peer address.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub remote_addr: Option<String>,
+    /// Negotiated TLS version.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tls_version: Option<String>,
+    /// Negotiated TLS cipher suite.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tls_cipher: Option<String>,
+    /// SSH client version string.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ssh_client: Option<String>,
+    /// Negotiated SSH key exchange.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ssh_kex: Option<String>,
+    /// Negotiated SSH cipher.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ssh_cipher: Option<String>,
+    /// Negotiated SSH MAC (absent for AEAD ciphers).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ssh_mac: Option<String>,
+    /// `upload`, `download`, `list`, `stat`, `delete`, …
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub operation: Option<String>,
+    /// The path as the client named it (relative to its home).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path: Option<String>,
+    /// The tenant-relative storage key.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub object_key: Option<String>,
+    /// Bytes moved.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bytes: Option<u64>,
+    /// Hex SHA-256 of the bytes moved (whole object).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sha256: Option<String>,
+    /// How long the operation took.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub duration_ms: Option<u64>,
+    /// `ok`, `error` or `denied`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result: Option<String>,
+    /// What went wrong, in words safe to keep.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    /// Checkpoint: the Ed25519 public key (base64).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub public_key: Option<String>,
+    /// Checkpoint: signature (base64) over `seq` and `prev`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub signature: Option<String>,
+}
+
+impl AuditEntry {
+    /// An entry with only its event set.
+    pub fn new(event: AuditEvent) -> AuditEntry {
+        AuditEntry {
+            event,
+            transfer_id: None,
+            protocol: None,
+            user: None,
+            tenant: None,
+            auth_method: None,
+            credential_id: None,
+            remote_addr: None,
+            tls_version: None,
+            tls_cipher: None,
+            ssh_client: None,
+            ssh_kex: None,
+            ssh_cipher: None,
+            ssh_mac: None,
+            operation: None,
+            path: None,
+            object_key: None,
+            bytes: None,
+            sha256: None,
+            duration_ms: None,
+            result: None,
+            error: None,
+            public_key: None,
+            signature: None,
+        }
+    }
+}
+
+/// A whole line as read back by the verifier and by tests.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditLine {
+    /// Position in the trail, from 1.
+    pub seq: u64,
+    /// When it was written.
+    pub time: String,
+    /// Hex SHA-256 of the previous line.
+    pub prev: String,
+    /// Everything else.
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+#[derive(Serialize)]
+struct LineOut<'a> {
+    seq: u64,
+    time: &'a str,
+    #[serde(flatten)]
+    entry: &'a AuditEntry,
+    prev: &'a str,
+}
+
+/// Append the JSON line (without newline) for `entry` to `buf`.
+pub(crate) fn write_line(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    time: &str,
+    entry: &AuditEntry,
+    prev: &str,
+) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(buf, &LineOut { seq, time, entry, prev })
+}

@@ -1,0 +1,152 @@
+//! The HTTPS frontend: accept loop, per-connection TLS handshake, HTTP/1.1 and HTTP/2.
+//!
+//! The accept loop only accepts: each connection gets its own task, which runs the TLS
+//! handshake under [`HttpsSettings::handshake_timeout`] and then serves HTTP. A semaphore caps
+//! concurrent connections (the loop waits for a free slot rather than accepting and dropping).
+//! On shutdown the listener closes, open connections are told to finish (HTTP/2 GOAWAY,
+//! HTTP/1.1 close after the current request) and get [`HttpsSettings::grace`] to do so;
+//! connections still busy after that are dropped, and their transfers audit themselves as
+//! failed.
+
+pub mod api;
+pub mod body;
+pub mod error;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+pub use api::Api;
+use api::Connection;
+
+use crate::transfer::ClientInfo;
+
+/// Limits of the HTTPS frontend.
+#[derive(Debug, Clone)]
+pub struct HttpsSettings {
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// Longest a connection may wait for request headers, or a body for its next bytes.
+    pub idle_timeout: Duration,
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish at shutdown.
+    pub grace: Duration,
+}
+
+/// Largest HTTP/2 header list and HTTP/1 read buffer we accept.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// HTTP/2 streams per connection.
+const MAX_STREAMS: u32 = 64;
+
+fn tls_names(conn: &rustls::ServerConnection) -> (Option<String>, Option<String>) {
+    let version = conn.protocol_version().map(|v| match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
+        other => format!("{other:?}"),
+    });
+    let suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| s.suite().as_str().map(str::to_owned).unwrap_or_else(|| format!("{:?}", s.suite())));
+    (version, suite)
+}
+
+/// Serve HTTPS on `listener` until `shutdown` resolves, then drain within the grace period.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    api: Arc<Api>,
+    settings: HttpsSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished connection tasks so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let api = api.clone();
+        let settings = settings.clone();
+        let watcher = graceful.watcher();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (version, suite) = tls_names(tls.get_ref().1);
+            let conn = Arc::new(Connection::new(ClientInfo::https(peer, version, suite)));
+            let service = service_fn(move |req| {
+                let api = api.clone();
+                let conn = conn.clone();
+                async move { Ok::<_, std::convert::Infallible>(api.handle(req, &conn).await) }
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.idle_timeout)
+                .max_buf_size(MAX_HEADER_BYTES);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_STREAMS)
+                .max_header_list_size(MAX_HEADER_BYTES as u32)
+                .keep_alive_interval(settings.idle_timeout / 2)
+                .keep_alive_timeout(settings.idle_timeout / 2)
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(2 << 20)
+                .max_frame_size(1 << 16);
+            let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(connections = graceful.count(), "HTTPS listener closed; draining");
+    if tokio::time::timeout(settings.grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period over; dropping the remaining connections");
+    }
+    // Connections still in their handshake or over the grace period end here; their
+    // transfers write `failed` records from Drop.
+    tasks.shutdown().await;
+}

@@ -1,0 +1,236 @@
+//! Assembling a gateway from its configuration, and running it.
+//!
+//! [`Gateway::new`] loads every certificate and key the configuration names and reports all
+//! problems at once; nothing is bound. [`Gateway::run`] takes listeners that are already bound
+//! (tests bind `127.0.0.1:0`) and a shutdown future, like mini-redis' `server::run`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gateway_certs::{CipherProfile, ReloadableCert};
+use gateway_config::{Config, Mode, StorageBackend, TlsProfile};
+use tokio::net::TcpListener;
+
+use crate::audit::{AuditConfig, AuditLog, CheckpointKey};
+use crate::auth::Directory;
+use crate::https::{self, Api, HttpsSettings};
+use crate::secrets::{TenantKey, Token};
+use crate::storage::local::LocalStore;
+use crate::transfer::Transfers;
+
+/// Everything that stopped the gateway from starting, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct StartupError(pub Vec<String>);
+
+/// What development mode generated or found for the first run.
+#[derive(Debug, Default)]
+pub struct DevMaterial {
+    /// The dev CA certificate clients should trust.
+    pub ca_cert: Option<PathBuf>,
+    /// What was created this time (for the banner).
+    pub generated: Vec<String>,
+    /// The demo user's token and where it is stored.
+    pub demo: Option<DemoToken>,
+}
+
+/// The demo user's development token.
+#[derive(Debug)]
+pub struct DemoToken {
+    /// User it belongs to.
+    pub user: String,
+    /// Credential id.
+    pub id: String,
+    /// File holding the token (0600).
+    pub path: PathBuf,
+    /// The token.
+    pub token: Token,
+}
+
+/// Development only: create whatever key material is missing. Production generates nothing.
+pub fn prepare_development(config: &Config) -> Result<DevMaterial, StartupError> {
+    let mut out = DevMaterial::default();
+    if config.mode != Mode::Development {
+        return Ok(out);
+    }
+    let mut errors = Vec::new();
+    let dev_dir = config.data_dir.join("dev");
+    match gateway_certs::dev::ensure_dev_pki(&dev_dir, &config.https.cert, &config.https.key) {
+        Ok(pki) => {
+            if pki.generated {
+                out.generated.push(format!("TLS certificate {} (dev CA {})", pki.server_cert.display(), pki.ca_cert.display()));
+            }
+            out.ca_cert = Some(pki.ca_cert);
+        }
+        Err(e) => errors.push(e.to_string()),
+    }
+    for tenant in &config.tenants {
+        if !tenant.key_file.exists() {
+            match TenantKey::generate().and_then(|k| k.save(&tenant.key_file)) {
+                Ok(()) => out.generated.push(format!("storage key for tenant {} in {}", tenant.name, tenant.key_file.display())),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+    }
+    if !config.audit.signing_key.exists() {
+        match CheckpointKey::generate(&config.audit.signing_key) {
+            Ok(_) => out.generated.push(format!("audit signing key {}", config.audit.signing_key.display())),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if let Some(user) = &config.development.demo_user {
+        let path = dev_dir.join(format!("{user}.token"));
+        let id = format!("{user}-dev");
+        let token = if path.exists() {
+            crate::secrets::read_secret_file(&path).and_then(|raw| {
+                String::from_utf8(raw.to_vec()).map(|s| Token::new(s.trim().to_owned())).map_err(|_| {
+                    crate::secrets::SecretError::Malformed { path: path.clone(), what: "token file is not text".into() }
+                })
+            })
+        } else {
+            Token::mint(&id).and_then(|t| {
+                crate::secrets::write_secret_file(&path, format!("{}\n", t.reveal()).as_bytes())?;
+                out.generated.push(format!("bearer token for user {user} in {}", path.display()));
+                Ok(t)
+            })
+        };
+        match token {
+            Ok(token) => out.demo = Some(DemoToken { user: user.clone(), id, path, token }),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(StartupError(errors))
+    }
+}
+
+/// Check every file the configuration names: certificates (validity, key strength, match),
+/// tenant keys, the audit signing key. In development mode missing files are fine (they will
+/// be generated); in production they are errors. Used by `check-config` and at start.
+pub fn check_files(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let dev = config.mode == Mode::Development;
+    let missing = |p: &Path| dev && !p.exists();
+    if !(missing(&config.https.cert) && missing(&config.https.key)) {
+        if let Err(e) = gateway_certs::validate_cert_files(&config.https.cert, &config.https.key) {
+            problems.push(format!("https.cert/https.key: {e}"));
+        }
+    }
+    for (i, t) in config.tenants.iter().enumerate() {
+        if !missing(&t.key_file) {
+            if let Err(e) = TenantKey::load(&t.key_file) {
+                problems.push(format!("tenants[{i}].key_file: {e}"));
+            }
+        }
+    }
+    if !missing(&config.audit.signing_key) {
+        if let Err(e) = CheckpointKey::load(&config.audit.signing_key) {
+            problems.push(format!("audit.signing_key: {e}"));
+        }
+    }
+    problems
+}
+
+/// A configured gateway, ready to run on bound listeners.
+pub struct Gateway {
+    tls: Arc<rustls::ServerConfig>,
+    cert: Arc<ReloadableCert>,
+    api: Arc<Api>,
+    audit: AuditLog,
+    https: HttpsSettings,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("https", &self.https).finish()
+    }
+}
+
+impl Gateway {
+    /// Load all material named by `config` (plus the development demo token, if any).
+    pub fn new(config: &Config, dev: &DevMaterial) -> Result<Gateway, StartupError> {
+        let mut errors = check_files(config);
+        if !errors.is_empty() {
+            return Err(StartupError(errors));
+        }
+        let cert = match gateway_certs::load_server_cert(&config.https.cert, &config.https.key) {
+            Ok(c) => Some(Arc::new(ReloadableCert::new(c))),
+            Err(e) => {
+                errors.push(e.to_string());
+                None
+            }
+        };
+        let mut keys = HashMap::new();
+        for t in &config.tenants {
+            match TenantKey::load(&t.key_file) {
+                Ok(k) => {
+                    keys.insert(t.name.clone(), k);
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let signing = CheckpointKey::load(&config.audit.signing_key).map_err(|e| e.to_string());
+        let mut directory = Directory::from_config(config).map_err(|e| StartupError(vec![e]))?;
+        if let Some(demo) = &dev.demo {
+            if let Err(e) = directory.add_token(&demo.user, &demo.id, demo.token.sha256()) {
+                errors.push(format!("development demo token: {e}"));
+            }
+        }
+        let signing = match signing {
+            Ok(k) => Some(k),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        let (Some(cert), Some(signing), true) = (cert, signing, errors.is_empty()) else {
+            return Err(StartupError(errors));
+        };
+        let StorageBackend::Local { root } = &config.storage.backend;
+        let store = LocalStore::open(root, keys).map_err(|e| StartupError(vec![format!("storage.root: {e}")]))?;
+        let audit = AuditLog::open(
+            AuditConfig {
+                path: config.audit.path.clone(),
+                checkpoint_every_records: config.audit.checkpoint_every_records,
+                checkpoint_interval: config.audit.checkpoint_interval,
+            },
+            signing,
+        )
+        .map_err(|e| StartupError(vec![e.to_string()]))?;
+        let profile = match config.https.tls_profile {
+            TlsProfile::Aes256 => CipherProfile::Aes256,
+            TlsProfile::Intermediate => CipherProfile::Intermediate,
+        };
+        let tls = gateway_certs::server_config(profile, cert.clone()).map_err(|e| StartupError(vec![e.to_string()]))?;
+        let transfers = Transfers::new(Arc::new(store), audit.clone());
+        let api = Api::new(directory, transfers, config.https.hsts_max_age, config.https.idle_timeout);
+        Ok(Gateway {
+            tls: Arc::new(tls),
+            cert,
+            api: Arc::new(api),
+            audit,
+            https: HttpsSettings {
+                handshake_timeout: config.https.handshake_timeout,
+                idle_timeout: config.https.idle_timeout,
+                max_connections: config.https.max_connections,
+                grace: config.shutdown_grace,
+            },
+        })
+    }
+
+    /// The live certificate holder (swap it to rotate without a restart).
+    pub fn certificate(&self) -> Arc<ReloadableCert> {
+        self.cert.clone()
+    }
+
+    /// Serve until `shutdown` resolves; then drain, fail what is left, write the final
+    /// checkpoint and return.
+    pub async fn run(self, https: TcpListener, shutdown: impl Future<Output = ()>) {
+        https::serve(https, self.tls, self.api, self.https, shutdown).await;
+        self.audit.close().await;
+    }
+}

@@ -1,0 +1,463 @@
+//! The embedded default backend: a local directory, every object sealed with its tenant's key.
+//!
+//! Layout under `root`: `objects/<tenant>/<key>` holds committed objects in the
+//! [`sealed`](super::sealed) format; `staging/` holds uploads in progress. A commit writes
+//! the metadata block, fsyncs the file, renames it into place and fsyncs the directory, so an
+//! object is either absent or complete, also after a crash. Staging is emptied at start.
+//! File-system work runs on the blocking pool, in batches of [`BATCH`] bytes.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+
+use super::sealed::{self, Opener, SealedMeta, Sealer, CHUNK, DATA_OFFSET, HEADER_LEN, META_LEN, TAG};
+use super::{
+    ByteRange, EntryKind, ListEntry, ListPage, ObjectMeta, ObjectRead, ObjectStore, ObjectWriter, RangeRequest,
+    StorageError,
+};
+use crate::path::ObjectKey;
+use crate::secrets::{random_bytes, TenantKey};
+
+/// Plaintext buffered per upload before it is sealed and written (bounds memory per transfer).
+pub const BATCH: usize = 16 * CHUNK;
+
+/// Encrypted local object store.
+pub struct LocalStore {
+    objects: PathBuf,
+    staging: PathBuf,
+    keys: HashMap<String, TenantKey>,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore").field("objects", &self.objects).field("tenants", &self.keys.len()).finish()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Io(format!("storage task failed: {e}")))?
+}
+
+fn integrity(e: sealed::SealError) -> StorageError {
+    StorageError::Integrity(e.0.to_owned())
+}
+
+impl LocalStore {
+    /// Open (creating if needed) a store under `root` serving the given tenants.
+    pub fn open(root: &Path, keys: HashMap<String, TenantKey>) -> Result<LocalStore, StorageError> {
+        let objects = root.join("objects");
+        let staging = root.join("staging");
+        for dir in [&objects, &staging] {
+            crate::secrets::create_private_dir(dir).map_err(|e| StorageError::Io(e.to_string()))?;
+        }
+        for tenant in keys.keys() {
+            crate::secrets::create_private_dir(&objects.join(tenant)).map_err(|e| StorageError::Io(e.to_string()))?;
+        }
+        // Anything left in staging is an upload a crash interrupted: never visible, now gone.
+        for entry in fs::read_dir(&staging)? {
+            let entry = entry?;
+            if let Err(e) = fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %e, "could not remove stale staging file");
+            }
+        }
+        Ok(LocalStore { objects, staging, keys })
+    }
+
+    fn key(&self, tenant: &str) -> Result<TenantKey, StorageError> {
+        self.keys.get(tenant).cloned().ok_or_else(|| StorageError::NoTenantKey(tenant.to_owned()))
+    }
+
+    fn object_path(&self, tenant: &str, key: &ObjectKey) -> PathBuf {
+        let mut p = self.objects.join(tenant);
+        for seg in key.segments() {
+            p.push(seg);
+        }
+        p
+    }
+}
+
+fn mtime_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Read and authenticate header and metadata of an open sealed file.
+fn open_sealed(file: &mut File, key: &TenantKey) -> Result<(Opener, SealedMeta), StorageError> {
+    let mut head = [0u8; DATA_OFFSET as usize];
+    file.read_exact(&mut head).map_err(|e| match e.kind() {
+        ErrorKind::UnexpectedEof => StorageError::Integrity("object is shorter than its header".into()),
+        _ => StorageError::from(e),
+    })?;
+    let (header, meta_block) = head.split_at(HEADER_LEN);
+    let header: &[u8; HEADER_LEN] = header.try_into().map_err(|_| StorageError::Integrity("header".into()))?;
+    let meta_block: &[u8; META_LEN] = meta_block.try_into().map_err(|_| StorageError::Integrity("header".into()))?;
+    let opener = Opener::new(key, header).map_err(integrity)?;
+    let meta = opener.open_meta(meta_block).map_err(integrity)?;
+    let len = file.metadata()?.len();
+    if len != sealed::sealed_len(meta.size) {
+        return Err(StorageError::Integrity(format!(
+            "object is {len} bytes on disk, {} expected: truncated or extended",
+            sealed::sealed_len(meta.size)
+        )));
+    }
+    Ok((opener, meta))
+}
+
+fn to_meta(m: &SealedMeta) -> ObjectMeta {
+    ObjectMeta { size: m.size, sha256: m.sha256, modified: UNIX_EPOCH + Duration::from_secs(m.modified) }
+}
+
+fn open_file(path: &Path) -> Result<File, StorageError> {
+    let file = File::open(path)?;
+    if file.metadata()?.is_dir() {
+        return Err(StorageError::Conflict("path names a directory".into()));
+    }
+    Ok(file)
+}
+
+/// Reads the chunks covering a range, a batch at a time.
+struct ChunkReader {
+    file: File,
+    opener: Opener,
+    range: ByteRange,
+    /// Next chunk to read.
+    next: u64,
+    /// Chunk holding the last byte of the range (inclusive).
+    last_needed: u64,
+    /// Final chunk of the object.
+    final_chunk: u64,
+}
+
+impl ChunkReader {
+    /// Read up to [`BATCH`] bytes of plaintext; `None` when the range is done.
+    fn read_batch(&mut self) -> Result<Option<Bytes>, StorageError> {
+        if self.next > self.last_needed {
+            return Ok(None);
+        }
+        let count = (self.last_needed - self.next + 1).min((BATCH / CHUNK) as u64);
+        let offset = DATA_OFFSET + self.next * (CHUNK + TAG) as u64;
+        let end_chunk = self.next + count; // exclusive
+        let end_offset = if end_chunk > self.final_chunk {
+            self.file.metadata()?.len()
+        } else {
+            DATA_OFFSET + end_chunk * (CHUNK + TAG) as u64
+        };
+        let mut buf = vec![0u8; (end_offset - offset) as usize];
+        self.file.read_exact_at(&mut buf, offset).map_err(|e| match e.kind() {
+            ErrorKind::UnexpectedEof => StorageError::Integrity("object shrank while being read".into()),
+            _ => StorageError::from(e),
+        })?;
+        let mut write = 0usize;
+        let mut read = 0usize;
+        for index in self.next..end_chunk {
+            let clen = (buf.len() - read).min(CHUNK + TAG);
+            let chunk_start = index * CHUNK as u64;
+            let plain_len = {
+                let data = buf.get_mut(read..read + clen).ok_or(StorageError::Integrity("short chunk".into()))?;
+                self.opener.open_chunk(index, index == self.final_chunk, data).map_err(integrity)?.len()
+            };
+            // Keep only the part of this chunk inside the range.
+            let lo = self.range.start.saturating_sub(chunk_start).min(plain_len as u64) as usize;
+            let hi = (self.range.end.saturating_sub(chunk_start)).min(plain_len as u64) as usize;
+            if hi > lo {
+                buf.copy_within(read + lo..read + hi, write);
+                write += hi - lo;
+            }
+            read += clen;
+        }
+        buf.truncate(write);
+        self.next = end_chunk;
+        Ok(Some(Bytes::from(buf)))
+    }
+}
+
+struct WriteState {
+    file: File,
+    sealer: Sealer,
+    pending: Vec<u8>,
+    out: Vec<u8>,
+    size: u64,
+}
+
+impl WriteState {
+    /// Seal and write every full chunk but the newest: the final chunk must be sealed as last,
+    /// so at least one byte (or the empty final chunk) always stays pending until commit.
+    fn flush(&mut self) -> Result<(), StorageError> {
+        let mut consumed = 0;
+        self.out.clear();
+        while self.pending.len() - consumed > CHUNK {
+            let chunk = self.pending.get(consumed..consumed + CHUNK).unwrap_or_default();
+            self.sealer.seal_chunk(chunk, false, &mut self.out).map_err(integrity)?;
+            consumed += CHUNK;
+        }
+        self.pending.drain(..consumed);
+        self.file.write_all(&self.out)?;
+        Ok(())
+    }
+}
+
+/// An upload into staging; see [`ObjectWriter`].
+struct LocalWriter {
+    state: Option<WriteState>,
+    staging_path: PathBuf,
+    final_path: PathBuf,
+    tenant_root: PathBuf,
+    done: bool,
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            // Not committed: the staged bytes must not survive.
+            let _ = fs::remove_file(&self.staging_path);
+        }
+    }
+}
+
+impl LocalWriter {
+    fn state(&mut self) -> Result<WriteState, StorageError> {
+        self.state.take().ok_or_else(|| StorageError::Io("upload writer used after a failure".into()))
+    }
+}
+
+impl ObjectWriter for LocalWriter {
+    fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<(), StorageError>> {
+        async move {
+            let mut state = self.state()?;
+            state.pending.extend_from_slice(&data);
+            state.size += data.len() as u64;
+            if state.pending.len() > BATCH {
+                state = blocking(move || state.flush().map(|()| state)).await?;
+            }
+            self.state = Some(state);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn commit(mut self: Box<Self>, sha256: [u8; 32]) -> BoxFuture<'static, Result<ObjectMeta, StorageError>> {
+        async move {
+            let mut state = self.state()?;
+            let final_path = self.final_path.clone();
+            let staging_path = self.staging_path.clone();
+            let tenant_root = self.tenant_root.clone();
+            let meta = blocking(move || {
+                state.flush()?;
+                let last = std::mem::take(&mut state.pending);
+                state.out.clear();
+                state.sealer.seal_chunk(&last, true, &mut state.out).map_err(integrity)?;
+                state.file.write_all(&state.out)?;
+                let meta = SealedMeta { size: state.size, sha256, modified: mtime_secs(SystemTime::now()) };
+                let block = state.sealer.seal_meta(&meta).map_err(integrity)?;
+                state.file.seek(SeekFrom::Start(HEADER_LEN as u64))?;
+                state.file.write_all(&block)?;
+                state.file.sync_all()?;
+                drop(state);
+                publish(&staging_path, &final_path, &tenant_root)?;
+                Ok(meta)
+            })
+            .await?;
+            self.done = true;
+            Ok(to_meta(&meta))
+        }
+        .boxed()
+    }
+}
+
+/// Rename a finished staging file into place and make the rename durable.
+fn publish(staging: &Path, target: &Path, tenant_root: &Path) -> Result<(), StorageError> {
+    let parent = target.parent().ok_or_else(|| StorageError::Io("object has no parent directory".into()))?;
+    if let Err(e) = fs::create_dir_all(parent) {
+        return Err(match e.kind() {
+            ErrorKind::AlreadyExists | ErrorKind::NotADirectory => {
+                StorageError::Conflict("a parent of this path is a file".into())
+            }
+            _ => e.into(),
+        });
+    }
+    if fs::metadata(target).map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(StorageError::Conflict("path names a directory".into()));
+    }
+    fs::rename(staging, target)?;
+    // Make the new directory entries durable, up to the tenant root.
+    let mut dir = Some(parent);
+    while let Some(d) = dir {
+        File::open(d)?.sync_all()?;
+        if d == tenant_root {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+impl ObjectStore for LocalStore {
+    fn begin_put(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
+        let tenant_key = self.key(tenant);
+        let final_path = self.object_path(tenant, key);
+        let tenant_root = self.objects.join(tenant);
+        let staging = self.staging.clone();
+        let is_root = key.is_root();
+        async move {
+            let tenant_key = tenant_key?;
+            if is_root {
+                return Err(StorageError::Conflict("path names a directory".into()));
+            }
+            let name = hex::encode(random_bytes::<16>().map_err(|e| StorageError::Io(e.to_string()))?);
+            let staging_path = staging.join(format!("{name}.part"));
+            let writer = blocking(move || {
+                let sealer = Sealer::new(&tenant_key).map_err(integrity)?;
+                let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staging_path)?;
+                file.write_all(sealer.header())?;
+                file.write_all(&[0u8; META_LEN])?;
+                let state = WriteState {
+                    file,
+                    sealer,
+                    pending: Vec::with_capacity(BATCH + CHUNK),
+                    out: Vec::with_capacity(BATCH + 2 * CHUNK),
+                    size: 0,
+                };
+                Ok(LocalWriter { state: Some(state), staging_path, final_path, tenant_root, done: false })
+            })
+            .await?;
+            Ok(Box::new(writer) as Box<dyn ObjectWriter>)
+        }
+        .boxed()
+    }
+
+    fn stat(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ObjectMeta, StorageError>> {
+        let tenant_key = self.key(tenant);
+        let path = self.object_path(tenant, key);
+        async move {
+            let tenant_key = tenant_key?;
+            blocking(move || {
+                let mut file = open_file(&path)?;
+                let (_, meta) = open_sealed(&mut file, &tenant_key)?;
+                Ok(to_meta(&meta))
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn open(&self, tenant: &str, key: &ObjectKey, range: RangeRequest) -> BoxFuture<'_, Result<ObjectRead, StorageError>> {
+        let tenant_key = self.key(tenant);
+        let path = self.object_path(tenant, key);
+        async move {
+            let tenant_key = tenant_key?;
+            let (reader, first, meta, range) = blocking(move || {
+                let mut file = open_file(&path)?;
+                let (opener, meta) = open_sealed(&mut file, &tenant_key)?;
+                let range = range
+                    .resolve(meta.size)
+                    .map_err(|u| StorageError::RangeNotSatisfiable { size: u.size })?;
+                let final_chunk = sealed::chunk_count(meta.size) - 1;
+                let (next, last_needed) = if range.is_empty() {
+                    // Empty object: still authenticate its one (empty, final) chunk.
+                    (0, 0)
+                } else {
+                    (range.start / CHUNK as u64, (range.end - 1) / CHUNK as u64)
+                };
+                let mut reader = ChunkReader { file, opener, range, next, last_needed, final_chunk };
+                // Read the first batch now, so a tampered object fails before any header is sent.
+                let first = reader.read_batch()?;
+                Ok((reader, first, meta, range))
+            })
+            .await?;
+            let rest = futures_util::stream::try_unfold(Some(reader), |reader| async move {
+                let Some(mut reader) = reader else { return Ok(None) };
+                let (batch, reader) = blocking(move || Ok((reader.read_batch(), reader))).await?;
+                Ok(batch?.map(|b| (b, Some(reader))))
+            });
+            let body = futures_util::stream::iter(first.map(Ok::<Bytes, StorageError>)).chain(rest);
+            Ok(ObjectRead { meta: to_meta(&meta), range, body: Box::pin(body) })
+        }
+        .boxed()
+    }
+
+    fn delete(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>> {
+        let path = self.object_path(tenant, key);
+        let has_key = self.key(tenant).map(|_| ());
+        async move {
+            has_key?;
+            blocking(move || {
+                if fs::symlink_metadata(&path)?.is_dir() {
+                    return Err(StorageError::Conflict("path names a directory".into()));
+                }
+                fs::remove_file(&path)?;
+                if let Some(parent) = path.parent() {
+                    File::open(parent)?.sync_all()?;
+                }
+                Ok(())
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn list<'a>(
+        &'a self,
+        tenant: &'a str,
+        prefix: &'a ObjectKey,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ListPage, StorageError>> {
+        let dir = self.object_path(tenant, prefix);
+        let after = after.map(str::to_owned);
+        let is_root = prefix.is_root();
+        async move {
+            self.key(tenant)?;
+            blocking(move || {
+                let read = match fs::read_dir(&dir) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == ErrorKind::NotFound && is_root => return Ok(ListPage::default()),
+                    Err(e) if e.kind() == ErrorKind::NotADirectory => {
+                        return Err(StorageError::Conflict("path names a file, not a directory".into()))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let mut names = Vec::new();
+                for entry in read {
+                    let entry = entry?;
+                    if let Ok(name) = entry.file_name().into_string() {
+                        if after.as_deref().is_none_or(|a| name.as_str() > a) {
+                            names.push((name, entry));
+                        }
+                    }
+                }
+                names.sort_by(|a, b| a.0.cmp(&b.0));
+                let more = names.len() > limit;
+                names.truncate(limit);
+                let mut entries = Vec::with_capacity(names.len());
+                for (name, entry) in names {
+                    let meta = entry.metadata()?;
+                    let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+                    if meta.is_dir() {
+                        entries.push(ListEntry { name, kind: EntryKind::Dir, size: 0, modified });
+                    } else if meta.is_file() {
+                        let size = sealed::plaintext_len(meta.len()).unwrap_or(0);
+                        entries.push(ListEntry { name, kind: EntryKind::File, size, modified });
+                    }
+                }
+                let next = if more { entries.last().map(|e| e.name.clone()) } else { None };
+                Ok(ListPage { entries, next })
+            })
+            .await
+        }
+        .boxed()
+    }
+}
+
+/// Shared handle type the rest of the gateway holds.
+pub type SharedStore = Arc<dyn ObjectStore>;

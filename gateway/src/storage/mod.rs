@@ -1,0 +1,214 @@
+//! Storage behind a trait that speaks only the gateway's own types.
+//!
+//! Frontends never call storage directly: the transfer path (`crate::transfer`) does, after
+//! authorisation and the `started` audit record. Keys arrive already confined
+//! ([`ObjectKey`]); no SDK or file-system type crosses this boundary, so an S3 backend can sit
+//! beside [`local::LocalStore`] without the frontends noticing.
+//!
+//! Writes are two-phase: [`ObjectStore::begin_put`] hands out an [`ObjectWriter`]; nothing is
+//! visible until [`ObjectWriter::commit`] succeeds, and a writer dropped without commit leaves
+//! nothing behind.
+
+pub mod local;
+pub mod sealed;
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+
+use crate::path::ObjectKey;
+
+/// Storage failures, in the gateway's own terms.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No object at that key.
+    #[error("no such object")]
+    NotFound,
+    /// The key names a directory where an object was expected (or the reverse).
+    #[error("{0}")]
+    Conflict(String),
+    /// Stored data failed authentication: tampering or corruption.
+    #[error("stored object failed its integrity check: {0}")]
+    Integrity(String),
+    /// The requested range lies outside the object.
+    #[error("range not satisfiable for an object of {size} bytes")]
+    RangeNotSatisfiable {
+        /// The object's size.
+        size: u64,
+    },
+    /// No key for this tenant is loaded.
+    #[error("no storage key loaded for tenant {0:?}")]
+    NoTenantKey(String),
+    /// Anything the backend could not do; the message is for operators' logs.
+    #[error("storage I/O error: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => StorageError::NotFound,
+            _ => StorageError::Io(e.to_string()),
+        }
+    }
+}
+
+/// What a committed object is.
+#[derive(Debug, Clone)]
+pub struct ObjectMeta {
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// SHA-256 of the plaintext, recorded at upload.
+    pub sha256: [u8; 32],
+    /// When the object was committed.
+    pub modified: SystemTime,
+}
+
+/// A half-open byte range `[start, end)` within an object, already checked against its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// Number of bytes in the range.
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    /// True for an empty range.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A streamed object body.
+pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
+
+/// An object opened for reading: its metadata and the requested range as a stream.
+pub struct ObjectRead {
+    /// Metadata of the whole object.
+    pub meta: ObjectMeta,
+    /// The range the stream yields.
+    pub range: ByteRange,
+    /// The plaintext bytes of `range`, verified chunk by chunk.
+    pub body: ByteStream,
+}
+
+/// Kinds of directory entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// An object.
+    File,
+    /// A prefix with objects below it.
+    Dir,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone)]
+pub struct ListEntry {
+    /// The last path segment.
+    pub name: String,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Plaintext size (0 for directories).
+    pub size: u64,
+    /// Last modification.
+    pub modified: SystemTime,
+}
+
+/// One page of a listing, names in byte order.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// Entries of this page.
+    pub entries: Vec<ListEntry>,
+    /// Name to pass as `after` for the next page, if there is one.
+    pub next: Option<String>,
+}
+
+/// A pending upload. Dropping it without [`ObjectWriter::commit`] discards everything.
+pub trait ObjectWriter: Send {
+    /// Append plaintext.
+    fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// Make the object visible, atomically and durably. `sha256` is the plaintext digest the
+    /// transfer path computed; the writer counts the size itself.
+    fn commit(self: Box<Self>, sha256: [u8; 32]) -> BoxFuture<'static, Result<ObjectMeta, StorageError>>;
+}
+
+/// A storage backend.
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Start writing `key` for `tenant`.
+    fn begin_put(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>>;
+    /// Metadata of one object.
+    fn stat(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ObjectMeta, StorageError>>;
+    /// Open `key` and stream `range` of it; the range is resolved against the object's size
+    /// here, an unsatisfiable one is [`StorageError::RangeNotSatisfiable`].
+    fn open(&self, tenant: &str, key: &ObjectKey, range: RangeRequest) -> BoxFuture<'_, Result<ObjectRead, StorageError>>;
+    /// Remove an object.
+    fn delete(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// List the directory `prefix`, names strictly after `after`, at most `limit` entries.
+    fn list<'a>(&'a self, tenant: &'a str, prefix: &'a ObjectKey, after: Option<&'a str>, limit: usize) -> BoxFuture<'a, Result<ListPage, StorageError>>;
+}
+
+/// A byte range as a client asked for it, before the object's size is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RangeRequest {
+    /// The whole object.
+    #[default]
+    All,
+    /// From `start` to the end (`bytes=500-`).
+    From(u64),
+    /// `start..=last` (`bytes=0-499`).
+    Inclusive(u64, u64),
+    /// The last `n` bytes (`bytes=-500`).
+    Suffix(u64),
+}
+
+/// The requested range cannot be served for an object of this size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("range not satisfiable for an object of {size} bytes")]
+pub struct Unsatisfiable {
+    /// The object's size, for `Content-Range: bytes */size`.
+    pub size: u64,
+}
+
+impl RangeRequest {
+    /// Resolve against an object size (RFC 9110 §14.1.2 semantics).
+    pub fn resolve(self, size: u64) -> Result<ByteRange, Unsatisfiable> {
+        let unsat = Unsatisfiable { size };
+        match self {
+            RangeRequest::All => Ok(ByteRange { start: 0, end: size }),
+            RangeRequest::From(start) if start < size => Ok(ByteRange { start, end: size }),
+            RangeRequest::Inclusive(start, last) if start < size && start <= last => {
+                Ok(ByteRange { start, end: last.saturating_add(1).min(size) })
+            }
+            RangeRequest::Suffix(n) if n > 0 && size > 0 => Ok(ByteRange { start: size.saturating_sub(n), end: size }),
+            _ => Err(unsat),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve() {
+        assert_eq!(RangeRequest::All.resolve(10), Ok(ByteRange { start: 0, end: 10 }));
+        assert_eq!(RangeRequest::From(3).resolve(10), Ok(ByteRange { start: 3, end: 10 }));
+        assert_eq!(RangeRequest::Inclusive(2, 4).resolve(10), Ok(ByteRange { start: 2, end: 5 }));
+        assert_eq!(RangeRequest::Inclusive(2, 400).resolve(10), Ok(ByteRange { start: 2, end: 10 }));
+        assert_eq!(RangeRequest::Suffix(4).resolve(10), Ok(ByteRange { start: 6, end: 10 }));
+        assert_eq!(RangeRequest::Suffix(40).resolve(10), Ok(ByteRange { start: 0, end: 10 }));
+        assert!(RangeRequest::From(10).resolve(10).is_err());
+        assert!(RangeRequest::Inclusive(5, 4).resolve(10).is_err());
+        assert!(RangeRequest::Suffix(0).resolve(10).is_err());
+        assert!(RangeRequest::Suffix(3).resolve(0).is_err());
+    }
+}

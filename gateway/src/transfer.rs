@@ -1,0 +1,580 @@
+//! THE choke point: every frontend reaches storage only through [`Transfers`].
+//!
+//! Each operation runs: authorise (permission + confined path) → audit `started` → stream →
+//! audit `completed` or `failed`. Non-transfer operations (list, stat, delete) write one
+//! `operation` record with their result; refusals write a `denied` record. An [`Upload`] or
+//! download stream dropped half-way (client gone, shutdown) still writes its `failed` record
+//! from `Drop`, and an unfinished upload leaves nothing in storage.
+//!
+//! If the audit trail cannot be written the operation fails: nothing happens unaudited.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::audit::{AuditEntry, AuditError, AuditEvent, AuditLog};
+use crate::auth::Principal;
+use crate::digest::Sha256;
+use crate::path::{ObjectKey, PathError, RelPath};
+use crate::secrets::random_bytes;
+use crate::storage::{
+    ByteRange, ByteStream, ListPage, ObjectMeta, ObjectStore, ObjectWriter, RangeRequest, StorageError,
+};
+
+/// Which frontend a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTPS API.
+    Https,
+    /// SFTP subsystem.
+    Sftp,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Https => "https",
+            Protocol::Sftp => "sftp",
+        }
+    }
+}
+
+/// What the audit trail records about the client's connection.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Frontend.
+    pub protocol: Protocol,
+    /// Peer address.
+    pub remote_addr: SocketAddr,
+    /// TLS version, for HTTPS.
+    pub tls_version: Option<String>,
+    /// TLS cipher suite, for HTTPS.
+    pub tls_cipher: Option<String>,
+    /// SSH client version string, for SFTP.
+    pub ssh_client: Option<String>,
+    /// SSH kex, for SFTP.
+    pub ssh_kex: Option<String>,
+    /// SSH cipher, for SFTP.
+    pub ssh_cipher: Option<String>,
+    /// SSH MAC, for SFTP.
+    pub ssh_mac: Option<String>,
+}
+
+impl ClientInfo {
+    /// An HTTPS client.
+    pub fn https(remote_addr: SocketAddr, tls_version: Option<String>, tls_cipher: Option<String>) -> ClientInfo {
+        ClientInfo {
+            protocol: Protocol::Https,
+            remote_addr,
+            tls_version,
+            tls_cipher,
+            ssh_client: None,
+            ssh_kex: None,
+            ssh_cipher: None,
+            ssh_mac: None,
+        }
+    }
+
+    /// An audit entry carrying the connection's fields.
+    pub fn entry(&self, event: AuditEvent) -> AuditEntry {
+        AuditEntry {
+            protocol: Some(self.protocol.as_str().into()),
+            remote_addr: Some(self.remote_addr.to_string()),
+            tls_version: self.tls_version.clone(),
+            tls_cipher: self.tls_cipher.clone(),
+            ssh_client: self.ssh_client.clone(),
+            ssh_kex: self.ssh_kex.clone(),
+            ssh_cipher: self.ssh_cipher.clone(),
+            ssh_mac: self.ssh_mac.clone(),
+            ..AuditEntry::new(event)
+        }
+    }
+}
+
+/// Permissions an operation needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Listing directories.
+    List,
+    /// Reading objects and their metadata.
+    Read,
+    /// Creating or replacing objects.
+    Write,
+    /// Removing objects.
+    Delete,
+}
+
+impl Permission {
+    fn granted(self, who: &Principal) -> bool {
+        let p = &who.permissions;
+        match self {
+            Permission::List => p.list,
+            Permission::Read => p.read,
+            Permission::Write => p.write,
+            Permission::Delete => p.delete,
+        }
+    }
+}
+
+/// Why an operation failed; each frontend maps these to its protocol's codes in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The path was malformed or would escape the home.
+    #[error("{0}")]
+    InvalidPath(#[from] PathError),
+    /// The user lacks the permission.
+    #[error("permission denied: {0} is not allowed for this user")]
+    Forbidden(&'static str),
+    /// No such object.
+    #[error("no such object")]
+    NotFound,
+    /// The path names a directory where an object is needed, or the reverse.
+    #[error("{0}")]
+    Conflict(String),
+    /// Range outside the object.
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable {
+        /// The object's size.
+        size: u64,
+    },
+    /// The client's digest did not match what arrived; nothing was stored.
+    #[error("content digest does not match the received body; nothing was stored")]
+    DigestMismatch,
+    /// Stored data failed its integrity check.
+    #[error("stored object failed its integrity check")]
+    Integrity,
+    /// The backend failed; detail is in the server log only.
+    #[error("storage failure")]
+    Storage(String),
+    /// The client's body stream failed, was cut short or stalled.
+    #[error("{0}")]
+    Client(String),
+    /// The audit trail could not be written, so the operation did not happen.
+    #[error("audit trail unavailable")]
+    Audit(#[from] AuditError),
+}
+
+impl From<StorageError> for TransferError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => TransferError::NotFound,
+            StorageError::Conflict(m) => TransferError::Conflict(m),
+            StorageError::RangeNotSatisfiable { size } => TransferError::RangeNotSatisfiable { size },
+            StorageError::Integrity(m) => {
+                tracing::error!(detail = %m, "integrity check failed");
+                TransferError::Integrity
+            }
+            other => {
+                tracing::error!(error = %other, "storage failure");
+                TransferError::Storage(other.to_string())
+            }
+        }
+    }
+}
+
+impl TransferError {
+    /// Short text for the audit record's `error` field.
+    fn audit_text(&self) -> String {
+        match self {
+            TransferError::Storage(detail) => format!("storage failure: {detail}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The result of a committed upload.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// Audit transfer id.
+    pub transfer_id: String,
+    /// Object size.
+    pub size: u64,
+    /// Object SHA-256.
+    pub sha256: [u8; 32],
+}
+
+/// The transfer path.
+#[derive(Clone)]
+pub struct Transfers {
+    store: Arc<dyn ObjectStore>,
+    audit: AuditLog,
+}
+
+impl std::fmt::Debug for Transfers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Transfers")
+    }
+}
+
+fn new_transfer_id() -> String {
+    random_bytes::<16>().map(hex::encode).unwrap_or_else(|_| "unavailable".into())
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Transfers {
+    /// The transfer path over a store and an audit trail.
+    pub fn new(store: Arc<dyn ObjectStore>, audit: AuditLog) -> Transfers {
+        Transfers { store, audit }
+    }
+
+    /// The audit trail, for frontends' authentication records.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    fn entry(&self, event: AuditEvent, who: &Principal, client: &ClientInfo, op: &str, rel: &RelPath) -> AuditEntry {
+        AuditEntry {
+            user: Some(who.user.to_string()),
+            tenant: Some(who.tenant.to_string()),
+            auth_method: Some(who.auth_method.into()),
+            credential_id: Some(who.credential_id.clone()),
+            operation: Some(op.into()),
+            path: Some(rel.display()),
+            object_key: Some(who.home.join(rel).to_string()),
+            ..client.entry(event)
+        }
+    }
+
+    /// Check a permission; a refusal is audited as `denied`.
+    async fn authorise(
+        &self,
+        who: &Principal,
+        client: &ClientInfo,
+        need: Permission,
+        op: &'static str,
+        rel: &RelPath,
+    ) -> Result<ObjectKey, TransferError> {
+        if !need.granted(who) {
+            let entry = AuditEntry {
+                result: Some("denied".into()),
+                error: Some(format!("{op} not permitted")),
+                ..self.entry(AuditEvent::Denied, who, client, op, rel)
+            };
+            self.audit.append(entry, false).await?;
+            return Err(TransferError::Forbidden(op));
+        }
+        Ok(who.home.join(rel))
+    }
+
+    /// Record a refusal that happened before any operation could be named precisely
+    /// (a malformed path, say).
+    pub async fn deny_path(&self, who: &Principal, client: &ClientInfo, op: &str, raw: &str, why: &PathError) {
+        let entry = AuditEntry {
+            user: Some(who.user.to_string()),
+            tenant: Some(who.tenant.to_string()),
+            auth_method: Some(who.auth_method.into()),
+            credential_id: Some(who.credential_id.clone()),
+            operation: Some(op.into()),
+            path: Some(raw.chars().filter(|c| !c.is_control()).take(1024).collect()),
+            result: Some("denied".into()),
+            error: Some(why.to_string()),
+            ..client.entry(AuditEvent::Denied)
+        };
+        if let Err(e) = self.audit.append(entry, false).await {
+            tracing::error!(error = %e, "could not audit a refused path");
+        }
+    }
+
+    /// Begin an upload of `rel`. The object appears only when [`Upload::finish`] succeeds.
+    pub async fn begin_upload(&self, who: &Principal, client: &ClientInfo, rel: &RelPath) -> Result<Upload, TransferError> {
+        if rel.is_dir() {
+            return Err(TransferError::Conflict("cannot upload to a directory path".into()));
+        }
+        let key = self.authorise(who, client, Permission::Write, "upload", rel).await?;
+        let transfer_id = new_transfer_id();
+        let base = AuditEntry { transfer_id: Some(transfer_id.clone()), ..self.entry(AuditEvent::Started, who, client, "upload", rel) };
+        self.audit.append(base.clone(), false).await?;
+        let mut upload = Upload {
+            writer: None,
+            hasher: Sha256::default(),
+            bytes: 0,
+            started: Instant::now(),
+            audit: self.audit.clone(),
+            base,
+            transfer_id,
+            done: false,
+        };
+        match self.store.begin_put(&who.tenant, &key).await {
+            Ok(w) => upload.writer = Some(w),
+            Err(e) => {
+                let e = TransferError::from(e);
+                upload.record_failure(&e).await;
+                return Err(e);
+            }
+        }
+        Ok(upload)
+    }
+
+    /// Open `rel` for download; the returned stream writes the terminal audit record.
+    pub async fn download(
+        &self,
+        who: &Principal,
+        client: &ClientInfo,
+        rel: &RelPath,
+        range: RangeRequest,
+    ) -> Result<Download, TransferError> {
+        let key = self.authorise(who, client, Permission::Read, "download", rel).await?;
+        let transfer_id = new_transfer_id();
+        let base = AuditEntry { transfer_id: Some(transfer_id), ..self.entry(AuditEvent::Started, who, client, "download", rel) };
+        self.audit.append(base.clone(), false).await?;
+        let started = Instant::now();
+        match self.store.open(&who.tenant, &key, range).await {
+            Ok(read) => Ok(Download {
+                meta: read.meta.clone(),
+                range: read.range,
+                body: AuditedBody {
+                    inner: read.body,
+                    audit: self.audit.clone(),
+                    base,
+                    sha256: read.meta.sha256,
+                    bytes: 0,
+                    started,
+                    done: false,
+                },
+            }),
+            Err(e) => {
+                let e = TransferError::from(e);
+                let entry = AuditEntry {
+                    result: Some("error".into()),
+                    error: Some(e.audit_text()),
+                    bytes: Some(0),
+                    duration_ms: Some(elapsed_ms(started)),
+                    event: AuditEvent::Failed,
+                    ..base
+                };
+                self.audit.append(entry, false).await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn operation<T>(
+        &self,
+        who: &Principal,
+        client: &ClientInfo,
+        rel: &RelPath,
+        need: Permission,
+        op: &'static str,
+        durable: bool,
+        run: impl std::future::Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, TransferError> {
+        let started = Instant::now();
+        let result = run.await.map_err(TransferError::from);
+        let entry = AuditEntry {
+            result: Some(if result.is_ok() { "ok" } else { "error" }.into()),
+            error: result.as_ref().err().map(TransferError::audit_text),
+            duration_ms: Some(elapsed_ms(started)),
+            ..self.entry(AuditEvent::Operation, who, client, op, rel)
+        };
+        let _ = need;
+        self.audit.append(entry, durable).await?;
+        result
+    }
+
+    /// Metadata of an object.
+    pub async fn stat(&self, who: &Principal, client: &ClientInfo, rel: &RelPath) -> Result<ObjectMeta, TransferError> {
+        let key = self.authorise(who, client, Permission::Read, "stat", rel).await?;
+        self.operation(who, client, rel, Permission::Read, "stat", false, self.store.stat(&who.tenant, &key)).await
+    }
+
+    /// Remove an object.
+    pub async fn delete(&self, who: &Principal, client: &ClientInfo, rel: &RelPath) -> Result<(), TransferError> {
+        if rel.is_dir() {
+            return Err(TransferError::Conflict("cannot delete a directory path".into()));
+        }
+        let key = self.authorise(who, client, Permission::Delete, "delete", rel).await?;
+        self.operation(who, client, rel, Permission::Delete, "delete", true, self.store.delete(&who.tenant, &key)).await
+    }
+
+    /// One page of a directory listing.
+    pub async fn list(
+        &self,
+        who: &Principal,
+        client: &ClientInfo,
+        rel: &RelPath,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, TransferError> {
+        let key = self.authorise(who, client, Permission::List, "list", rel).await?;
+        self.operation(who, client, rel, Permission::List, "list", false, self.store.list(&who.tenant, &key, after, limit))
+            .await
+    }
+}
+
+/// An upload in progress. Drop without [`Upload::finish`] = failed, nothing stored.
+pub struct Upload {
+    writer: Option<Box<dyn ObjectWriter>>,
+    hasher: Sha256,
+    bytes: u64,
+    started: Instant,
+    audit: AuditLog,
+    base: AuditEntry,
+    transfer_id: String,
+    done: bool,
+}
+
+impl Upload {
+    /// Bytes received so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The audit transfer id.
+    pub fn transfer_id(&self) -> &str {
+        &self.transfer_id
+    }
+
+    fn failed_entry(&self, error: String) -> AuditEntry {
+        AuditEntry {
+            event: AuditEvent::Failed,
+            result: Some("error".into()),
+            error: Some(error),
+            bytes: Some(self.bytes),
+            duration_ms: Some(elapsed_ms(self.started)),
+            ..self.base.clone()
+        }
+    }
+
+    async fn record_failure(&mut self, e: &TransferError) {
+        self.writer = None; // discards the staged bytes
+        self.done = true;
+        let entry = self.failed_entry(e.audit_text());
+        if let Err(ae) = self.audit.append(entry, true).await {
+            tracing::error!(error = %ae, "could not audit a failed upload");
+        }
+    }
+
+    /// Append bytes. On a storage error the upload is already failed and audited.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), TransferError> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(TransferError::Storage("upload already finished".into()));
+        };
+        self.hasher.update(&data);
+        self.bytes += data.len() as u64;
+        if let Err(e) = writer.write(data).await {
+            let e = TransferError::from(e);
+            self.record_failure(&e).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Abandon the upload with a reason (client error, timeout); audited as `failed`.
+    pub async fn fail(mut self, error: TransferError) -> TransferError {
+        self.record_failure(&error).await;
+        error
+    }
+
+    /// Check the digest (if the client sent one), commit, and write the durable `completed`
+    /// record before returning, so success is only reported for audited, stored data.
+    pub async fn finish(mut self, expected_sha256: Option<[u8; 32]>) -> Result<Receipt, TransferError> {
+        let sha256 = std::mem::take(&mut self.hasher).finish();
+        if expected_sha256.is_some_and(|want| want != sha256) {
+            return Err(self.fail(TransferError::DigestMismatch).await);
+        }
+        let Some(writer) = self.writer.take() else {
+            return Err(TransferError::Storage("upload already finished".into()));
+        };
+        if let Err(e) = writer.commit(sha256).await {
+            return Err(self.fail(e.into()).await);
+        }
+        self.done = true;
+        let entry = AuditEntry {
+            event: AuditEvent::Completed,
+            result: Some("ok".into()),
+            bytes: Some(self.bytes),
+            sha256: Some(hex::encode(sha256)),
+            duration_ms: Some(elapsed_ms(self.started)),
+            ..self.base.clone()
+        };
+        self.audit.append(entry, true).await?;
+        Ok(Receipt { transfer_id: self.transfer_id.clone(), size: self.bytes, sha256 })
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.done {
+            let entry = self.failed_entry("transfer aborted before completion (client disconnected or shutdown)".into());
+            self.audit.append_detached(entry);
+        }
+    }
+}
+
+/// A download: metadata and the audited body.
+pub struct Download {
+    /// The object's metadata.
+    pub meta: ObjectMeta,
+    /// The range being sent.
+    pub range: ByteRange,
+    /// The bytes; writes the terminal audit record when it ends or is dropped.
+    pub body: AuditedBody,
+}
+
+/// A download body that audits its own end.
+pub struct AuditedBody {
+    inner: ByteStream,
+    audit: AuditLog,
+    base: AuditEntry,
+    sha256: [u8; 32],
+    bytes: u64,
+    started: Instant,
+    done: bool,
+}
+
+impl AuditedBody {
+    fn finish(&mut self, error: Option<String>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let entry = AuditEntry {
+            event: if error.is_some() { AuditEvent::Failed } else { AuditEvent::Completed },
+            result: Some(if error.is_some() { "error" } else { "ok" }.into()),
+            error,
+            bytes: Some(self.bytes),
+            sha256: Some(hex::encode(self.sha256)),
+            duration_ms: Some(elapsed_ms(self.started)),
+            ..self.base.clone()
+        };
+        self.audit.append_detached(entry);
+    }
+}
+
+impl Stream for AuditedBody {
+    type Item = Result<Bytes, StorageError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                this.bytes += b.len() as u64;
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                tracing::error!(error = %e, "download failed mid-stream");
+                this.finish(Some(TransferError::from(e).audit_text()));
+                Poll::Ready(Some(Err(StorageError::Io("download failed".into()))))
+            }
+            Poll::Ready(None) => {
+                this.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for AuditedBody {
+    fn drop(&mut self) {
+        self.finish(Some("client disconnected before the download completed".into()));
+    }
+}
