@@ -336,6 +336,7 @@ impl Transfers {
                     base,
                     sha256: read.meta.sha256,
                     bytes: 0,
+                    expected: read.range.len(),
                     started,
                     done: false,
                 },
@@ -526,6 +527,9 @@ pub struct AuditedBody {
     base: AuditEntry,
     sha256: [u8; 32],
     bytes: u64,
+    /// Length of the range being sent: reaching it completes the transfer, even if the
+    /// HTTP layer never polls the stream to its end.
+    expected: u64,
     started: Instant,
     done: bool,
 }
@@ -557,6 +561,9 @@ impl Stream for AuditedBody {
         match this.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(b))) => {
                 this.bytes += b.len() as u64;
+                if this.bytes >= this.expected {
+                    this.finish(None);
+                }
                 Poll::Ready(Some(Ok(b)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -1,1 +1,360 @@
-//! placeholder
+//! Test harness: a real gateway on `127.0.0.1:0` in production mode, with key material
+//! minted per test (rcgen certificates, fresh tenant and audit keys, minted tokens), and a
+//! small HTTPS client (hyper over tokio-rustls) trusting the test CA.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway::secrets::{TenantKey, Token};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+/// A user the test gateway knows.
+#[derive(Clone, Debug)]
+pub struct UserSpec {
+    pub name: &'static str,
+    pub tenant: &'static str,
+    pub home: &'static str,
+    pub permissions: &'static [&'static str],
+}
+
+/// Builds a [`TestGateway`].
+pub struct Builder {
+    profile: &'static str,
+    users: Vec<UserSpec>,
+    grace: &'static str,
+    idle: &'static str,
+    checkpoint_every: u64,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            profile: "aes256",
+            users: vec![
+                UserSpec { name: "alice", tenant: "acme", home: "/partners/alice", permissions: &["all"] },
+                UserSpec { name: "reader", tenant: "acme", home: "/partners/alice", permissions: &["list", "read"] },
+                UserSpec { name: "bob", tenant: "globex", home: "/", permissions: &["all"] },
+            ],
+            grace: "5s",
+            idle: "10s",
+            checkpoint_every: 1000,
+        }
+    }
+}
+
+impl Builder {
+    pub fn tls_profile(mut self, p: &'static str) -> Self {
+        self.profile = p;
+        self
+    }
+    pub fn grace(mut self, g: &'static str) -> Self {
+        self.grace = g;
+        self
+    }
+    pub fn idle_timeout(mut self, t: &'static str) -> Self {
+        self.idle = t;
+        self
+    }
+    pub fn checkpoint_every(mut self, n: u64) -> Self {
+        self.checkpoint_every = n;
+        self
+    }
+
+    /// Write config and key material, start the gateway.
+    pub async fn start(self) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let pki = gateway_certs::dev::mint(&root.join("pki"), gateway_certs::dev::KeyKind::EcdsaP256).unwrap();
+        let mut tenants: Vec<&str> = self.users.iter().map(|u| u.tenant).collect();
+        tenants.sort();
+        tenants.dedup();
+        let mut text = format!(
+            "mode = \"production\"\ndata_dir = {:?}\nshutdown_grace = {:?}\n\n[https]\nlisten = \"127.0.0.1:0\"\n\
+             tls_profile = {:?}\ncert = {:?}\nkey = {:?}\nidle_timeout = {:?}\n\n[audit]\ncheckpoint_every_records = {}\n\n",
+            root.join("data"),
+            self.grace,
+            self.profile,
+            pki.server_cert,
+            pki.server_key,
+            self.idle,
+            self.checkpoint_every,
+        );
+        for t in &tenants {
+            let key = root.join(format!("data/keys/{t}.key"));
+            TenantKey::generate().unwrap().save(&key).unwrap();
+            text.push_str(&format!("[[tenants]]\nname = {t:?}\nkey_file = {key:?}\n\n"));
+        }
+        gateway::audit::CheckpointKey::generate(&root.join("data/audit/checkpoint.key")).unwrap();
+        let mut tokens = HashMap::new();
+        for u in &self.users {
+            let token = Token::mint(&format!("{}-1", u.name)).unwrap();
+            let perms: Vec<String> = u.permissions.iter().map(|p| format!("{p:?}")).collect();
+            text.push_str(&format!(
+                "[[users]]\nname = {:?}\ntenant = {:?}\nhome = {:?}\npermissions = [{}]\n[[users.tokens]]\nid = \"{}-1\"\nsha256 = \"{}\"\n\n",
+                u.name,
+                u.tenant,
+                u.home,
+                perms.join(", "),
+                u.name,
+                hex::encode(token.sha256())
+            ));
+            tokens.insert(u.name.to_owned(), token.reveal().to_owned());
+        }
+        let config_path = root.join("gateway.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let config = gateway_config::load(&config_path).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let gw = gateway::Gateway::new(&config, &gateway::DevMaterial::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(gw.run(listener, async move {
+            let _ = rx.await;
+        }));
+        TestGateway {
+            addr,
+            ca_pem: pki.ca_cert,
+            tokens,
+            audit_path: config.audit.path.clone(),
+            audit_pub: root.join("data/audit/checkpoint.pub"),
+            store_root: root.join("data/store"),
+            config_path,
+            dir,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+}
+
+/// A running gateway.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub ca_pem: PathBuf,
+    pub tokens: HashMap<String, String>,
+    pub audit_path: PathBuf,
+    pub audit_pub: PathBuf,
+    pub store_root: PathBuf,
+    pub config_path: PathBuf,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A response with its whole body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl TestGateway {
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    pub async fn start() -> TestGateway {
+        Builder::default().start().await
+    }
+
+    pub fn token(&self, user: &str) -> &str {
+        &self.tokens[user]
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    /// Ask the gateway to stop and wait for it (final checkpoint written).
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), h).await.expect("gateway did not stop").unwrap();
+        }
+    }
+
+    /// Start shutdown without waiting.
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Wait for the gateway task to finish after [`TestGateway::trigger_shutdown`].
+    pub async fn join(&mut self) {
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), h).await.expect("gateway did not stop").unwrap();
+        }
+    }
+
+    /// Every audit record written so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Poll the trail until a record matches (records written from Drop arrive a bit later).
+    pub async fn wait_audit(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        for _ in 0..200 {
+            if let Some(r) = self.audit().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no audit record {what}; trail:\n{:#?}", self.audit());
+    }
+
+    /// Path of a stored (sealed) object on disk.
+    pub fn stored_file(&self, tenant: &str, key: &str) -> PathBuf {
+        self.store_root.join("objects").join(tenant).join(key)
+    }
+
+    /// Files currently in the upload staging area.
+    pub fn staging_files(&self) -> usize {
+        std::fs::read_dir(self.store_root.join("staging")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// A rustls client config trusting the test CA, restricted to `alpn`.
+    pub fn client_tls(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls_pki_types::pem::PemObject;
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(&self.ca_pem).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        Arc::new(cfg)
+    }
+
+    /// Open a TLS connection (for raw tests such as a mid-upload disconnect).
+    pub async fn connect_tls(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(self.client_tls(alpn));
+        connector
+            .connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    /// One request over a fresh connection; `http2` picks the protocol.
+    pub async fn request(
+        &self,
+        http2: bool,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let tls = self.connect_tls(alpn).await;
+        let mut req = http::Request::builder().method(method).uri(self.url(path));
+        if !http2 {
+            req = req.header("host", format!("localhost:{}", self.addr.port()));
+        }
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body)).unwrap();
+        let resp = if http2 {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+            tokio::spawn(conn);
+            send.send_request(req).await.unwrap()
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+            tokio::spawn(conn);
+            send.send_request(req).await.unwrap()
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply { status, headers, body }
+    }
+
+    /// Shorthand: HTTP/2 request as `user`.
+    pub async fn call(&self, user: &str, method: &str, path: &str, body: Bytes) -> Reply {
+        let token = self.token(user).to_owned();
+        self.request(true, method, path, Some(&token), &[], body).await
+    }
+
+    /// Run the `curl` binary against this gateway; returns (exit code, stdout).
+    pub async fn curl(&self, args: &[&str]) -> (i32, Vec<u8>) {
+        let out = tokio::process::Command::new("curl")
+            .arg("--silent")
+            .arg("--show-error")
+            .arg("--max-time")
+            .arg("60")
+            .arg("--cacert")
+            .arg(&self.ca_pem)
+            .args(args)
+            .output()
+            .await
+            .expect("curl is installed");
+        if !out.stderr.is_empty() {
+            eprintln!("curl stderr: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        (out.status.code().unwrap_or(-1), out.stdout)
+    }
+
+    /// The `gateway` binary, built by cargo for the workspace.
+    pub fn gateway_bin() -> PathBuf {
+        gateway_bin()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Random bytes for test files.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    use aws_lc_rs::rand::SecureRandom;
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut v).unwrap();
+    v
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(gateway::digest::sha256(data))
+}
+
+/// Path of the `gateway` binary next to the test executable's target dir.
+pub fn gateway_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/test-xxxx -> target/<profile>/gateway
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join("gateway");
+    assert!(bin.exists(), "{} not built; run `cargo build -p gateway` first", bin.display());
+    bin
+}

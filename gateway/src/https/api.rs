@@ -406,7 +406,7 @@ mod tests {
     fn routes() {
         assert_eq!(route(&Method::PUT, "/v1/files/a/b").unwrap(), Endpoint::Upload(RelPath::from_url("a/b").unwrap()));
         assert_eq!(route(&Method::GET, "/v1/files/a/").unwrap(), Endpoint::List(RelPath::from_url("a/").unwrap()));
-        assert_eq!(route(&Method::GET, "/v1/files").unwrap(), Endpoint::List(RelPath::default()));
+        assert_eq!(route(&Method::GET, "/v1/files").unwrap(), Endpoint::List(RelPath::from_url("").unwrap()));
         assert_eq!(ApiError::from(route(&Method::PUT, "/v1/files/a/").unwrap_err()).status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(ApiError::from(route(&Method::POST, "/v1/files/a").unwrap_err()).status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(ApiError::from(route(&Method::GET, "/v1/files/%2e%2e/x").unwrap_err()).status, StatusCode::BAD_REQUEST);
