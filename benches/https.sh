@@ -375,23 +375,30 @@ done
 
 # ---------------------------------------------------------------------------- summary
 echo
-echo "== summary (${BIG} MiB, median of ${RUNS}; curl over HTTP/1.1, TLS 1.3 TLS_AES_256_GCM_SHA384, 127.0.0.1)"
-printf '| %-4s | %16s | %14s | %17s | %20s | %18s |\n' op "gateway MB/s" "nginx MB/s" "gateway / nginx" "gateway CPU s (med)" "nginx CPU s (med)"
-printf '|------|------------------|----------------|-------------------|----------------------|--------------------|\n'
+echo "== summary (${BIG} MiB, ${RUNS} rounds; curl over HTTP/1.1, TLS 1.3 TLS_AES_256_GCM_SHA384, 127.0.0.1)"
+echo "   med = median, best = fastest round, CPU s = server CPU seconds for the whole transfer (lowest is the least disturbed)"
+vals() { tr ' ' '\n' <<<"$1" | grep .; }
+ratio() { awk -v g="$1" -v n="$2" 'BEGIN { printf "%.2fx", g / n }'; }
+printf '| %-4s | %8s | %8s | %9s | %9s | %9s | %10s | %11s | %11s |\n' op "gw med" "ngx med" "gw/ngx" "gw best" "ngx best" "gw/ngx" "gw CPU s" "ngx CPU s"
+printf '| %-4s | %8s | %8s | %9s | %9s | %9s | %10s | %11s | %11s |\n' "" "MB/s" "MB/s" "med" "MB/s" "MB/s" "best" "med (min)" "med (min)"
+printf '|------|----------|----------|-----------|-----------|-----------|------------|-------------|-------------|\n'
 for op in PUT GET; do
-    g=$(tr ' ' '\n' <<<"${SPEEDS[gateway.$op]}" | grep . | median)
-    n=$(tr ' ' '\n' <<<"${SPEEDS[nginx.$op]}" | grep . | median)
-    gc=$(tr ' ' '\n' <<<"${CPUS[gateway.$op]}" | grep . | median)
-    nc=$(tr ' ' '\n' <<<"${CPUS[nginx.$op]}" | grep . | median)
-    ratio=$(awk -v g="$g" -v n="$n" 'BEGIN { printf "%.2fx", g / n }')
-    goal=$(awk -v g="$g" -v n="$n" 'BEGIN { print (g >= n ? "meets >= 1.0x" : "below 1.0x") }')
-    printf '| %-4s | %16s | %14s | %17s | %20s | %18s |  %s\n' "$op" "$(mb "$g")" "$(mb "$n")" "$ratio" "$gc" "$nc" "$goal"
+    g=$(vals "${SPEEDS[gateway.$op]}" | median);  n=$(vals "${SPEEDS[nginx.$op]}" | median)
+    gb=$(vals "${SPEEDS[gateway.$op]}" | sort -g | tail -1); nb=$(vals "${SPEEDS[nginx.$op]}" | sort -g | tail -1)
+    gc=$(vals "${CPUS[gateway.$op]}" | median);    nc=$(vals "${CPUS[nginx.$op]}" | median)
+    gcm=$(vals "${CPUS[gateway.$op]}" | sort -g | head -1); ncm=$(vals "${CPUS[nginx.$op]}" | sort -g | head -1)
+    printf '| %-4s | %8s | %8s | %9s | %9s | %9s | %10s | %11s | %11s |\n' "$op" "$(mb "$g")" "$(mb "$n")" "$(ratio "$g" "$n")" \
+        "$(mb "$gb")" "$(mb "$nb")" "$(ratio "$gb" "$nb")" "$gc ($gcm)" "$nc ($ncm)"
 done
-ge=$(tr ' ' '\n' <<<"${EFFS[gateway.PUT]}" | grep . | median)
-ne=$(tr ' ' '\n' <<<"${EFFS[nginx.PUT]}" | grep . | median)
 echo
+for op in PUT GET; do
+    g=$(vals "${SPEEDS[gateway.$op]}" | median); n=$(vals "${SPEEDS[nginx.$op]}" | median)
+    echo "goal gateway >= 1.0x nginx, $op (medians): $(awk -v g="$g" -v n="$n" 'BEGIN { print (g >= n ? "met" : "NOT met") }') ($(ratio "$g" "$n"))"
+done
+ge=$(vals "${EFFS[gateway.PUT]}" | median)
+ne=$(vals "${EFFS[nginx.PUT]}" | median)
 echo "PUT counting the time until the data is on disk (reply + a sync right after it; the gateway fsyncs before replying, nginx does not):"
-echo "   gateway $(mb "$ge") MB/s, nginx $(mb "$ne") MB/s, ratio $(awk -v g="$ge" -v n="$ne" 'BEGIN { printf "%.2fx", g / n }')"
+echo "   gateway $(mb "$ge") MB/s, nginx $(mb "$ne") MB/s, ratio $(ratio "$ge" "$ne") (medians)"
 echo
 printf '| %-26s | %12s | %12s | %12s |\n' "gateway peak RSS" "${SMALL} MiB" "${BIG} MiB" "big / small"
 printf '|----------------------------|--------------|--------------|--------------|\n'
