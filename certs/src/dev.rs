@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData, RsaKeySize, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RsaKeySize, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
@@ -62,11 +62,7 @@ pub enum KeyKind {
 /// CA files are `dir/ca.pem` and `dir/ca.key`; the server chain (leaf then CA)
 /// and key go to the given paths, whose parent directories are created (0700).
 /// A still-valid CA is kept when only the server certificate needs renewing.
-pub fn ensure_dev_pki(
-    dir: &Path,
-    server_cert: &Path,
-    server_key: &Path,
-) -> Result<DevPki, CertError> {
+pub fn ensure_dev_pki(dir: &Path, server_cert: &Path, server_key: &Path) -> Result<DevPki, CertError> {
     let mut pki = DevPki {
         ca_cert: dir.join("ca.pem"),
         ca_key: dir.join("ca.key"),
@@ -91,11 +87,7 @@ pub fn ensure_dev_pki(
         Some(ca) => ca,
         None => {
             let ca = new_ca(KeyKind::EcdsaP256, now, &pki.ca_cert)?;
-            write_file(
-                &pki.ca_key,
-                ca.issuer.key().serialize_pem().as_bytes(),
-                true,
-            )?;
+            write_file(&pki.ca_key, ca.issuer.key().serialize_pem().as_bytes(), true)?;
             write_file(&pki.ca_cert, ca.pem.as_bytes(), false)?;
             ca
         }
@@ -118,11 +110,7 @@ pub fn mint(dir: &Path, key: KeyKind) -> Result<DevPki, CertError> {
     let now = OffsetDateTime::now_utc();
     create_private_dir(dir)?;
     let ca = new_ca(key, now, &pki.ca_cert)?;
-    write_file(
-        &pki.ca_key,
-        ca.issuer.key().serialize_pem().as_bytes(),
-        true,
-    )?;
+    write_file(&pki.ca_key, ca.issuer.key().serialize_pem().as_bytes(), true)?;
     write_file(&pki.ca_cert, ca.pem.as_bytes(), false)?;
     write_server(&ca, key, now, now + Duration::days(SERVER_DAYS), &pki)?;
     Ok(pki)
@@ -175,11 +163,7 @@ fn load_ca(cert_path: &Path, key_path: &Path, now: OffsetDateTime) -> Option<Dev
         return None;
     }
     let issuer = Issuer::from_ca_cert_der(der, key).ok()?;
-    Some(DevCa {
-        issuer,
-        pem,
-        not_after,
-    })
+    Some(DevCa { issuer, pem, not_after })
 }
 
 /// Generate a key pair of the given kind.
@@ -202,10 +186,7 @@ fn random_serial() -> Result<SerialNumber, String> {
 }
 
 fn gen_err(path: &Path) -> impl Fn(String) -> CertError + '_ {
-    move |detail| CertError::Generate {
-        path: path.to_path_buf(),
-        detail,
-    }
+    move |detail| CertError::Generate { path: path.to_path_buf(), detail }
 }
 
 /// Create a new self-signed development CA (not yet written to disk).
@@ -216,20 +197,12 @@ fn new_ca(kind: KeyKind, now: OffsetDateTime, ca_path: &Path) -> Result<DevCa, C
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, CA_CN);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::days(CA_DAYS);
     params.serial_number = Some(random_serial().map_err(&err)?);
     let cert = params.self_signed(&key).map_err(|e| err(e.to_string()))?;
-    Ok(DevCa {
-        pem: cert.pem(),
-        not_after: params.not_after,
-        issuer: Issuer::new(params, key),
-    })
+    Ok(DevCa { pem: cert.pem(), not_after: params.not_after, issuer: Issuer::new(params, key) })
 }
 
 /// Issue a `localhost` server certificate from `ca` and write chain + key.
@@ -244,16 +217,9 @@ fn write_server(
     let key = generate_key(kind).map_err(|e| err(e.to_string()))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
+    params.distinguished_name.push(DnType::CommonName, "localhost");
     params.subject_alt_names = vec![
-        SanType::DnsName(
-            "localhost"
-                .to_owned()
-                .try_into()
-                .map_err(|e: rcgen::Error| err(e.to_string()))?,
-        ),
+        SanType::DnsName("localhost".to_owned().try_into().map_err(|e: rcgen::Error| err(e.to_string()))?),
         SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
     ];
@@ -264,9 +230,7 @@ fn write_server(
     params.not_before = now - Duration::hours(1);
     params.not_after = not_after;
     params.serial_number = Some(random_serial().map_err(&err)?);
-    let cert = params
-        .signed_by(&key, &ca.issuer)
-        .map_err(|e| err(e.to_string()))?;
+    let cert = params.signed_by(&key, &ca.issuer).map_err(|e| err(e.to_string()))?;
 
     let mut chain = cert.pem();
     if !chain.ends_with('\n') {
@@ -296,10 +260,7 @@ fn create_private_dir(dir: &Path) -> Result<(), CertError> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir).map_err(|source| CertError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })
+    builder.create(dir).map_err(|source| CertError::Io { path: dir.to_path_buf(), source })
 }
 
 /// Atomically write `contents` to `path` (temp file + rename); `private` => mode 0600.
@@ -310,10 +271,7 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), CertErr
         let p = p.to_path_buf();
         move |source| CertError::Io { path: p, source }
     };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
 
     let mut options = OpenOptions::new();
@@ -330,8 +288,7 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), CertErr
             // `mode` only applies on creation; enforce it if a stale temp file existed.
             use std::os::unix::fs::PermissionsExt;
             let mode = if private { 0o600 } else { 0o644 };
-            file.set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(io_err(&tmp))?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
         }
         file.write_all(contents).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
@@ -349,12 +306,8 @@ mod tests {
 
     #[test]
     fn extracts_single_block() {
-        let text =
-            "subject=CN=x\n-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\ntrailer";
-        assert_eq!(
-            extract_cert_block(text).unwrap(),
-            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
-        );
+        let text = "subject=CN=x\n-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\ntrailer";
+        assert_eq!(extract_cert_block(text).unwrap(), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
         assert!(extract_cert_block("-----BEGIN CERTIFICATE-----\nAAAA").is_none());
     }
 }

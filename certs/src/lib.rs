@@ -11,15 +11,7 @@
 //! * a development PKI generator ([`dev`]) for local runs and tests.
 //!
 //! Only the aws-lc-rs crypto stack is used (through rustls, rcgen and aws-lc-rs).
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod dev;
 mod error;

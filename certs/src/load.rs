@@ -33,9 +33,7 @@ pub struct LoadedCert {
 impl fmt::Debug for LoadedCert {
     // Hand-written so the signing key can never end up in logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoadedCert")
-            .field("info", &self.info)
-            .finish_non_exhaustive()
+        f.debug_struct("LoadedCert").field("info", &self.info).finish_non_exhaustive()
     }
 }
 
@@ -68,35 +66,24 @@ pub fn validate_cert_files(cert_path: &Path, key_path: &Path) -> Result<CertInfo
 }
 
 /// Core of [`load_server_cert`], with the clock injectable for tests.
-pub(crate) fn load_at(
-    cert_path: &Path,
-    key_path: &Path,
-    now: OffsetDateTime,
-) -> Result<LoadedCert, CertError> {
+pub(crate) fn load_at(cert_path: &Path, key_path: &Path, now: OffsetDateTime) -> Result<LoadedCert, CertError> {
     let chain = read_chain(cert_path)?;
     let Some(leaf_der) = chain.first() else {
         // read_chain guarantees at least one certificate.
-        return Err(CertError::NoCertificate {
-            path: cert_path.to_path_buf(),
-            hint: String::new(),
-        });
+        return Err(CertError::NoCertificate { path: cert_path.to_path_buf(), hint: String::new() });
     };
     // Parse every certificate so a corrupt intermediate is caught now, not by clients.
     let mut parsed = Vec::with_capacity(chain.len());
     for (i, der) in chain.iter().enumerate() {
-        let (_, cert) =
-            X509Certificate::from_der(der.as_ref()).map_err(|e| CertError::CertParse {
-                path: cert_path.to_path_buf(),
-                index: i + 1,
-                detail: e.to_string(),
-            })?;
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| CertError::CertParse {
+            path: cert_path.to_path_buf(),
+            index: i + 1,
+            detail: e.to_string(),
+        })?;
         parsed.push(cert);
     }
     let Some(leaf) = parsed.first() else {
-        return Err(CertError::NoCertificate {
-            path: cert_path.to_path_buf(),
-            hint: String::new(),
-        });
+        return Err(CertError::NoCertificate { path: cert_path.to_path_buf(), hint: String::new() });
     };
 
     check_signature(cert_path, leaf)?;
@@ -107,10 +94,7 @@ pub(crate) fn load_at(
     let signing_key = provider(CipherProfile::Intermediate)
         .key_provider
         .load_private_key(key_der)
-        .map_err(|e| CertError::KeyUnusable {
-            path: key_path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| CertError::KeyUnusable { path: key_path.to_path_buf(), detail: e.to_string() })?;
     let key_spki = signing_key.public_key().map(|spki| spki.into_owned());
     let certified = CertifiedKey::new(chain.clone(), signing_key);
     match certified.keys_match() {
@@ -120,21 +104,15 @@ pub(crate) fn load_at(
         }
         Err(_) => {
             // Give a precise hint when the chain is merely in the wrong order.
-            let position = key_spki.as_ref().and_then(|spki| {
-                parsed
-                    .iter()
-                    .position(|c| c.public_key().raw == spki.as_ref())
-            });
+            let position =
+                key_spki.as_ref().and_then(|spki| parsed.iter().position(|c| c.public_key().raw == spki.as_ref()));
             return Err(match position {
                 Some(i) if i > 0 => CertError::ChainOrder {
                     key_path: key_path.to_path_buf(),
                     cert_path: cert_path.to_path_buf(),
                     index: i + 1,
                 },
-                _ => CertError::KeyMismatch {
-                    key_path: key_path.to_path_buf(),
-                    cert_path: cert_path.to_path_buf(),
-                },
+                _ => CertError::KeyMismatch { key_path: key_path.to_path_buf(), cert_path: cert_path.to_path_buf() },
             });
         }
     }
@@ -145,18 +123,12 @@ pub(crate) fn load_at(
         key: key_desc,
         sha256_fingerprint: fingerprint(leaf_der.as_ref()),
     };
-    Ok(LoadedCert {
-        certified: Arc::new(certified),
-        info,
-    })
+    Ok(LoadedCert { certified: Arc::new(certified), info })
 }
 
 /// Read a file, mapping errors to [`CertError::Io`] with the path.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, CertError> {
-    std::fs::read(path).map_err(|source| CertError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| CertError::Io { path: path.to_path_buf(), source })
 }
 
 /// Read all `CERTIFICATE` blocks (at least one) from a PEM file.
@@ -164,10 +136,7 @@ pub(crate) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Ce
     let bytes = read_file(path)?;
     let chain = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertError::BadPem {
-            path: path.to_path_buf(),
-            detail: pem_error_detail(&e),
-        })?;
+        .map_err(|e| CertError::BadPem { path: path.to_path_buf(), detail: pem_error_detail(&e) })?;
     if chain.is_empty() {
         let hint = if contains(&bytes, b"PRIVATE KEY-----") {
             "; this file looks like a private key"
@@ -176,10 +145,7 @@ pub(crate) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Ce
         } else {
             ""
         };
-        return Err(CertError::NoCertificate {
-            path: path.to_path_buf(),
-            hint: hint.to_owned(),
-        });
+        return Err(CertError::NoCertificate { path: path.to_path_buf(), hint: hint.to_owned() });
     }
     Ok(chain)
 }
@@ -196,16 +162,10 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
             } else {
                 ""
             };
-            CertError::NoKey {
-                path: path.to_path_buf(),
-                hint: hint.to_owned(),
-            }
+            CertError::NoKey { path: path.to_path_buf(), hint: hint.to_owned() }
         }
         // Deliberately generic for key files: never echo anything from them.
-        _ => CertError::BadPem {
-            path: path.to_path_buf(),
-            detail: "malformed PEM block".to_owned(),
-        },
+        _ => CertError::BadPem { path: path.to_path_buf(), detail: "malformed PEM block".to_owned() },
     })
 }
 
@@ -237,22 +197,17 @@ fn check_signature(path: &Path, leaf: &X509Certificate<'_>) -> Result<(), CertEr
         "1.2.840.10040.4.3" | "1.3.14.3.2.27" => Some("dsa-with-SHA1"),
         // RSASSA-PSS: the hash is in the parameters (absent means SHA-1).
         "1.2.840.113549.1.1.10" => match SignatureAlgorithm::try_from(alg) {
-            Ok(SignatureAlgorithm::RSASSA_PSS(params)) => {
-                match params.hash_algorithm_oid().to_id_string().as_str() {
-                    "1.3.14.3.2.26" => Some("RSASSA-PSS with SHA-1"),
-                    "1.2.840.113549.2.5" => Some("RSASSA-PSS with MD5"),
-                    _ => None,
-                }
-            }
+            Ok(SignatureAlgorithm::RSASSA_PSS(params)) => match params.hash_algorithm_oid().to_id_string().as_str() {
+                "1.3.14.3.2.26" => Some("RSASSA-PSS with SHA-1"),
+                "1.2.840.113549.2.5" => Some("RSASSA-PSS with MD5"),
+                _ => None,
+            },
             _ => Some("RSASSA-PSS with unreadable parameters"),
         },
         _ => None,
     };
     match weak {
-        Some(name) => Err(CertError::WeakSignature {
-            path: path.to_path_buf(),
-            algorithm: name.to_owned(),
-        }),
+        Some(name) => Err(CertError::WeakSignature { path: path.to_path_buf(), algorithm: name.to_owned() }),
         None => Ok(()),
     }
 }
@@ -262,10 +217,7 @@ fn check_signature(path: &Path, leaf: &X509Certificate<'_>) -> Result<(), CertEr
 /// Errors name the key file: replacing the key is the fix.
 fn describe_key(key_path: &Path, leaf: &X509Certificate<'_>) -> Result<String, CertError> {
     let spki = leaf.public_key();
-    let unsupported = |algorithm: String| CertError::UnsupportedKey {
-        path: key_path.to_path_buf(),
-        algorithm,
-    };
+    let unsupported = |algorithm: String| CertError::UnsupportedKey { path: key_path.to_path_buf(), algorithm };
     let alg_oid = spki.algorithm.algorithm.to_id_string();
     match alg_oid.as_str() {
         "1.3.101.112" => Ok("Ed25519".to_owned()),
@@ -289,10 +241,7 @@ fn describe_key(key_path: &Path, leaf: &X509Certificate<'_>) -> Result<String, C
             Ok(PublicKey::RSA(rsa)) => {
                 let bits = modulus_bits(rsa.modulus);
                 if bits < 2048 {
-                    Err(CertError::WeakRsaKey {
-                        path: key_path.to_path_buf(),
-                        bits,
-                    })
+                    Err(CertError::WeakRsaKey { path: key_path.to_path_buf(), bits })
                 } else {
                     Ok(format!("RSA {bits}"))
                 }
@@ -319,25 +268,15 @@ fn modulus_bits(modulus: &[u8]) -> usize {
 }
 
 /// Refuse a leaf that is not valid at `now`.
-fn check_validity(
-    path: &Path,
-    leaf: &X509Certificate<'_>,
-    now: OffsetDateTime,
-) -> Result<(), CertError> {
+fn check_validity(path: &Path, leaf: &X509Certificate<'_>, now: OffsetDateTime) -> Result<(), CertError> {
     let validity = leaf.validity();
     let not_before = validity.not_before.to_datetime();
     let not_after = validity.not_after.to_datetime();
     if now < not_before {
-        return Err(CertError::NotYetValid {
-            path: path.to_path_buf(),
-            not_before: rfc3339(not_before),
-        });
+        return Err(CertError::NotYetValid { path: path.to_path_buf(), not_before: rfc3339(not_before) });
     }
     if now > not_after {
-        return Err(CertError::Expired {
-            path: path.to_path_buf(),
-            not_after: rfc3339(not_after),
-        });
+        return Err(CertError::Expired { path: path.to_path_buf(), not_after: rfc3339(not_after) });
     }
     Ok(())
 }
@@ -350,12 +289,7 @@ pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
 /// SHA-256 fingerprint in `openssl x509 -fingerprint -sha256` style.
 fn fingerprint(der: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-    digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
 #[cfg(test)]

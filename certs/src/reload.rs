@@ -19,9 +19,7 @@ pub struct ReloadableCert {
 impl ReloadableCert {
     /// Start serving `c`.
     pub fn new(c: LoadedCert) -> Self {
-        Self {
-            current: RwLock::new(c),
-        }
+        Self { current: RwLock::new(c) }
     }
 
     /// Serve `c` for all handshakes from now on.
@@ -34,22 +32,13 @@ impl ReloadableCert {
 
     /// The certificate currently being served (e.g. for expiry monitoring).
     pub fn current(&self) -> LoadedCert {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
 impl ResolvesServerCert for ReloadableCert {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(
-            &self
-                .current
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .certified,
-        ))
+        Some(Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner).certified))
     }
 }
 

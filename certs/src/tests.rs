@@ -12,10 +12,7 @@ use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
 use crate::dev::{ensure_dev_pki, mint, KeyKind};
-use crate::{
-    load_server_cert, provider, server_config, validate_cert_files, CertError, CipherProfile,
-    ReloadableCert,
-};
+use crate::{load_server_cert, provider, server_config, validate_cert_files, CertError, CipherProfile, ReloadableCert};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -39,11 +36,7 @@ fn openssl(args: &[&str]) -> Option<()> {
         }
         Err(e) => panic!("running openssl: {e}"),
         Ok(out) => {
-            assert!(
-                out.status.success(),
-                "openssl {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
             Some(())
         }
     }
@@ -52,16 +45,7 @@ fn openssl(args: &[&str]) -> Option<()> {
 /// `openssl req -x509` self-signed cert into dir; returns (cert, key).
 fn openssl_cert(dir: &Path, extra: &[&str]) -> Option<(PathBuf, PathBuf)> {
     let (cp, kp) = (dir.join("o.pem"), dir.join("o.key"));
-    let mut args = vec![
-        "req",
-        "-x509",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-    ];
+    let mut args = vec!["req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout"];
     args.push(s(&kp));
     args.extend(["-out", s(&cp)]);
     args.extend_from_slice(extra);
@@ -89,15 +73,10 @@ fn mint_and_load_round_trip_each_kind() {
         assert!((88..=90).contains(&days_left), "{days_left}");
         let fp = &loaded.info.sha256_fingerprint;
         assert_eq!(fp.len(), 32 * 3 - 1);
-        assert!(fp
-            .chars()
-            .all(|c| c == ':' || c.is_ascii_digit() || c.is_ascii_uppercase()));
+        assert!(fp.chars().all(|c| c == ':' || c.is_ascii_digit() || c.is_ascii_uppercase()));
 
         // Chain is leaf then CA; CA file is the second block.
-        let chain: Vec<_> = CertificateDer::pem_file_iter(&pki.server_cert)
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let chain: Vec<_> = CertificateDer::pem_file_iter(&pki.server_cert).unwrap().collect::<Result<_, _>>().unwrap();
         let ca = CertificateDer::from_pem_file(&pki.ca_cert).unwrap();
         assert_eq!(chain[1], ca);
 
@@ -141,18 +120,14 @@ fn ed25519_and_key_formats_accepted() {
     let pki = mint(&dir.path().join("ec"), KeyKind::EcdsaP256).unwrap();
     let sec1 = dir.path().join("sec1.key");
     if openssl(&["ec", "-in", s(&pki.server_key), "-out", s(&sec1)]).is_some() {
-        assert!(std::fs::read_to_string(&sec1)
-            .unwrap()
-            .contains("BEGIN EC PRIVATE KEY"));
+        assert!(std::fs::read_to_string(&sec1).unwrap().contains("BEGIN EC PRIVATE KEY"));
         load_server_cert(&pki.server_cert, &sec1).unwrap();
     }
     let pki = mint(&dir.path().join("rsa"), KeyKind::Rsa2048).unwrap();
     let pkcs1 = dir.path().join("pkcs1.key");
     let args = ["pkey", "-traditional", "-in", s(&pki.server_key), "-out"];
     if openssl(&[&args[..], &[s(&pkcs1)]].concat()).is_some() {
-        assert!(std::fs::read_to_string(&pkcs1)
-            .unwrap()
-            .contains("BEGIN RSA PRIVATE KEY"));
+        assert!(std::fs::read_to_string(&pkcs1).unwrap().contains("BEGIN RSA PRIVATE KEY"));
         load_server_cert(&pki.server_cert, &pkcs1).unwrap();
     }
 }
@@ -167,20 +142,14 @@ fn expired_and_not_yet_valid_refused() {
     let (cp, kp) = self_signed(dir.path(), &params, &key);
     let err = load_server_cert(&cp, &kp).unwrap_err();
     assert!(matches!(err, CertError::Expired { .. }), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        format!("{}: certificate expired on 2021-01-01T00:00:00Z", s(&cp))
-    );
+    assert_eq!(err.to_string(), format!("{}: certificate expired on 2021-01-01T00:00:00Z", s(&cp)));
     assert!(validate_cert_files(&cp, &kp).is_err());
 
     params.not_before = OffsetDateTime::now_utc() + Duration::days(10);
     params.not_after = OffsetDateTime::now_utc() + Duration::days(100);
     let (cp, kp) = self_signed(dir.path(), &params, &key);
     let err = load_server_cert(&cp, &kp).unwrap_err().to_string();
-    assert!(
-        err.starts_with(&format!("{}: certificate is not valid until 20", s(&cp))),
-        "{err}"
-    );
+    assert!(err.starts_with(&format!("{}: certificate is not valid until 20", s(&cp))), "{err}");
 }
 
 #[test]
@@ -192,11 +161,7 @@ fn mismatched_key_refused() {
     assert!(matches!(err, CertError::KeyMismatch { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
-        format!(
-            "{}: private key does not match the certificate in {}",
-            s(&b.server_key),
-            s(&a.server_cert)
-        )
+        format!("{}: private key does not match the certificate in {}", s(&b.server_key), s(&a.server_cert))
     );
     // Same key type but different algorithm family also refused.
     let r = mint(&dir.path().join("r"), KeyKind::Rsa2048).unwrap();
@@ -207,10 +172,8 @@ fn mismatched_key_refused() {
 fn chain_out_of_order_reported() {
     let dir = tempfile::tempdir().unwrap();
     let pki = mint(dir.path(), KeyKind::EcdsaP256).unwrap();
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.server_cert)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&pki.server_cert).unwrap().collect::<Result<_, _>>().unwrap();
     // CA first, then leaf.
     let text = std::fs::read_to_string(&pki.server_cert).unwrap();
     let end = "-----END CERTIFICATE-----\n";
@@ -220,10 +183,7 @@ fn chain_out_of_order_reported() {
     std::fs::write(&bad, swapped).unwrap();
     assert_eq!(chain.len(), 2);
     let err = load_server_cert(&bad, &pki.server_key).unwrap_err();
-    assert!(
-        matches!(err, CertError::ChainOrder { index: 2, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, CertError::ChainOrder { index: 2, .. }), "{err:?}");
     assert!(err.to_string().contains("must come first"));
 }
 
@@ -234,10 +194,7 @@ fn rsa_1024_refused() {
         return;
     };
     let err = load_server_cert(&cp, &kp).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        format!("{}: RSA key is 1024 bits; at least 2048 required", s(&kp))
-    );
+    assert_eq!(err.to_string(), format!("{}: RSA key is 1024 bits; at least 2048 required", s(&kp)));
 }
 
 #[test]
@@ -273,10 +230,8 @@ fn garbage_and_missing_files_refused_with_file_name() {
 
     let err = load_server_cert(&garbage, &pki.server_key).unwrap_err();
     assert!(
-        err.to_string().starts_with(&format!(
-            "{}: no certificate found (expected PEM 'CERTIFICATE' blocks)",
-            s(&garbage)
-        )),
+        err.to_string()
+            .starts_with(&format!("{}: no certificate found (expected PEM 'CERTIFICATE' blocks)", s(&garbage))),
         "{err}"
     );
 
@@ -285,37 +240,21 @@ fn garbage_and_missing_files_refused_with_file_name() {
     assert!(err.to_string().starts_with(s(&garbage)), "{err}");
 
     // Swapped arguments get a hint.
-    let err = load_server_cert(&pki.server_key, &pki.server_cert)
-        .unwrap_err()
-        .to_string();
+    let err = load_server_cert(&pki.server_key, &pki.server_cert).unwrap_err().to_string();
     assert!(err.contains("looks like a private key"), "{err}");
     assert!(!err.contains("BEGIN"), "{err}");
 
     // Corrupt base64 inside a CERTIFICATE block.
     let corrupt = dir.path().join("corrupt.pem");
-    std::fs::write(
-        &corrupt,
-        "-----BEGIN CERTIFICATE-----\n!!!!notbase64!!!!\n-----END CERTIFICATE-----\n",
-    )
-    .unwrap();
+    std::fs::write(&corrupt, "-----BEGIN CERTIFICATE-----\n!!!!notbase64!!!!\n-----END CERTIFICATE-----\n").unwrap();
     let err = load_server_cert(&corrupt, &pki.server_key).unwrap_err();
-    assert!(
-        matches!(err, CertError::BadPem { .. } | CertError::CertParse { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, CertError::BadPem { .. } | CertError::CertParse { .. }), "{err:?}");
     assert!(err.to_string().starts_with(s(&corrupt)), "{err}");
 
     // Valid base64 but not a certificate.
-    std::fs::write(
-        &corrupt,
-        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-    )
-    .unwrap();
+    std::fs::write(&corrupt, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
     let err = load_server_cert(&corrupt, &pki.server_key).unwrap_err();
-    assert!(
-        matches!(err, CertError::CertParse { index: 1, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, CertError::CertParse { index: 1, .. }), "{err:?}");
     assert!(err.to_string().starts_with(s(&corrupt)), "{err}");
 
     let missing = dir.path().join("missing.pem");
@@ -328,32 +267,15 @@ fn garbage_and_missing_files_refused_with_file_name() {
 fn server_config_suites_per_profile() {
     let dir = tempfile::tempdir().unwrap();
     let pki = mint(dir.path(), KeyKind::EcdsaP256).unwrap();
-    let resolver = Arc::new(ReloadableCert::new(
-        load_server_cert(&pki.server_cert, &pki.server_key).unwrap(),
-    ));
+    let resolver = Arc::new(ReloadableCert::new(load_server_cert(&pki.server_cert, &pki.server_key).unwrap()));
     let suites = |profile| -> Vec<CipherSuite> {
         let cfg = server_config(profile, resolver.clone()).unwrap();
         assert!(cfg.ignore_client_order);
-        assert_eq!(
-            cfg.alpn_protocols,
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        );
-        let groups: Vec<_> = cfg
-            .crypto_provider()
-            .kx_groups
-            .iter()
-            .map(|g| g.name())
-            .collect();
+        assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        let groups: Vec<_> = cfg.crypto_provider().kx_groups.iter().map(|g| g.name()).collect();
         use rustls::NamedGroup as G;
-        assert_eq!(
-            groups,
-            vec![G::X25519MLKEM768, G::X25519, G::secp256r1, G::secp384r1]
-        );
-        cfg.crypto_provider()
-            .cipher_suites
-            .iter()
-            .map(|c| c.suite())
-            .collect()
+        assert_eq!(groups, vec![G::X25519MLKEM768, G::X25519, G::secp256r1, G::secp384r1]);
+        cfg.crypto_provider().cipher_suites.iter().map(|c| c.suite()).collect()
     };
     use CipherSuite as C;
     assert_eq!(
@@ -381,10 +303,7 @@ fn server_config_suites_per_profile() {
 }
 
 /// In-memory handshake between a client and server connection.
-fn handshake(
-    client: &mut ClientConnection,
-    server: &mut ServerConnection,
-) -> Result<(), rustls::Error> {
+fn handshake(client: &mut ClientConnection, server: &mut ServerConnection) -> Result<(), rustls::Error> {
     for _ in 0..20 {
         let mut buf = Vec::new();
         while client.wants_write() {
@@ -420,18 +339,13 @@ struct Client {
 
 fn connect(c: &Client, server_cfg: &Arc<rustls::ServerConfig>) -> Result<Done, rustls::Error> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(&c.ca).unwrap())
-        .unwrap();
+    roots.add(CertificateDer::from_pem_file(&c.ca).unwrap()).unwrap();
     let mut prov = provider(c.profile);
     if let Some(suites) = &c.suites {
         prov.cipher_suites = suites.clone();
     }
-    let versions: &[&rustls::SupportedProtocolVersion] = if c.tls12_only {
-        &[&rustls::version::TLS12]
-    } else {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    };
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if c.tls12_only { &[&rustls::version::TLS12] } else { &[&rustls::version::TLS13, &rustls::version::TLS12] };
     let mut cfg = ClientConfig::builder_with_provider(Arc::new(prov))
         .with_protocol_versions(versions)
         .unwrap()
@@ -439,8 +353,7 @@ fn connect(c: &Client, server_cfg: &Arc<rustls::ServerConfig>) -> Result<Done, r
         .with_no_client_auth();
     // Client prefers http/1.1; the server's order (h2 first) must win.
     cfg.alpn_protocols = vec![b"http/1.1".to_vec(), b"h2".to_vec()];
-    let mut client =
-        ClientConnection::new(Arc::new(cfg), ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut client = ClientConnection::new(Arc::new(cfg), ServerName::try_from("localhost").unwrap()).unwrap();
     let mut server = ServerConnection::new(server_cfg.clone()).unwrap();
     handshake(&mut client, &mut server)?;
     Ok(Done {
@@ -476,36 +389,22 @@ fn handshakes_follow_profile() {
     assert_eq!(done.suite, CipherSuite::TLS13_AES_256_GCM_SHA384);
     assert_eq!(done.alpn.as_deref(), Some(&b"h2"[..]));
     let done = connect(&client(&ec.ca_cert, true), &cfg).unwrap();
-    assert_eq!(
-        done.suite,
-        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-    );
+    assert_eq!(done.suite, CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384);
 
     // A client offering only AES-128 cannot connect to the Aes256 profile.
     let mut weak = client(&ec.ca_cert, false);
-    weak.suites = Some(vec![
-        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
-    ]);
+    weak.suites = Some(vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256]);
     assert!(connect(&weak, &cfg).is_err());
     // ... but can with Intermediate.
     let cfg_i = Arc::new(server_config(CipherProfile::Intermediate, resolver.clone()).unwrap());
-    assert_eq!(
-        connect(&weak, &cfg_i).unwrap().suite,
-        CipherSuite::TLS13_AES_128_GCM_SHA256
-    );
+    assert_eq!(connect(&weak, &cfg_i).unwrap().suite, CipherSuite::TLS13_AES_128_GCM_SHA256);
 
     // Rotation: replace() takes effect for new handshakes on the same config.
     let rsa_loaded = load(&rsa);
     resolver.replace(rsa_loaded.clone());
-    assert_eq!(
-        resolver.current().info.sha256_fingerprint,
-        rsa_loaded.info.sha256_fingerprint
-    );
+    assert_eq!(resolver.current().info.sha256_fingerprint, rsa_loaded.info.sha256_fingerprint);
     let done = connect(&client(&rsa.ca_cert, true), &cfg).unwrap();
-    assert_eq!(
-        done.suite,
-        CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
-    );
+    assert_eq!(done.suite, CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384);
     assert_eq!(done.leaf, rsa_loaded.certified.cert[0]);
     // The old CA no longer validates the served certificate.
     assert!(connect(&client(&ec.ca_cert, false), &cfg).is_err());
@@ -519,15 +418,9 @@ fn reloadable_replace_swaps() {
     let la = load_server_cert(&a.server_cert, &a.server_key).unwrap();
     let lb = load_server_cert(&b.server_cert, &b.server_key).unwrap();
     let r = ReloadableCert::new(la.clone());
-    assert_eq!(
-        r.current().info.sha256_fingerprint,
-        la.info.sha256_fingerprint
-    );
+    assert_eq!(r.current().info.sha256_fingerprint, la.info.sha256_fingerprint);
     r.replace(lb.clone());
-    assert_eq!(
-        r.current().info.sha256_fingerprint,
-        lb.info.sha256_fingerprint
-    );
+    assert_eq!(r.current().info.sha256_fingerprint, lb.info.sha256_fingerprint);
     assert_eq!(r.current().info.key, "ECDSA P-384");
     assert!(Arc::ptr_eq(&r.current().certified, &lb.certified));
 }
@@ -546,36 +439,21 @@ fn ensure_dev_pki_generates_then_reuses() {
     let info = validate_cert_files(&cert, &key).unwrap();
     assert_eq!(info.key, "ECDSA P-256");
     let ca_text = std::fs::read_to_string(&first.ca_cert).unwrap();
-    let ca_info = x509_parser::pem::parse_x509_pem(ca_text.as_bytes())
-        .unwrap()
-        .1;
+    let ca_info = x509_parser::pem::parse_x509_pem(ca_text.as_bytes()).unwrap().1;
     let ca_x509 = ca_info.parse_x509().unwrap();
     assert_eq!(ca_x509.subject().to_string(), "CN=Gateway Development CA");
     assert!(ca_x509.is_ca());
-    let ca_days =
-        (ca_x509.validity().not_after.to_datetime() - OffsetDateTime::now_utc()).whole_days();
+    let ca_days = (ca_x509.validity().not_after.to_datetime() - OffsetDateTime::now_utc()).whole_days();
     assert!((364..=365).contains(&ca_days), "{ca_days}");
 
     // The leaf carries the expected SANs.
-    let leaf_der = CertificateDer::pem_file_iter(&cert)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
+    let leaf_der = CertificateDer::pem_file_iter(&cert).unwrap().next().unwrap().unwrap();
     let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).unwrap();
     let san = leaf.subject_alternative_name().unwrap().unwrap();
-    let names: Vec<String> = san
-        .value
-        .general_names
-        .iter()
-        .map(|n| n.to_string())
-        .collect();
+    let names: Vec<String> = san.value.general_names.iter().map(|n| n.to_string()).collect();
     assert_eq!(names.len(), 3, "{names:?}");
     assert!(names.iter().any(|n| n.contains("localhost")), "{names:?}");
-    assert!(
-        leaf.validity().not_before.to_datetime()
-            < OffsetDateTime::now_utc() - Duration::minutes(50)
-    );
+    assert!(leaf.validity().not_before.to_datetime() < OffsetDateTime::now_utc() - Duration::minutes(50));
 
     #[cfg(unix)]
     {
@@ -590,10 +468,7 @@ fn ensure_dev_pki_generates_then_reuses() {
     // Second call: nothing regenerated.
     let second = ensure_dev_pki(&pki_dir, &cert, &key).unwrap();
     assert!(!second.generated);
-    assert_eq!(
-        validate_cert_files(&cert, &key).unwrap().sha256_fingerprint,
-        info.sha256_fingerprint
-    );
+    assert_eq!(validate_cert_files(&cert, &key).unwrap().sha256_fingerprint, info.sha256_fingerprint);
 
     // Server cert lost: re-issued by the same CA (developers keep trusting ca.pem).
     std::fs::remove_file(&cert).unwrap();
@@ -602,24 +477,13 @@ fn ensure_dev_pki_generates_then_reuses() {
     assert_eq!(std::fs::read_to_string(&first.ca_cert).unwrap(), ca_text);
     let new_info = validate_cert_files(&cert, &key).unwrap();
     assert_ne!(new_info.sha256_fingerprint, info.sha256_fingerprint);
-    let chain: Vec<_> = CertificateDer::pem_file_iter(&cert)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(
-        chain[1],
-        CertificateDer::from_pem_file(&first.ca_cert).unwrap()
-    );
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&cert).unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(chain[1], CertificateDer::from_pem_file(&first.ca_cert).unwrap());
 
     // Re-issued cert verifies against the reused CA in a real handshake.
     let resolver = Arc::new(ReloadableCert::new(load_server_cert(&cert, &key).unwrap()));
     let cfg = Arc::new(server_config(CipherProfile::Aes256, resolver).unwrap());
-    let c = Client {
-        ca: first.ca_cert.clone(),
-        profile: CipherProfile::Aes256,
-        tls12_only: false,
-        suites: None,
-    };
+    let c = Client { ca: first.ca_cert.clone(), profile: CipherProfile::Aes256, tls12_only: false, suites: None };
     connect(&c, &cfg).unwrap();
 
     // Server cert about to expire: regenerated.
@@ -634,8 +498,7 @@ fn ensure_dev_pki_generates_then_reuses() {
     std::fs::write(&key, short_key.serialize_pem()).unwrap();
     validate_cert_files(&cert, &key).unwrap();
     assert!(ensure_dev_pki(&pki_dir, &cert, &key).unwrap().generated);
-    let days = (validate_cert_files(&cert, &key).unwrap().not_after - OffsetDateTime::now_utc())
-        .whole_days();
+    let days = (validate_cert_files(&cert, &key).unwrap().not_after - OffsetDateTime::now_utc()).whole_days();
     assert!(days >= 88, "{days}");
 }
 
@@ -650,12 +513,6 @@ fn ensure_dev_pki_replaces_broken_ca() {
     let key = dir.path().join("server.key");
     let pki = ensure_dev_pki(&pki_dir, &cert, &key).unwrap();
     assert!(pki.generated);
-    let chain: Vec<_> = CertificateDer::pem_file_iter(&cert)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(
-        chain[1],
-        CertificateDer::from_pem_file(&pki.ca_cert).unwrap()
-    );
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&cert).unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(chain[1], CertificateDer::from_pem_file(&pki.ca_cert).unwrap());
 }

@@ -46,22 +46,14 @@ pub fn provider(profile: CipherProfile) -> CryptoProvider {
     };
     CryptoProvider {
         cipher_suites,
-        kx_groups: vec![
-            kx_group::X25519MLKEM768,
-            kx_group::X25519,
-            kx_group::SECP256R1,
-            kx_group::SECP384R1,
-        ],
+        kx_groups: vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
         ..default_provider()
     }
 }
 
 /// Build the listener's rustls config: TLS 1.3/1.2, server-preferred suites,
 /// ALPN h2 then http/1.1, no client auth, certificate from `resolver`.
-pub fn server_config(
-    profile: CipherProfile,
-    resolver: Arc<ReloadableCert>,
-) -> Result<ServerConfig, CertError> {
+pub fn server_config(profile: CipherProfile, resolver: Arc<ReloadableCert>) -> Result<ServerConfig, CertError> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider(profile)))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(CertError::Tls)?

@@ -30,9 +30,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" => return Err(bad("missing unit")),
         _ => return Err(bad("unknown unit")),
     };
-    let millis = n
-        .checked_mul(per_unit_ms)
-        .filter(|ms| *ms / 1_000 <= MAX_SECS)
-        .ok_or_else(|| bad("longer than 100 years"))?;
+    let millis =
+        n.checked_mul(per_unit_ms).filter(|ms| *ms / 1_000 <= MAX_SECS).ok_or_else(|| bad("longer than 100 years"))?;
     Ok(Duration::from_millis(millis))
 }

@@ -12,10 +12,7 @@
 //! checks (does the certificate exist, are key permissions tight) belong to
 //! the gateway.
 
-#![cfg_attr(
-    test,
-    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
-)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
 mod duration;
 mod text;
@@ -274,10 +271,7 @@ pub struct TokenConfig {
 
 impl fmt::Debug for TokenConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenConfig")
-            .field("id", &self.id)
-            .field("sha256", &format_args!("<redacted>"))
-            .finish()
+        f.debug_struct("TokenConfig").field("id", &self.id).field("sha256", &format_args!("<redacted>")).finish()
     }
 }
 

@@ -7,10 +7,7 @@ use crate::text::{check_name, normalize_home, parse_sha256};
 use crate::*;
 
 const SAMPLE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"));
-const PRODUCTION: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/production.example.toml"
-));
+const PRODUCTION: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/production.example.toml"));
 
 /// Parses text expected to be valid and returns the config.
 fn ok(text: &str) -> Config {
@@ -43,10 +40,7 @@ fn shipped_sample_parses_cleanly() {
     let demo = config.users.iter().find(|u| u.name == "demo").unwrap();
     assert_eq!(demo.tenant, "demo");
     assert_eq!(demo.home, "demo");
-    assert_eq!(
-        demo.permissions.names(),
-        ["list", "read", "write", "delete", "rename", "mkdir"]
-    );
+    assert_eq!(demo.permissions.names(), ["list", "read", "write", "delete", "rename", "mkdir"]);
     assert!(demo.tokens.is_empty());
     assert_eq!(config.development.demo_user.as_deref(), Some("demo"));
     // Same result through the lenient entry point.
@@ -58,17 +52,11 @@ fn production_example_parses_cleanly() {
     let config = ok(PRODUCTION);
     assert_eq!(config.mode, Mode::Production);
     assert_eq!(config.tenants.len(), 2);
-    assert_eq!(
-        config.tenants[1].key_file,
-        PathBuf::from("/etc/gateway/keys/globex.key")
-    );
+    assert_eq!(config.tenants[1].key_file, PathBuf::from("/etc/gateway/keys/globex.key"));
     assert_eq!(config.users.len(), 3);
     assert_eq!(config.users[1].home, "");
     assert_eq!(config.users[1].tokens.len(), 2);
-    assert_eq!(
-        config.users[2].tokens[0].sha256,
-        [0xde, 0xad, 0xbe, 0xef].repeat(8)[..]
-    );
+    assert_eq!(config.users[2].tokens[0].sha256, [0xde, 0xad, 0xbe, 0xef].repeat(8)[..]);
     assert!(config.development.demo_user.is_none());
 }
 
@@ -90,10 +78,7 @@ fn defaults() {
     assert_eq!(root, Path::new("./data/store"));
     assert_eq!(config.storage.keys_dir, Path::new("./data/keys"));
     assert_eq!(config.audit.path, Path::new("./data/audit/audit.jsonl"));
-    assert_eq!(
-        config.audit.signing_key,
-        Path::new("./data/audit/checkpoint.key")
-    );
+    assert_eq!(config.audit.signing_key, Path::new("./data/audit/checkpoint.key"));
     assert_eq!(config.audit.checkpoint_every_records, 1000);
     assert_eq!(config.audit.checkpoint_interval, Duration::from_secs(60));
     assert!(config.tenants.is_empty() && config.users.is_empty());
@@ -131,8 +116,7 @@ keys_dir = "/k"
 fn data_dir_after_sections_is_still_used() {
     // Top-level keys must precede tables in TOML, but a dotted key can set
     // data_dir "later" in the text; defaults must still follow it.
-    let config =
-        ok("mode = \"development\"\nhttps.listen = \"127.0.0.1:1\"\ndata_dir = \"/late\"\n");
+    let config = ok("mode = \"development\"\nhttps.listen = \"127.0.0.1:1\"\ndata_dir = \"/late\"\n");
     assert_eq!(config.https.cert, Path::new("/late/tls/server.pem"));
     assert_eq!(config.storage.keys_dir, Path::new("/late/keys"));
 }
@@ -173,38 +157,15 @@ home = "/"
 permissions = ["all"]
 "#;
     let (config, errors) = parse(text, "bad.toml");
-    let got: Vec<(String, String)> = errors
-        .iter()
-        .map(|e| (e.path.clone(), e.message.clone()))
-        .collect();
+    let got: Vec<(String, String)> = errors.iter().map(|e| (e.path.clone(), e.message.clone())).collect();
     assert!(has(&got, "colour", "unknown key \"colour\""), "{got:#?}");
     assert!(has(&got, "colour", "accepted: mode, data_dir"), "{got:#?}");
-    assert!(
-        has(&got, "https.listen", "invalid socket address"),
-        "{got:#?}"
-    );
+    assert!(has(&got, "https.listen", "invalid socket address"), "{got:#?}");
     assert!(has(&got, "https.idle_timeout", "\"10s\""), "{got:#?}");
-    assert!(
-        has(
-            &got,
-            "users[1].tenant",
-            "unknown tenant \"nope\" (configured: acme)"
-        ),
-        "{got:#?}"
-    );
-    assert!(
-        has(
-            &got,
-            "users[1].permissions[1]",
-            "unknown permission \"fly\""
-        ),
-        "{got:#?}"
-    );
+    assert!(has(&got, "users[1].tenant", "unknown tenant \"nope\" (configured: acme)"), "{got:#?}");
+    assert!(has(&got, "users[1].permissions[1]", "unknown permission \"fly\""), "{got:#?}");
     assert!(has(&got, "users[1].tokens[0].sha256", "64 hex"), "{got:#?}");
-    assert!(
-        has(&got, "users[2].name", "duplicate user name \"alice\""),
-        "{got:#?}"
-    );
+    assert!(has(&got, "users[2].name", "duplicate user name \"alice\""), "{got:#?}");
     assert_eq!(got.len(), 7, "{got:#?}");
     assert!(errors.iter().all(|e| e.origin == "bad.toml"));
     // Lenient result: defaults for bad fields, bad entries dropped.
@@ -275,19 +236,9 @@ fn mode_is_required_and_typed() {
     assert!(has(&got, "mode", "missing required key"), "{got:#?}");
     assert_eq!(got.len(), 1);
     let got = errs("mode = \"prod\"");
-    assert!(
-        has(
-            &got,
-            "mode",
-            "unknown mode \"prod\" (accepted: development, production)"
-        ),
-        "{got:#?}"
-    );
+    assert!(has(&got, "mode", "unknown mode \"prod\" (accepted: development, production)"), "{got:#?}");
     let got = errs("mode = 1");
-    assert!(
-        has(&got, "mode", "expected a string, found an integer"),
-        "{got:#?}"
-    );
+    assert!(has(&got, "mode", "expected a string, found an integer"), "{got:#?}");
     // Lenient fallback is the mode that generates nothing.
     assert_eq!(parse("", "x").0.mode, Mode::Production);
 }
@@ -310,11 +261,7 @@ checkpoint_every_records = "1000"
     assert!(has(&got, "shutdown_grace", "\"10s\""));
     assert!(has(&got, "https", "expected a table, found a string"));
     assert!(has(&got, "tenants", "expected an array of tables"));
-    assert!(has(
-        &got,
-        "audit.checkpoint_every_records",
-        "expected an integer, found a string"
-    ));
+    assert!(has(&got, "audit.checkpoint_every_records", "expected an integer, found a string"));
     assert_eq!(got.len(), 5, "{got:#?}");
 }
 
@@ -347,32 +294,17 @@ checkpoint_every_records = 0
 checkpoint_interval = "0ms"
 "#,
     );
-    assert!(has(
-        &got,
-        "https.tls_profile",
-        "unknown tls_profile \"modern\" (accepted: aes256, intermediate)"
-    ));
+    assert!(has(&got, "https.tls_profile", "unknown tls_profile \"modern\" (accepted: aes256, intermediate)"));
     assert!(has(&got, "https.max_connections", "between 1 and 1000000"));
     assert!(has(&got, "https.handshake_timeout", "greater than 0"));
-    assert!(has(
-        &got,
-        "storage.backend",
-        "unknown backend \"s3\" (accepted: local)"
-    ));
+    assert!(has(&got, "storage.backend", "unknown backend \"s3\" (accepted: local)"));
     assert!(has(&got, "audit.checkpoint_every_records", "at least 1"));
     assert!(has(&got, "audit.checkpoint_interval", "greater than 0"));
     assert_eq!(got.len(), 6, "{got:#?}");
-    assert!(
-        errs("mode = \"development\"\nhttps.max_connections = 1000001")
-            .iter()
-            .any(|(p, _)| p == "https.max_connections")
-    );
-    assert_eq!(
-        ok("mode = \"development\"\nhttps.max_connections = 1000000")
-            .https
-            .max_connections,
-        1_000_000
-    );
+    assert!(errs("mode = \"development\"\nhttps.max_connections = 1000001")
+        .iter()
+        .any(|(p, _)| p == "https.max_connections"));
+    assert_eq!(ok("mode = \"development\"\nhttps.max_connections = 1000000").https.max_connections, 1_000_000);
 }
 
 #[test]
@@ -410,42 +342,16 @@ sha256 = "000000000000000000000000000000000000000000000000000000000000000g"
 sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
 "#,
     );
+    assert!(has(&got, "tenants[0].name", "must not start with"), "{got:#?}");
+    assert!(has(&got, "tenants[2].name", "duplicate tenant name \"a\" (first defined at tenants[1])"), "{got:#?}");
+    assert!(has(&got, "tenants[3].key_file", "already used by tenants[1]"), "{got:#?}");
+    assert!(has(&got, "tenants[4].name", "missing required key"), "{got:#?}");
     assert!(
-        has(&got, "tenants[0].name", "must not start with"),
+        has(&got, "users[1].tokens[0].id", "duplicate token id \"tok\" (first defined at users[0].tokens[0])"),
         "{got:#?}"
     );
-    assert!(
-        has(
-            &got,
-            "tenants[2].name",
-            "duplicate tenant name \"a\" (first defined at tenants[1])"
-        ),
-        "{got:#?}"
-    );
-    assert!(
-        has(&got, "tenants[3].key_file", "already used by tenants[1]"),
-        "{got:#?}"
-    );
-    assert!(
-        has(&got, "tenants[4].name", "missing required key"),
-        "{got:#?}"
-    );
-    assert!(
-        has(
-            &got,
-            "users[1].tokens[0].id",
-            "duplicate token id \"tok\" (first defined at users[0].tokens[0])"
-        ),
-        "{got:#?}"
-    );
-    assert!(
-        has(&got, "users[1].tokens[0].sha256", "non-hex"),
-        "{got:#?}"
-    );
-    assert!(
-        has(&got, "users[1].tokens[1].id", "missing required key"),
-        "{got:#?}"
-    );
+    assert!(has(&got, "users[1].tokens[0].sha256", "non-hex"), "{got:#?}");
+    assert!(has(&got, "users[1].tokens[1].id", "missing required key"), "{got:#?}");
     assert_eq!(got.len(), 7, "{got:#?}");
 }
 
@@ -463,26 +369,11 @@ home = "/"
 permissions = []
 "#,
     );
-    assert!(
-        has(&got, "users[0].tenant", "missing required key"),
-        "{got:#?}"
-    );
-    assert!(
-        has(&got, "users[0].home", "missing required key"),
-        "{got:#?}"
-    );
-    assert!(
-        has(&got, "users[0].permissions", "grants nothing"),
-        "{got:#?}"
-    );
-    assert!(
-        has(&got, "users[1].tenant", "no tenants are configured"),
-        "{got:#?}"
-    );
-    assert!(
-        has(&got, "users[1].permissions", "grants nothing"),
-        "{got:#?}"
-    );
+    assert!(has(&got, "users[0].tenant", "missing required key"), "{got:#?}");
+    assert!(has(&got, "users[0].home", "missing required key"), "{got:#?}");
+    assert!(has(&got, "users[0].permissions", "grants nothing"), "{got:#?}");
+    assert!(has(&got, "users[1].tenant", "no tenants are configured"), "{got:#?}");
+    assert!(has(&got, "users[1].permissions", "grants nothing"), "{got:#?}");
     assert_eq!(got.len(), 5, "{got:#?}");
 }
 
@@ -511,34 +402,15 @@ permissions = ["all", "read"]
 
 #[test]
 fn development_section_rules() {
-    let users = "[[tenants]]\nname = \"t\"\n[[users]]\nname = \"u\"\ntenant = \"t\"\nhome = \"/\"\npermissions = [\"read\"]\n";
-    let got = errs(&format!(
-        "mode = \"production\"\n{users}[development]\ndemo_user = \"u\"\n"
-    ));
-    assert!(
-        has(
-            &got,
-            "development",
-            "not allowed when mode = \"production\""
-        ),
-        "{got:#?}"
-    );
+    let users =
+        "[[tenants]]\nname = \"t\"\n[[users]]\nname = \"u\"\ntenant = \"t\"\nhome = \"/\"\npermissions = [\"read\"]\n";
+    let got = errs(&format!("mode = \"production\"\n{users}[development]\ndemo_user = \"u\"\n"));
+    assert!(has(&got, "development", "not allowed when mode = \"production\""), "{got:#?}");
     assert_eq!(got.len(), 1, "{got:#?}");
-    let got = errs(&format!(
-        "mode = \"development\"\n{users}[development]\ndemo_user = \"nobody\"\n"
-    ));
-    assert!(
-        has(
-            &got,
-            "development.demo_user",
-            "unknown user \"nobody\" (configured: u)"
-        ),
-        "{got:#?}"
-    );
+    let got = errs(&format!("mode = \"development\"\n{users}[development]\ndemo_user = \"nobody\"\n"));
+    assert!(has(&got, "development.demo_user", "unknown user \"nobody\" (configured: u)"), "{got:#?}");
     assert_eq!(got.len(), 1, "{got:#?}");
-    let config = ok(&format!(
-        "mode = \"development\"\n{users}[development]\ndemo_user = \"u\"\n"
-    ));
+    let config = ok(&format!("mode = \"development\"\n{users}[development]\ndemo_user = \"u\"\n"));
     assert_eq!(config.development.demo_user.as_deref(), Some("u"));
 }
 
@@ -558,21 +430,9 @@ fn home_normalisation() {
         assert_eq!(normalize_home(input).as_deref(), Ok(want), "{input:?}");
     }
     let long = "x".repeat(256);
-    for bad in [
-        "..",
-        "/../x",
-        "a/./b",
-        ".",
-        "a//b",
-        "//",
-        "//a",
-        "a//",
-        "a\\b",
-        "a\u{0}b",
-        "a\nb",
-        "a\u{7f}",
-        long.as_str(),
-    ] {
+    for bad in
+        ["..", "/../x", "a/./b", ".", "a//b", "//", "//a", "a//", "a\\b", "a\u{0}b", "a\nb", "a\u{7f}", long.as_str()]
+    {
         assert!(normalize_home(bad).is_err(), "{bad:?}");
     }
     assert!(normalize_home(&"x".repeat(255)).is_ok());
@@ -605,15 +465,9 @@ fn sha256_rules() {
 
 #[test]
 fn token_debug_is_redacted() {
-    let token = TokenConfig {
-        id: "t1".to_owned(),
-        sha256: [0xab; 32],
-    };
+    let token = TokenConfig { id: "t1".to_owned(), sha256: [0xab; 32] };
     let shown = format!("{token:?}");
-    assert!(
-        shown.contains("t1") && shown.contains("sha256: <redacted>"),
-        "{shown}"
-    );
+    assert!(shown.contains("t1") && shown.contains("sha256: <redacted>"), "{shown}");
     assert!(!shown.contains("171") && !shown.to_lowercase().contains("abab"));
 }
 
@@ -670,7 +524,5 @@ fn load_reports_unreadable_file_and_bad_content() {
     assert_eq!(errors.0[0].origin, bad.display().to_string());
     let shown = errors.to_string();
     assert_eq!(shown.lines().count(), 2);
-    assert!(shown
-        .lines()
-        .all(|l| l.starts_with(&bad.display().to_string())));
+    assert!(shown.lines().all(|l| l.starts_with(&bad.display().to_string())));
 }

@@ -13,19 +13,11 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".to_owned());
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "contains {c:?}; only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"
-        ));
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("contains {c:?}; only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"));
     }
     if name.len() > MAX_NAME {
-        return Err(format!(
-            "is {} characters long; at most {MAX_NAME} are allowed",
-            name.len()
-        ));
+        return Err(format!("is {} characters long; at most {MAX_NAME} are allowed", name.len()));
     }
     if name.starts_with(['.', '-']) {
         return Err("must not start with '.' or '-'".to_owned());
@@ -68,19 +60,15 @@ pub(crate) fn normalize_home(home: &str) -> Result<String, String> {
 /// The value itself is never echoed, matching the redacted `Debug` output.
 pub(crate) fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
     if s.len() != 64 {
-        return Err(format!(
-            "expected 64 hex characters (a SHA-256 digest), found {} characters",
-            s.chars().count()
-        ));
+        return Err(format!("expected 64 hex characters (a SHA-256 digest), found {} characters", s.chars().count()));
     }
     let mut out = [0u8; 32];
     for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
         let mut value = 0u8;
         for &digit in pair {
-            let nibble = (digit as char).to_digit(16).ok_or_else(|| {
-                "expected 64 hex characters (a SHA-256 digest), found a non-hex character"
-                    .to_owned()
-            })?;
+            let nibble = (digit as char)
+                .to_digit(16)
+                .ok_or_else(|| "expected 64 hex characters (a SHA-256 digest), found a non-hex character".to_owned())?;
             value = (value << 4) | nibble as u8;
         }
         *byte = value;

@@ -11,51 +11,24 @@ use toml::{Table, Value};
 use crate::duration::{parse_duration, DURATION_FORMAT};
 use crate::text::{check_name, normalize_home, parse_sha256};
 use crate::{
-    AuditConfig, Config, ConfigError, DevelopmentConfig, HttpsConfig, Mode, Permissions,
-    StorageBackend, StorageConfig, TenantConfig, TlsProfile, TokenConfig, UserConfig,
+    AuditConfig, Config, ConfigError, DevelopmentConfig, HttpsConfig, Mode, Permissions, StorageBackend, StorageConfig,
+    TenantConfig, TlsProfile, TokenConfig, UserConfig,
 };
 
-const TOP_KEYS: &[&str] = &[
-    "mode",
-    "data_dir",
-    "shutdown_grace",
-    "https",
-    "storage",
-    "audit",
-    "tenants",
-    "users",
-    "development",
-];
-const HTTPS_KEYS: &[&str] = &[
-    "listen",
-    "tls_profile",
-    "cert",
-    "key",
-    "handshake_timeout",
-    "idle_timeout",
-    "max_connections",
-    "hsts_max_age",
-];
+const TOP_KEYS: &[&str] =
+    &["mode", "data_dir", "shutdown_grace", "https", "storage", "audit", "tenants", "users", "development"];
+const HTTPS_KEYS: &[&str] =
+    &["listen", "tls_profile", "cert", "key", "handshake_timeout", "idle_timeout", "max_connections", "hsts_max_age"];
 const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir"];
-const AUDIT_KEYS: &[&str] = &[
-    "path",
-    "signing_key",
-    "checkpoint_every_records",
-    "checkpoint_interval",
-];
+const AUDIT_KEYS: &[&str] = &["path", "signing_key", "checkpoint_every_records", "checkpoint_interval"];
 const TENANT_KEYS: &[&str] = &["name", "key_file"];
 const USER_KEYS: &[&str] = &["name", "tenant", "home", "permissions", "tokens"];
 const TOKEN_KEYS: &[&str] = &["id", "sha256"];
 const DEVELOPMENT_KEYS: &[&str] = &["demo_user"];
 
-const MODES: &[(&str, Mode)] = &[
-    ("development", Mode::Development),
-    ("production", Mode::Production),
-];
-const TLS_PROFILES: &[(&str, TlsProfile)] = &[
-    ("aes256", TlsProfile::Aes256),
-    ("intermediate", TlsProfile::Intermediate),
-];
+const MODES: &[(&str, Mode)] = &[("development", Mode::Development), ("production", Mode::Production)];
+const TLS_PROFILES: &[(&str, TlsProfile)] =
+    &[("aes256", TlsProfile::Aes256), ("intermediate", TlsProfile::Intermediate)];
 
 /// Backend names, resolved before their backend-specific settings are read.
 #[derive(Clone, Copy)]
@@ -70,10 +43,7 @@ const MAX_CONNECTIONS: i64 = 1_000_000;
 
 /// Entry point behind [`crate::parse`].
 pub(crate) fn parse(text: &str, origin: &str) -> (Config, Vec<ConfigError>) {
-    let mut ctx = Ctx {
-        origin,
-        errors: Vec::new(),
-    };
+    let mut ctx = Ctx { origin, errors: Vec::new() };
     match text.parse::<Table>() {
         Ok(root) => {
             let config = ctx.config(&root);
@@ -82,10 +52,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> (Config, Vec<ConfigError>) {
         Err(err) => {
             // Nothing below the syntax error is trustworthy: report it alone
             // and hand back pure defaults.
-            let mut scratch = Ctx {
-                origin,
-                errors: Vec::new(),
-            };
+            let mut scratch = Ctx { origin, errors: Vec::new() };
             let config = scratch.config(&Table::new());
             ctx.err("", syntax_message(text, &err));
             (config, ctx.errors)
@@ -95,13 +62,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> (Config, Vec<ConfigError>) {
 
 /// Renders a TOML syntax error on one line with its line and column.
 fn syntax_message(text: &str, err: &toml::de::Error) -> String {
-    let message = err
-        .message()
-        .trim()
-        .lines()
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join("; ");
+    let message = err.message().trim().lines().map(str::trim).collect::<Vec<_>>().join("; ");
     match err.span().and_then(|span| text.get(..span.start)) {
         Some(before) => {
             let line = before.matches('\n').count() + 1;
@@ -114,15 +75,8 @@ fn syntax_message(text: &str, err: &toml::de::Error) -> String {
 
 /// Path of `key` inside the table at `path`; odd keys are quoted as in TOML.
 fn child(path: &str, key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    let key = if bare {
-        key.to_owned()
-    } else {
-        format!("{key:?}")
-    };
+    let bare = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let key = if bare { key.to_owned() } else { format!("{key:?}") };
     if path.is_empty() {
         key
     } else {
@@ -169,26 +123,17 @@ impl Ctx<'_> {
     }
 
     fn wrong_type(&mut self, path: &str, expected: &str, found: &Value) {
-        self.err(
-            path,
-            format!("expected {expected}, found {}", type_name(found)),
-        );
+        self.err(path, format!("expected {expected}, found {}", type_name(found)));
     }
 
     fn missing(&mut self, path: &str, key: &str, hint: &str) {
-        self.err(
-            &child(path, key),
-            format!("missing required key {key:?}{hint}"),
-        );
+        self.err(&child(path, key), format!("missing required key {key:?}{hint}"));
     }
 
     fn check_keys(&mut self, table: &Table, path: &str, accepted: &[&str]) {
         for key in table.keys() {
             if !accepted.contains(&key.as_str()) {
-                self.err(
-                    &child(path, key),
-                    format!("unknown key {key:?} (accepted: {})", accepted.join(", ")),
-                );
+                self.err(&child(path, key), format!("unknown key {key:?} (accepted: {})", accepted.join(", ")));
             }
         }
     }
@@ -203,13 +148,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn required_string<'t>(
-        &mut self,
-        table: &'t Table,
-        path: &str,
-        key: &str,
-        hint: &str,
-    ) -> Option<&'t str> {
+    fn required_string<'t>(&mut self, table: &'t Table, path: &str, key: &str, hint: &str) -> Option<&'t str> {
         if !table.contains_key(key) {
             self.missing(path, key, hint);
             return None;
@@ -260,27 +199,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn choice<T: Copy>(
-        &mut self,
-        table: &Table,
-        path: &str,
-        key: &str,
-        options: &[(&str, T)],
-    ) -> Option<T> {
+    fn choice<T: Copy>(&mut self, table: &Table, path: &str, key: &str, options: &[(&str, T)]) -> Option<T> {
         let value = self.string(table, path, key)?;
-        let found = options
-            .iter()
-            .find(|(name, _)| *name == value)
-            .map(|(_, v)| *v);
+        let found = options.iter().find(|(name, _)| *name == value).map(|(_, v)| *v);
         if found.is_none() {
             let accepted: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
-            self.err(
-                &child(path, key),
-                format!(
-                    "unknown {key} {value:?} (accepted: {})",
-                    accepted.join(", ")
-                ),
-            );
+            self.err(&child(path, key), format!("unknown {key} {value:?} (accepted: {})", accepted.join(", ")));
         }
         found
     }
@@ -310,26 +234,14 @@ impl Ctx<'_> {
                 }
             },
             Some(other) => {
-                self.err(
-                    &here,
-                    format!(
-                        "expected a duration string, {DURATION_FORMAT}; found {}",
-                        type_name(other)
-                    ),
-                );
+                self.err(&here, format!("expected a duration string, {DURATION_FORMAT}; found {}", type_name(other)));
                 default
             }
         }
     }
 
     /// A duration that must be strictly positive (timeouts, intervals).
-    fn positive_duration(
-        &mut self,
-        table: &Table,
-        path: &str,
-        key: &str,
-        default: Duration,
-    ) -> Duration {
+    fn positive_duration(&mut self, table: &Table, path: &str, key: &str, default: Duration) -> Duration {
         let value = self.duration(table, path, key, default);
         if value.is_zero() {
             self.err(&child(path, key), "must be greater than 0");
@@ -348,9 +260,7 @@ impl Ctx<'_> {
             self.missing("", "mode", " (accepted: development, production)");
             None
         };
-        let data_dir = self
-            .path(root, "", "data_dir")
-            .unwrap_or_else(|| PathBuf::from("./data"));
+        let data_dir = self.path(root, "", "data_dir").unwrap_or_else(|| PathBuf::from("./data"));
         let shutdown_grace = self.duration(root, "", "shutdown_grace", Duration::from_secs(30));
 
         let empty = Table::new();
@@ -404,17 +314,10 @@ impl Ctx<'_> {
                 }
             },
         };
-        let tls_profile = self
-            .choice(t, P, "tls_profile", TLS_PROFILES)
-            .unwrap_or(TlsProfile::Aes256);
-        let cert = self
-            .path(t, P, "cert")
-            .unwrap_or_else(|| data_dir.join("tls").join("server.pem"));
-        let key = self
-            .path(t, P, "key")
-            .unwrap_or_else(|| data_dir.join("tls").join("server.key"));
-        let handshake_timeout =
-            self.positive_duration(t, P, "handshake_timeout", Duration::from_secs(10));
+        let tls_profile = self.choice(t, P, "tls_profile", TLS_PROFILES).unwrap_or(TlsProfile::Aes256);
+        let cert = self.path(t, P, "cert").unwrap_or_else(|| data_dir.join("tls").join("server.pem"));
+        let key = self.path(t, P, "key").unwrap_or_else(|| data_dir.join("tls").join("server.key"));
+        let handshake_timeout = self.positive_duration(t, P, "handshake_timeout", Duration::from_secs(10));
         let idle_timeout = self.positive_duration(t, P, "idle_timeout", Duration::from_secs(60));
         let max_connections = match self.integer(t, P, "max_connections") {
             None => 1024,
@@ -430,67 +333,40 @@ impl Ctx<'_> {
             },
         };
         let hsts_max_age = self.duration(t, P, "hsts_max_age", Duration::from_secs(365 * 86_400));
-        HttpsConfig {
-            listen,
-            tls_profile,
-            cert,
-            key,
-            handshake_timeout,
-            idle_timeout,
-            max_connections,
-            hsts_max_age,
-        }
+        HttpsConfig { listen, tls_profile, cert, key, handshake_timeout, idle_timeout, max_connections, hsts_max_age }
     }
 
     fn storage(&mut self, t: &Table, data_dir: &std::path::Path) -> StorageConfig {
         const P: &str = "storage";
         self.check_keys(t, P, STORAGE_KEYS);
-        let kind = self
-            .choice(t, P, "backend", BACKENDS)
-            .unwrap_or(BackendKind::Local);
+        let kind = self.choice(t, P, "backend", BACKENDS).unwrap_or(BackendKind::Local);
         let backend = match kind {
-            BackendKind::Local => StorageBackend::Local {
-                root: self
-                    .path(t, P, "root")
-                    .unwrap_or_else(|| data_dir.join("store")),
-            },
+            BackendKind::Local => {
+                StorageBackend::Local { root: self.path(t, P, "root").unwrap_or_else(|| data_dir.join("store")) }
+            }
         };
-        let keys_dir = self
-            .path(t, P, "keys_dir")
-            .unwrap_or_else(|| data_dir.join("keys"));
+        let keys_dir = self.path(t, P, "keys_dir").unwrap_or_else(|| data_dir.join("keys"));
         StorageConfig { backend, keys_dir }
     }
 
     fn audit(&mut self, t: &Table, data_dir: &std::path::Path) -> AuditConfig {
         const P: &str = "audit";
         self.check_keys(t, P, AUDIT_KEYS);
-        let path = self
-            .path(t, P, "path")
-            .unwrap_or_else(|| data_dir.join("audit").join("audit.jsonl"));
-        let signing_key = self
-            .path(t, P, "signing_key")
-            .unwrap_or_else(|| data_dir.join("audit").join("checkpoint.key"));
+        let path = self.path(t, P, "path").unwrap_or_else(|| data_dir.join("audit").join("audit.jsonl"));
+        let signing_key =
+            self.path(t, P, "signing_key").unwrap_or_else(|| data_dir.join("audit").join("checkpoint.key"));
         let checkpoint_every_records = match self.integer(t, P, "checkpoint_every_records") {
             None => 1000,
             Some(n) => match u64::try_from(n) {
                 Ok(v) if v >= 1 => v,
                 _ => {
-                    self.err(
-                        &child(P, "checkpoint_every_records"),
-                        format!("must be at least 1, found {n}"),
-                    );
+                    self.err(&child(P, "checkpoint_every_records"), format!("must be at least 1, found {n}"));
                     1000
                 }
             },
         };
-        let checkpoint_interval =
-            self.positive_duration(t, P, "checkpoint_interval", Duration::from_secs(60));
-        AuditConfig {
-            path,
-            signing_key,
-            checkpoint_every_records,
-            checkpoint_interval,
-        }
+        let checkpoint_interval = self.positive_duration(t, P, "checkpoint_interval", Duration::from_secs(60));
+        AuditConfig { path, signing_key, checkpoint_every_records, checkpoint_interval }
     }
 
     /// Reads and validates a name field; `None` if missing or invalid.
@@ -521,10 +397,7 @@ impl Ctx<'_> {
             let explicit_key = self.path(t, at, "key_file");
             let Some(name) = name else { continue };
             if let Some(first) = names.get(name) {
-                self.err(
-                    &child(at, "name"),
-                    format!("duplicate tenant name {name:?} (first defined at {first})"),
-                );
+                self.err(&child(at, "name"), format!("duplicate tenant name {name:?} (first defined at {first})"));
                 continue;
             }
             names.insert(name.to_owned(), at.clone());
@@ -540,10 +413,7 @@ impl Ctx<'_> {
             } else {
                 key_files.insert(key_file.clone(), at.clone());
             }
-            tenants.push(TenantConfig {
-                name: name.to_owned(),
-                key_file,
-            });
+            tenants.push(TenantConfig { name: name.to_owned(), key_file });
         }
         (tenants, names)
     }
@@ -563,10 +433,7 @@ impl Ctx<'_> {
             let name = self.name(t, at, "name");
             if let Some(name) = name {
                 if let Some(first) = names.get(name) {
-                    self.err(
-                        &child(at, "name"),
-                        format!("duplicate user name {name:?} (first defined at {first})"),
-                    );
+                    self.err(&child(at, "name"), format!("duplicate user name {name:?} (first defined at {first})"));
                     ok = false;
                 } else {
                     names.insert(name.to_owned(), at.clone());
@@ -581,37 +448,27 @@ impl Ctx<'_> {
                     } else {
                         format!("configured: {}", listing(tenant_names.keys()))
                     };
-                    self.err(
-                        &child(at, "tenant"),
-                        format!("unknown tenant {tenant:?} ({configured})"),
-                    );
+                    self.err(&child(at, "tenant"), format!("unknown tenant {tenant:?} ({configured})"));
                     ok = false;
                 }
             }
 
-            let home =
-                match self.required_string(t, at, "home", " (use \"/\" for the whole tenant)") {
-                    Some(raw) => match normalize_home(raw) {
-                        Ok(home) => Some(home),
-                        Err(why) => {
-                            self.err(&child(at, "home"), format!("invalid home {raw:?}: {why}"));
-                            None
-                        }
-                    },
-                    None => None,
-                };
+            let home = match self.required_string(t, at, "home", " (use \"/\" for the whole tenant)") {
+                Some(raw) => match normalize_home(raw) {
+                    Ok(home) => Some(home),
+                    Err(why) => {
+                        self.err(&child(at, "home"), format!("invalid home {raw:?}: {why}"));
+                        None
+                    }
+                },
+                None => None,
+            };
 
             let permissions = self.permissions(t, at);
             let tokens = self.tokens(t, at, &mut token_ids);
 
             if let (true, Some(name), Some(tenant), Some(home)) = (ok, name, tenant, home) {
-                users.push(UserConfig {
-                    name: name.to_owned(),
-                    tenant: tenant.to_owned(),
-                    home,
-                    permissions,
-                    tokens,
-                });
+                users.push(UserConfig { name: name.to_owned(), tenant: tenant.to_owned(), home, permissions, tokens });
             }
         }
         (users, names)
@@ -625,10 +482,7 @@ impl Ctx<'_> {
                 self.missing(
                     at,
                     "permissions",
-                    &format!(
-                        "; a user without permissions grants nothing (accepted: {})",
-                        PERMISSION_NAMES.join(", ")
-                    ),
+                    &format!("; a user without permissions grants nothing (accepted: {})", PERMISSION_NAMES.join(", ")),
                 );
                 return perms;
             }
@@ -654,45 +508,21 @@ impl Ctx<'_> {
                 "rename" => perms.rename = true,
                 "mkdir" => perms.mkdir = true,
                 "all" => {
-                    perms = Permissions {
-                        list: true,
-                        read: true,
-                        write: true,
-                        delete: true,
-                        rename: true,
-                        mkdir: true,
-                    }
+                    perms = Permissions { list: true, read: true, write: true, delete: true, rename: true, mkdir: true }
                 }
                 _ => {
-                    self.err(
-                        &at_j,
-                        format!(
-                            "unknown permission {name:?} (accepted: {})",
-                            PERMISSION_NAMES.join(", ")
-                        ),
-                    );
+                    self.err(&at_j, format!("unknown permission {name:?} (accepted: {})", PERMISSION_NAMES.join(", ")));
                     bad_entry = true;
                 }
             }
         }
         if perms == Permissions::default() && !bad_entry {
-            self.err(
-                &here,
-                format!(
-                    "grants nothing; list at least one of: {}",
-                    PERMISSION_NAMES.join(", ")
-                ),
-            );
+            self.err(&here, format!("grants nothing; list at least one of: {}", PERMISSION_NAMES.join(", ")));
         }
         perms
     }
 
-    fn tokens(
-        &mut self,
-        t: &Table,
-        at: &str,
-        token_ids: &mut BTreeMap<String, String>,
-    ) -> Vec<TokenConfig> {
+    fn tokens(&mut self, t: &Table, at: &str, token_ids: &mut BTreeMap<String, String>) -> Vec<TokenConfig> {
         let mut tokens = Vec::new();
         for (at_k, tt) in self.tables(t, at, "tokens") {
             self.check_keys(tt, &at_k, TOKEN_KEYS);
@@ -719,10 +549,7 @@ impl Ctx<'_> {
                 None => None,
             };
             if let (Some(id), Some(sha256)) = (id, digest) {
-                tokens.push(TokenConfig {
-                    id: id.to_owned(),
-                    sha256,
-                });
+                tokens.push(TokenConfig { id: id.to_owned(), sha256 });
             }
         }
         tokens
@@ -738,10 +565,7 @@ impl Ctx<'_> {
         self.check_keys(t, P, DEVELOPMENT_KEYS);
         let production = mode == Some(Mode::Production);
         if production {
-            self.err(
-                P,
-                "the [development] section is not allowed when mode = \"production\"",
-            );
+            self.err(P, "the [development] section is not allowed when mode = \"production\"");
         }
         let demo_user = self.string(t, P, "demo_user");
         if production {
@@ -756,10 +580,7 @@ impl Ctx<'_> {
                 } else {
                     format!("configured: {}", listing(user_names.keys()))
                 };
-                self.err(
-                    &child(P, "demo_user"),
-                    format!("unknown user {user:?} ({configured})"),
-                );
+                self.err(&child(P, "demo_user"), format!("unknown user {user:?} ({configured})"));
                 None
             }
         });

@@ -59,14 +59,8 @@ pub fn parse_digest_field(value: &str) -> Result<[u8; 32], DigestFieldError> {
         if !alg.trim().eq_ignore_ascii_case("sha-256") {
             continue;
         }
-        let b64 = rest
-            .trim()
-            .strip_prefix(':')
-            .and_then(|r| r.strip_suffix(':'))
-            .ok_or(DigestFieldError::Malformed)?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|_| DigestFieldError::Malformed)?;
+        let b64 = rest.trim().strip_prefix(':').and_then(|r| r.strip_suffix(':')).ok_or(DigestFieldError::Malformed)?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| DigestFieldError::Malformed)?;
         return <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| DigestFieldError::Malformed);
     }
     Err(DigestFieldError::NoSha256)

@@ -168,7 +168,11 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn audit_verify(public_key: Option<PathBuf>, checkpoints: Option<PathBuf>, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn audit_verify(
+    public_key: Option<PathBuf>,
+    checkpoints: Option<PathBuf>,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
     let public_key = match public_key {
         None => None,
         Some(p) => {

@@ -52,19 +52,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
 /// Fill a buffer from the system CSPRNG.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], SecretError> {
     let mut buf = [0u8; N];
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut buf)
-        .map_err(|_| SecretError::Random)?;
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut buf).map_err(|_| SecretError::Random)?;
     Ok(buf)
 }
 
 /// Create `dir` and its missing parents with mode 0700.
 pub fn create_private_dir(dir: &Path) -> Result<(), SecretError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(dir))
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))
 }
 
 /// Write a new secret file with mode 0600; fails if it already exists (never overwrites).
@@ -72,12 +66,7 @@ pub fn write_secret_file(path: &Path, content: &[u8]) -> Result<(), SecretError>
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent)?;
     }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))?;
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io_err(path))?;
     f.write_all(content).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))
 }

@@ -60,7 +60,11 @@ pub fn prepare_development(config: &Config) -> Result<DevMaterial, StartupError>
     match gateway_certs::dev::ensure_dev_pki(&dev_dir, &config.https.cert, &config.https.key) {
         Ok(pki) => {
             if pki.generated {
-                out.generated.push(format!("TLS certificate {} (dev CA {})", pki.server_cert.display(), pki.ca_cert.display()));
+                out.generated.push(format!(
+                    "TLS certificate {} (dev CA {})",
+                    pki.server_cert.display(),
+                    pki.ca_cert.display()
+                ));
             }
             out.ca_cert = Some(pki.ca_cert);
         }
@@ -69,7 +73,11 @@ pub fn prepare_development(config: &Config) -> Result<DevMaterial, StartupError>
     for tenant in &config.tenants {
         if !tenant.key_file.exists() {
             match TenantKey::generate().and_then(|k| k.save(&tenant.key_file)) {
-                Ok(()) => out.generated.push(format!("storage key for tenant {} in {}", tenant.name, tenant.key_file.display())),
+                Ok(()) => out.generated.push(format!(
+                    "storage key for tenant {} in {}",
+                    tenant.name,
+                    tenant.key_file.display()
+                )),
                 Err(e) => errors.push(e.to_string()),
             }
         }

@@ -284,13 +284,21 @@ impl Transfers {
     }
 
     /// Begin an upload of `rel`. The object appears only when [`Upload::finish`] succeeds.
-    pub async fn begin_upload(&self, who: &Principal, client: &ClientInfo, rel: &RelPath) -> Result<Upload, TransferError> {
+    pub async fn begin_upload(
+        &self,
+        who: &Principal,
+        client: &ClientInfo,
+        rel: &RelPath,
+    ) -> Result<Upload, TransferError> {
         if rel.is_dir() {
             return Err(TransferError::Conflict("cannot upload to a directory path".into()));
         }
         let key = self.authorise(who, client, Permission::Write, "upload", rel).await?;
         let transfer_id = new_transfer_id();
-        let base = AuditEntry { transfer_id: Some(transfer_id.clone()), ..self.entry(AuditEvent::Started, who, client, "upload", rel) };
+        let base = AuditEntry {
+            transfer_id: Some(transfer_id.clone()),
+            ..self.entry(AuditEvent::Started, who, client, "upload", rel)
+        };
         self.audit.append(base.clone(), false).await?;
         let mut upload = Upload {
             writer: None,
@@ -323,7 +331,10 @@ impl Transfers {
     ) -> Result<Download, TransferError> {
         let key = self.authorise(who, client, Permission::Read, "download", rel).await?;
         let transfer_id = new_transfer_id();
-        let base = AuditEntry { transfer_id: Some(transfer_id), ..self.entry(AuditEvent::Started, who, client, "download", rel) };
+        let base = AuditEntry {
+            transfer_id: Some(transfer_id),
+            ..self.entry(AuditEvent::Started, who, client, "download", rel)
+        };
         self.audit.append(base.clone(), false).await?;
         let started = Instant::now();
         match self.store.open(&who.tenant, &key, range).await {
@@ -362,7 +373,6 @@ impl Transfers {
         who: &Principal,
         client: &ClientInfo,
         rel: &RelPath,
-        need: Permission,
         op: &'static str,
         durable: bool,
         run: impl std::future::Future<Output = Result<T, StorageError>>,
@@ -375,7 +385,6 @@ impl Transfers {
             duration_ms: Some(elapsed_ms(started)),
             ..self.entry(AuditEvent::Operation, who, client, op, rel)
         };
-        let _ = need;
         self.audit.append(entry, durable).await?;
         result
     }
@@ -383,7 +392,7 @@ impl Transfers {
     /// Metadata of an object.
     pub async fn stat(&self, who: &Principal, client: &ClientInfo, rel: &RelPath) -> Result<ObjectMeta, TransferError> {
         let key = self.authorise(who, client, Permission::Read, "stat", rel).await?;
-        self.operation(who, client, rel, Permission::Read, "stat", false, self.store.stat(&who.tenant, &key)).await
+        self.operation(who, client, rel, "stat", false, self.store.stat(&who.tenant, &key)).await
     }
 
     /// Remove an object.
@@ -392,7 +401,7 @@ impl Transfers {
             return Err(TransferError::Conflict("cannot delete a directory path".into()));
         }
         let key = self.authorise(who, client, Permission::Delete, "delete", rel).await?;
-        self.operation(who, client, rel, Permission::Delete, "delete", true, self.store.delete(&who.tenant, &key)).await
+        self.operation(who, client, rel, "delete", true, self.store.delete(&who.tenant, &key)).await
     }
 
     /// One page of a directory listing.
@@ -405,8 +414,7 @@ impl Transfers {
         limit: usize,
     ) -> Result<ListPage, TransferError> {
         let key = self.authorise(who, client, Permission::List, "list", rel).await?;
-        self.operation(who, client, rel, Permission::List, "list", false, self.store.list(&who.tenant, &key, after, limit))
-            .await
+        self.operation(who, client, rel, "list", false, self.store.list(&who.tenant, &key, after, limit)).await
     }
 }
 
@@ -504,7 +512,8 @@ impl Upload {
 impl Drop for Upload {
     fn drop(&mut self) {
         if !self.done {
-            let entry = self.failed_entry("transfer aborted before completion (client disconnected or shutdown)".into());
+            let entry =
+                self.failed_entry("transfer aborted before completion (client disconnected or shutdown)".into());
             self.audit.append_detached(entry);
         }
     }

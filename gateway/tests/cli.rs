@@ -67,12 +67,12 @@ permissions = ["read"]
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
     for needle in [
-        "colour",                       // unknown key
-        "https.listen",                 // bad address
-        "users[0].tenant",              // unknown tenant
-        "1024",                         // weak RSA key
-        "tenants[0].key_file",          // malformed tenant key
-        "missing-audit.key",            // missing file (production)
+        "colour",              // unknown key
+        "https.listen",        // bad address
+        "users[0].tenant",     // unknown tenant
+        "1024",                // weak RSA key
+        "tenants[0].key_file", // malformed tenant key
+        "missing-audit.key",   // missing file (production)
     ] {
         assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
     }
@@ -92,7 +92,11 @@ fn make_trail(dir: &Path, n: usize, every: u64) -> (PathBuf, PathBuf) {
     let path = dir.join("audit.jsonl");
     rt.block_on(async {
         let log = AuditLog::open(
-            AuditConfig { path: path.clone(), checkpoint_every_records: every, checkpoint_interval: Duration::from_secs(3600) },
+            AuditConfig {
+                path: path.clone(),
+                checkpoint_every_records: every,
+                checkpoint_interval: Duration::from_secs(3600),
+            },
             key,
         )
         .unwrap();
@@ -185,7 +189,18 @@ fn audit_verify_detects_each_kind_of_tampering() {
 #[test]
 fn users_new_prints_a_valid_stanza_and_the_token_once() {
     let out = gateway()
-        .args(["users", "new", "--name", "carol", "--tenant", "acme", "--home", "/in/carol", "--permissions", "list,read,write"])
+        .args([
+            "users",
+            "new",
+            "--name",
+            "carol",
+            "--tenant",
+            "acme",
+            "--home",
+            "/in/carol",
+            "--permissions",
+            "list,read,write",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -245,11 +260,14 @@ fn development_first_run_generates_material_and_shuts_down_cleanly() {
     assert!(banner.contains("DEVELOPMENT"), "{banner}");
     assert!(banner.contains("curl --cacert"), "{banner}");
     let data = dir.path().join("data");
-    for f in ["dev/ca.pem", "tls/server.pem", "tls/server.key", "keys/demo.key", "audit/checkpoint.key", "dev/demo.token"] {
+    for f in
+        ["dev/ca.pem", "tls/server.pem", "tls/server.key", "keys/demo.key", "audit/checkpoint.key", "dev/demo.token"]
+    {
         assert!(data.join(f).exists(), "{f} not generated");
     }
     for secret in ["tls/server.key", "keys/demo.key", "audit/checkpoint.key", "dev/demo.token"] {
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join(secret)).unwrap().permissions());
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join(secret)).unwrap().permissions());
         assert_eq!(mode & 0o077, 0, "{secret} is {mode:o}");
     }
     let token = std::fs::read_to_string(data.join("dev/demo.token")).unwrap();

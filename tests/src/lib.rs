@@ -252,10 +252,7 @@ impl TestGateway {
     pub async fn connect_tls(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
         let tcp = TcpStream::connect(self.addr).await.unwrap();
         let connector = tokio_rustls::TlsConnector::from(self.client_tls(alpn));
-        connector
-            .connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap()
+        connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
     }
 
     /// One request over a fresh connection; `http2` picks the protocol.

@@ -89,13 +89,30 @@ async fn curl_round_trip_range_head_list_delete() {
     let tail = gw.call("alice", "GET", "/v1/files/reports/q1.bin", Bytes::new()).await;
     assert_eq!(tail.status, 200);
     let r = gw
-        .request(true, "GET", "/v1/files/reports/q1.bin", Some(gw.token("alice")), &[("range", "bytes=-100")], Bytes::new())
+        .request(
+            true,
+            "GET",
+            "/v1/files/reports/q1.bin",
+            Some(gw.token("alice")),
+            &[("range", "bytes=-100")],
+            Bytes::new(),
+        )
         .await;
     assert_eq!(r.status, 206);
     assert_eq!(&r.body[..], &data[data.len() - 100..]);
-    assert_eq!(r.header("content-range").unwrap(), format!("bytes {}-{}/{}", data.len() - 100, data.len() - 1, data.len()));
+    assert_eq!(
+        r.header("content-range").unwrap(),
+        format!("bytes {}-{}/{}", data.len() - 100, data.len() - 1, data.len())
+    );
     let r = gw
-        .request(true, "GET", "/v1/files/reports/q1.bin", Some(gw.token("alice")), &[("range", "bytes=99999999-")], Bytes::new())
+        .request(
+            true,
+            "GET",
+            "/v1/files/reports/q1.bin",
+            Some(gw.token("alice")),
+            &[("range", "bytes=99999999-")],
+            Bytes::new(),
+        )
         .await;
     assert_eq!(r.status, 416);
     assert_eq!(r.header("content-range").unwrap(), format!("bytes */{}", data.len()));
@@ -199,7 +216,8 @@ async fn path_traversal_corpus_is_refused() {
             assert!(!String::from_utf8_lossy(&r.body).contains("globex"));
         }
         // curl with --path-as-is sends the raw path too.
-        let (code, out) = gw.curl(&["--path-as-is", "-H", &auth, "-w", "%{http_code}", "-o", "/dev/null", &gw.url(path)]).await;
+        let (code, out) =
+            gw.curl(&["--path-as-is", "-H", &auth, "-w", "%{http_code}", "-o", "/dev/null", &gw.url(path)]).await;
         assert_eq!(code, 0);
         let status = String::from_utf8(out).unwrap();
         assert!(status == "400" || status == "403", "curl {path} -> {status}");
@@ -207,7 +225,8 @@ async fn path_traversal_corpus_is_refused() {
     // Backslash sent raw (curl would not): refused too.
     let r = gw.call("alice", "GET", "/v1/files/a\\..\\x", Bytes::new()).await;
     assert!(r.status == 400 || r.status == 403, "{}", r.status);
-    gw.wait_audit("denied path", |r| r["event"] == "denied" && r["error"].as_str().is_some_and(|e| e.contains("'..'"))).await;
+    gw.wait_audit("denied path", |r| r["event"] == "denied" && r["error"].as_str().is_some_and(|e| e.contains("'..'")))
+        .await;
     // Nothing was written anywhere but alice's own file and bob's secret.
     let mut files = Vec::new();
     for entry in walk(&gw.store_root.join("objects")) {
@@ -250,7 +269,14 @@ async fn digest_mismatch_stores_nothing() {
         .await;
     assert_eq!(r.status, 201);
     let r = gw
-        .request(true, "PUT", "/v1/files/e.bin", Some(&token), &[("content-digest", "sha-256=nonsense")], Bytes::from(data))
+        .request(
+            true,
+            "PUT",
+            "/v1/files/e.bin",
+            Some(&token),
+            &[("content-digest", "sha-256=nonsense")],
+            Bytes::from(data),
+        )
         .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"], "bad_digest");
@@ -272,7 +298,9 @@ async fn tampered_object_is_detected_not_served() {
     assert_eq!(r.status, 500);
     assert_eq!(r.json()["error"], "integrity_error");
     gw.wait_audit("integrity failure", |r| {
-        r["event"] == "failed" && r["operation"] == "download" && r["error"].as_str().unwrap_or("").contains("integrity")
+        r["event"] == "failed"
+            && r["operation"] == "download"
+            && r["error"].as_str().unwrap_or("").contains("integrity")
     })
     .await;
 

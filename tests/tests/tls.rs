@@ -18,12 +18,7 @@ async fn probe(gw: &TestGateway, args: &[&str]) -> (bool, String) {
         .await
         .expect("openssl is installed");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let cipher = text
-        .lines()
-        .find_map(|l| l.split_once("Cipher is ").map(|(_, c)| c))
-        .unwrap_or("")
-        .trim()
-        .to_owned();
+    let cipher = text.lines().find_map(|l| l.split_once("Cipher is ").map(|(_, c)| c)).unwrap_or("").trim().to_owned();
     let ok = out.status.success() && !cipher.is_empty() && cipher != "(NONE)" && cipher != "0000";
     if std::env::var_os("TLS_PROBE_DEBUG").is_some() {
         eprintln!("{args:?} -> {:?}\n{text}", out.status);
@@ -44,8 +39,18 @@ async fn default_profile_accepts_only_aes256_gcm() {
     let refused: &[(&str, &[&str])] = &[
         ("TLS 1.0", &["-tls1", "-cipher", "ALL:@SECLEVEL=0"]),
         ("TLS 1.1", &["-tls1_1", "-cipher", "ALL:@SECLEVEL=0"]),
-        ("TLS 1.2 CBC", &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA:AES256-SHA256"]),
-        ("TLS 1.2 AES-128-GCM only", &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"]),
+        (
+            "TLS 1.2 CBC",
+            &[
+                "-tls1_2",
+                "-cipher",
+                "ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA:AES256-SHA256",
+            ],
+        ),
+        (
+            "TLS 1.2 AES-128-GCM only",
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"],
+        ),
         ("TLS 1.2 ChaCha20 only", &["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"]),
         ("TLS 1.2 RSA key exchange", &["-tls1_2", "-cipher", "AES256-GCM-SHA384:AES128-GCM-SHA256"]),
         ("TLS 1.3 AES-128-GCM only", &["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"]),
@@ -67,7 +72,9 @@ async fn intermediate_profile_adds_aes128_and_chacha_but_not_legacy() {
     assert_eq!(cipher, "TLS_AES_128_GCM_SHA256");
     let (ok, _) = probe(&gw, &["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"]).await;
     assert!(ok, "intermediate accepts ChaCha20 on TLS 1.2");
-    for args in [&["-tls1_1", "-cipher", "ALL:@SECLEVEL=0"][..], &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256"][..]] {
+    for args in
+        [&["-tls1_1", "-cipher", "ALL:@SECLEVEL=0"][..], &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256"][..]]
+    {
         let (ok, cipher) = probe(&gw, args).await;
         assert!(!ok, "{args:?} must be refused, got {cipher}");
     }

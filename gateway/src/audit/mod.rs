@@ -183,8 +183,9 @@ fn read_tail(file: &mut File) -> Result<(u64, String), String> {
     struct Seq {
         seq: u64,
     }
-    let parsed: Seq = serde_json::from_slice(line)
-        .map_err(|e| format!("the last record is not a valid audit record ({e}); check it with `gateway audit verify`"))?;
+    let parsed: Seq = serde_json::from_slice(line).map_err(|e| {
+        format!("the last record is not a valid audit record ({e}); check it with `gateway audit verify`")
+    })?;
     Ok((parsed.seq, hex::encode(crate::digest::sha256(line))))
 }
 

@@ -103,9 +103,7 @@ pub fn verify_trail(path: &Path, options: &VerifyOptions) -> Result<VerifyReport
         let hash = hex::encode(crate::digest::sha256(line));
         if rec.entry.event == AuditEvent::Checkpoint {
             let key_b64 = rec.entry.public_key.as_deref().unwrap_or_default();
-            let key = B64
-                .decode(key_b64)
-                .map_err(|_| fail(line_no, "checkpoint has no valid public_key".into()))?;
+            let key = B64.decode(key_b64).map_err(|_| fail(line_no, "checkpoint has no valid public_key".into()))?;
             match &pinned {
                 Some(p) if *p != key => {
                     return Err(fail(line_no, "checkpoint signed with a different key than the trusted one".into()))
@@ -134,9 +132,8 @@ pub fn verify_trail(path: &Path, options: &VerifyOptions) -> Result<VerifyReport
         None => Some(sidecar_path(path)).filter(|p| p.exists()),
     };
     if let Some(sidecar) = sidecar {
-        check_sidecar(&sidecar, &checkpoints, report.records).map_err(|(line, message)| {
-            fail(line, format!("{message} (checkpoint sidecar {})", sidecar.display()))
-        })?;
+        check_sidecar(&sidecar, &checkpoints, report.records)
+            .map_err(|(line, message)| fail(line, format!("{message} (checkpoint sidecar {})", sidecar.display())))?;
         report.sidecar = Some(sidecar);
     }
     Ok(report)
@@ -156,10 +153,7 @@ fn check_sidecar(sidecar: &Path, seen: &HashMap<u64, String>, records: u64) -> R
         if entry.seq > records {
             return Err((
                 records + 1,
-                format!(
-                    "trail truncated: checkpoint {} is recorded but the trail ends at record {records}",
-                    entry.seq
-                ),
+                format!("trail truncated: checkpoint {} is recorded but the trail ends at record {records}", entry.seq),
             ));
         }
         match seen.get(&entry.seq) {

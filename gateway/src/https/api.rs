@@ -89,9 +89,8 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, RouteError> {
     let raw = if path == "/v1/files" {
         ""
     } else {
-        path.strip_prefix(FILES_PREFIX).ok_or_else(|| {
-            RouteError::Other(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))
-        })?
+        path.strip_prefix(FILES_PREFIX)
+            .ok_or_else(|| RouteError::Other(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")))?
     };
     let rel = RelPath::from_url(raw).map_err(RouteError::Path)?;
     let not_allowed = |allow: &'static str| {
@@ -277,10 +276,13 @@ impl Api {
         let expected = match digest_header {
             None => None,
             Some(v) => {
-                let text = v.to_str().map_err(|_| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "bad_digest", "digest header is not ASCII")
-                })?;
-                Some(parse_digest_field(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_digest", e.to_string()))?)
+                let text = v
+                    .to_str()
+                    .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_digest", "digest header is not ASCII"))?;
+                Some(
+                    parse_digest_field(text)
+                        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_digest", e.to_string()))?,
+                )
             }
         };
         let mut upload = self.transfers.begin_upload(who, client, &rel).await?;
@@ -359,17 +361,13 @@ impl Api {
                 .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "query is not valid UTF-8"))?;
             match k {
                 "limit" => {
-                    limit = v
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
-                        .ok_or_else(|| {
-                            ApiError::new(
-                                StatusCode::BAD_REQUEST,
-                                "bad_query",
-                                format!("limit must be a number from 1 to {MAX_LIST_LIMIT}"),
-                            )
-                        })?
+                    limit = v.parse::<usize>().ok().filter(|n| (1..=MAX_LIST_LIMIT).contains(n)).ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_query",
+                            format!("limit must be a number from 1 to {MAX_LIST_LIMIT}"),
+                        )
+                    })?
                 }
                 "after" => after = Some(v.into_owned()),
                 other => {
@@ -407,9 +405,18 @@ mod tests {
         assert_eq!(route(&Method::PUT, "/v1/files/a/b").unwrap(), Endpoint::Upload(RelPath::from_url("a/b").unwrap()));
         assert_eq!(route(&Method::GET, "/v1/files/a/").unwrap(), Endpoint::List(RelPath::from_url("a/").unwrap()));
         assert_eq!(route(&Method::GET, "/v1/files").unwrap(), Endpoint::List(RelPath::from_url("").unwrap()));
-        assert_eq!(ApiError::from(route(&Method::PUT, "/v1/files/a/").unwrap_err()).status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(ApiError::from(route(&Method::POST, "/v1/files/a").unwrap_err()).status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(ApiError::from(route(&Method::GET, "/v1/files/%2e%2e/x").unwrap_err()).status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            ApiError::from(route(&Method::PUT, "/v1/files/a/").unwrap_err()).status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            ApiError::from(route(&Method::POST, "/v1/files/a").unwrap_err()).status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            ApiError::from(route(&Method::GET, "/v1/files/%2e%2e/x").unwrap_err()).status,
+            StatusCode::BAD_REQUEST
+        );
         assert_eq!(ApiError::from(route(&Method::GET, "/v2/x").unwrap_err()).status, StatusCode::NOT_FOUND);
     }
 

@@ -69,9 +69,14 @@ impl From<TransferError> for ApiError {
             TransferError::NotFound => ApiError::new(S::NOT_FOUND, "not_found", "no such object or directory"),
             TransferError::Conflict(m) => ApiError::new(S::CONFLICT, "conflict", m),
             TransferError::RangeNotSatisfiable { size } => {
-                let value = HeaderValue::from_str(&format!("bytes */{size}")).unwrap_or(HeaderValue::from_static("bytes */0"));
-                ApiError::new(S::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", "requested range lies outside the object")
-                    .with_header(header::CONTENT_RANGE, value)
+                let value =
+                    HeaderValue::from_str(&format!("bytes */{size}")).unwrap_or(HeaderValue::from_static("bytes */0"));
+                ApiError::new(
+                    S::RANGE_NOT_SATISFIABLE,
+                    "range_not_satisfiable",
+                    "requested range lies outside the object",
+                )
+                .with_header(header::CONTENT_RANGE, value)
             }
             TransferError::DigestMismatch => ApiError::new(S::BAD_REQUEST, "digest_mismatch", e.to_string()),
             TransferError::Integrity => ApiError::new(

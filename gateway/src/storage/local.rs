@@ -45,9 +45,7 @@ impl std::fmt::Debug for LocalStore {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StorageError::Io(format!("storage task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| StorageError::Io(format!("storage task failed: {e}")))?
 }
 
 fn integrity(e: sealed::SealError) -> StorageError {
@@ -351,7 +349,12 @@ impl ObjectStore for LocalStore {
         .boxed()
     }
 
-    fn open(&self, tenant: &str, key: &ObjectKey, range: RangeRequest) -> BoxFuture<'_, Result<ObjectRead, StorageError>> {
+    fn open(
+        &self,
+        tenant: &str,
+        key: &ObjectKey,
+        range: RangeRequest,
+    ) -> BoxFuture<'_, Result<ObjectRead, StorageError>> {
         let tenant_key = self.key(tenant);
         let path = self.object_path(tenant, key);
         async move {
@@ -359,9 +362,7 @@ impl ObjectStore for LocalStore {
             let (reader, first, meta, range) = blocking(move || {
                 let mut file = open_file(&path)?;
                 let (opener, meta) = open_sealed(&mut file, &tenant_key)?;
-                let range = range
-                    .resolve(meta.size)
-                    .map_err(|u| StorageError::RangeNotSatisfiable { size: u.size })?;
+                let range = range.resolve(meta.size).map_err(|u| StorageError::RangeNotSatisfiable { size: u.size })?;
                 let final_chunk = sealed::chunk_count(meta.size) - 1;
                 let (next, last_needed) = if range.is_empty() {
                     // Empty object: still authenticate its one (empty, final) chunk.

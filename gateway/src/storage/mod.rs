@@ -149,11 +149,22 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn stat(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ObjectMeta, StorageError>>;
     /// Open `key` and stream `range` of it; the range is resolved against the object's size
     /// here, an unsatisfiable one is [`StorageError::RangeNotSatisfiable`].
-    fn open(&self, tenant: &str, key: &ObjectKey, range: RangeRequest) -> BoxFuture<'_, Result<ObjectRead, StorageError>>;
+    fn open(
+        &self,
+        tenant: &str,
+        key: &ObjectKey,
+        range: RangeRequest,
+    ) -> BoxFuture<'_, Result<ObjectRead, StorageError>>;
     /// Remove an object.
     fn delete(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>>;
     /// List the directory `prefix`, names strictly after `after`, at most `limit` entries.
-    fn list<'a>(&'a self, tenant: &'a str, prefix: &'a ObjectKey, after: Option<&'a str>, limit: usize) -> BoxFuture<'a, Result<ListPage, StorageError>>;
+    fn list<'a>(
+        &'a self,
+        tenant: &'a str,
+        prefix: &'a ObjectKey,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ListPage, StorageError>>;
 }
 
 /// A byte range as a client asked for it, before the object's size is known.

@@ -118,9 +118,10 @@ impl Sealer {
         }
         let start = out.len();
         out.extend_from_slice(plaintext);
+        let in_out = out.get_mut(start..).ok_or(SealError("buffer"))?;
         let tag = self
             .key
-            .seal_in_place_separate_tag(chunk_nonce(self.next, last), Aad::from(&self.header), &mut out[start..])
+            .seal_in_place_separate_tag(chunk_nonce(self.next, last), Aad::from(&self.header), in_out)
             .map_err(|_| SealError("encryption failed"))?;
         out.extend_from_slice(tag.as_ref());
         self.next += 1;
