@@ -9,8 +9,9 @@
 #   BIG=1024        big file, MiB (throughput runs and the "big" RSS measurement)
 #   SMALL=64        small file, MiB (the "small" RSS measurement)
 #   RUNS=3          alternating rounds (gw PUT, nginx PUT, gw GET, nginx GET per round)
-#   WARMUP=1        untimed rounds first (page cache and first-touch memory, see docs/benchmarks.md)
-#   SKIP_BUILD=1    do not run `cargo build --release -p gateway`
+#   WARMUP=2        untimed rounds first (page cache and first-touch memory, see docs/benchmarks.md)
+#   SKIP_BUILD=1    do not run `cargo build --release -p gateway` (use target/release/gateway as is)
+#   GATEWAY_BIN=... benchmark this gateway binary instead (implies SKIP_BUILD=1)
 #   BENCH_TMPDIR    where the temporary directory is made (default $TMPDIR or /tmp);
 #                   it needs about 5 x BIG of free space
 #   CURL_MAX_TIME=600   seconds any one curl transfer may take
@@ -22,16 +23,21 @@ set -euo pipefail
 BIG=${BIG:-1024}
 SMALL=${SMALL:-64}
 RUNS=${RUNS:-3}
-WARMUP=${WARMUP:-1}
+WARMUP=${WARMUP:-2}
 CURL_MAX_TIME=${CURL_MAX_TIME:-600}
 STARTUP_TIMEOUT=30   # seconds a server gets to come up
 STOP_TIMEOUT=10      # seconds a server gets to stop before SIGKILL
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET_DIR/release/gateway
+BIN=${GATEWAY_BIN:-$TARGET_DIR/release/gateway}
+[[ -n ${GATEWAY_BIN:-} ]] && SKIP_BUILD=1
 
-echo "command: BIG=$BIG SMALL=$SMALL RUNS=$RUNS WARMUP=$WARMUP bash benches/https.sh${*:+ $*}   (cwd $ROOT)"
+extra=""
+[[ -n ${GATEWAY_BIN:-} ]] && extra+="GATEWAY_BIN=$GATEWAY_BIN "
+[[ ${SKIP_BUILD:-0} == 1 && -z ${GATEWAY_BIN:-} ]] && extra+="SKIP_BUILD=1 "
+[[ -n ${BENCH_TMPDIR:-} ]] && extra+="BENCH_TMPDIR=$BENCH_TMPDIR "
+echo "command: ${extra}BIG=$BIG SMALL=$SMALL RUNS=$RUNS WARMUP=$WARMUP bash benches/https.sh${*:+ $*}   (cwd $ROOT)"
 echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 
 die() { echo "error: $*" >&2; exit 1; }
@@ -44,7 +50,7 @@ done
 as_root() { if [[ $EUID -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi; }
 
 NGINX=${NGINX:-$(command -v nginx || true)}
-[[ -n $NGINX ]] || { [[ -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx; }
+if [[ -z $NGINX && -x /usr/sbin/nginx ]]; then NGINX=/usr/sbin/nginx; fi   # not on a user's PATH
 if [[ -z $NGINX ]]; then
     echo "== installing nginx (Debian package nginx-light)"
     as_root apt-get update -qq
@@ -58,7 +64,8 @@ command -v sha256sum >/dev/null || die "sha256sum is required"
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     echo "== cargo build --release -p gateway (no-op when up to date)"
-    (cd "$ROOT" && cargo build --release -p gateway --quiet)
+    (cd "$ROOT" && cargo build --release -p gateway --quiet) ||
+        die "cargo build failed; SKIP_BUILD=1 benchmarks the existing binary, GATEWAY_BIN=... another one"
 fi
 [[ -x $BIN ]] || die "$BIN missing (build failed or SKIP_BUILD=1 without a binary)"
 
@@ -95,7 +102,7 @@ avail_kib=$(df -Pk "$T" | awk 'NR == 2 { print $4 }')
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r)"
 echo "nginx:   $("$NGINX" -v 2>&1)"
 echo "curl:    $(curl --version | head -1)"
-echo "gateway: $BIN (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(git -C "$ROOT" status --porcelain -- gateway certs config Cargo.toml Cargo.lock 2>/dev/null | wc -l) locally modified source files)"
+echo "gateway: $BIN ($(date -u -r "$BIN" '+built %Y-%m-%d %H:%M UTC'); working tree: git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(git -C "$ROOT" status --porcelain -- gateway certs config Cargo.toml Cargo.lock 2>/dev/null | wc -l) locally modified source files)"
 echo "temp:    $T (filesystem $(df -P "$T" | awk 'NR == 2 { print $1 }'))"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average at start; other work on the machine skews the figures)"
 

@@ -11,10 +11,15 @@
 //! not be silently ignored. The crate is pure text-to-types; file-system
 //! checks (does the certificate exist, are key permissions tight) belong to
 //! the gateway.
+//!
+//! [`add_authorized_key`] is the one writer: it edits a configuration text in
+//! place (keeping comments and layout) for the `gateway users add-key` command.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
 mod duration;
+mod edit;
+mod ssh;
 mod text;
 mod walk;
 
@@ -27,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::parse_duration;
+pub use edit::add_authorized_key;
 
 /// Parses configuration text leniently, so callers see every problem at once.
 ///
@@ -126,6 +132,8 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// Accounts allowed to log in, each confined to one tenant.
     pub users: Vec<UserConfig>,
+    /// The SFTP (SSH) front end; `None` when the `[sftp]` section is absent.
+    pub sftp: Option<SftpConfig>,
     /// Settings that only make sense in development mode.
     pub development: DevelopmentConfig,
 }
@@ -167,6 +175,58 @@ pub enum TlsProfile {
     Aes256,
     /// Broader suite list for older clients.
     Intermediate,
+}
+
+/// Settings of the SFTP (SSH) listener, present only when `[sftp]` is configured.
+#[derive(Debug, Clone)]
+pub struct SftpConfig {
+    /// Address to listen on (default `127.0.0.1:2222`).
+    pub listen: SocketAddr,
+    /// Host private keys, non-empty and without duplicates (default
+    /// `data_dir/ssh/ssh_host_ed25519_key` and `data_dir/ssh/ssh_host_rsa_key`).
+    pub host_keys: Vec<PathBuf>,
+    /// Algorithms offered to clients, in preference order.
+    pub algorithms: SshAlgorithms,
+    /// Longest a client may take to authenticate after connecting (default 30s, more than 0).
+    pub login_grace_time: Duration,
+    /// Authentication attempts allowed per connection (default 6, 1 to 20).
+    pub max_auth_attempts: u32,
+    /// Constant delay before every authentication rejection, to slow guessing (default 1s).
+    pub auth_rejection_delay: Duration,
+    /// Longest a session may sit idle before it is closed (default 10m, more than 0).
+    pub idle_timeout: Duration,
+    /// Cap on concurrent SSH connections, to bound resource use (default 256, 1 to 100000).
+    pub max_connections: usize,
+}
+
+/// SSH algorithm names offered to clients, each list in preference order.
+///
+/// Only names from a vetted allow-list are accepted, so no list can contain
+/// SHA-1, CBC, RC4, MD5 or `none`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshAlgorithms {
+    /// Key-exchange methods (hybrid post-quantum ML-KEM first).
+    pub kex: Vec<String>,
+    /// Ciphers (AEAD first; the `-ctr` ones are paired with an encrypt-then-MAC).
+    pub ciphers: Vec<String>,
+    /// MACs, used only with non-AEAD ciphers.
+    pub macs: Vec<String>,
+    /// Signature algorithms the server proves its host key with.
+    pub host_key_algorithms: Vec<String>,
+}
+
+impl SshAlgorithms {
+    /// The default lists: post-quantum hybrid key exchange preferred, classical
+    /// Curve25519/large-group DH kept for clients older than OpenSSH 9.9.
+    pub fn defaults() -> Self {
+        let owned = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+        SshAlgorithms {
+            kex: owned(ssh::KEX.defaults),
+            ciphers: owned(ssh::CIPHERS.defaults),
+            macs: owned(ssh::MACS.defaults),
+            host_key_algorithms: owned(ssh::HOST_KEY_ALGORITHMS.defaults),
+        }
+    }
 }
 
 /// Where encrypted file contents and tenant keys live.
@@ -224,6 +284,36 @@ pub struct UserConfig {
     pub permissions: Permissions,
     /// Bearer tokens accepted for this user, stored only as hashes.
     pub tokens: Vec<TokenConfig>,
+    /// SSH public keys (OpenSSH `authorized_keys` lines, trimmed, without
+    /// options) accepted for this user; the gateway parses the keys itself.
+    pub authorized_keys: Vec<String>,
+    /// PBKDF2 password hash; password login is enabled only when this is set.
+    pub password_hash: Option<PasswordHash>,
+}
+
+/// A password hash `pbkdf2-sha256$<iterations>$<salt base64>$<hash base64>`,
+/// shape-checked at load; its `Debug` never prints the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordHash(String);
+
+impl PasswordHash {
+    /// Checks the shape (scheme, iterations of at least 100000, non-empty
+    /// base64 salt and hash); the error message never echoes the value.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        ssh::check_password_hash(s)?;
+        Ok(PasswordHash(s.to_owned()))
+    }
+
+    /// The full hash string, for the gateway's verifier.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<set>")
+    }
 }
 
 /// Operations a user may perform, as flags so checks are cheap and explicit.

@@ -42,7 +42,12 @@ fn shipped_sample_parses_cleanly() {
     assert_eq!(demo.home, "demo");
     assert_eq!(demo.permissions.names(), ["list", "read", "write", "delete", "rename", "mkdir"]);
     assert!(demo.tokens.is_empty());
+    // A demo user with no token, key or password is fine.
+    assert!(demo.authorized_keys.is_empty() && demo.password_hash.is_none());
     assert_eq!(config.development.demo_user.as_deref(), Some("demo"));
+    let sftp = config.sftp.as_ref().expect("the development sample enables [sftp]");
+    assert_eq!(sftp.listen, "127.0.0.1:2222".parse().unwrap());
+    assert_eq!(sftp.algorithms, SshAlgorithms::defaults());
     // Same result through the lenient entry point.
     let _ = ok(SAMPLE);
 }
@@ -58,6 +63,16 @@ fn production_example_parses_cleanly() {
     assert_eq!(config.users[1].tokens.len(), 2);
     assert_eq!(config.users[2].tokens[0].sha256, [0xde, 0xad, 0xbe, 0xef].repeat(8)[..]);
     assert!(config.development.demo_user.is_none());
+    let sftp = config.sftp.as_ref().unwrap();
+    assert_eq!(sftp.listen, "0.0.0.0:22".parse().unwrap());
+    assert_eq!(
+        sftp.host_keys,
+        [Path::new("/etc/gateway/ssh/ssh_host_ed25519_key"), Path::new("/etc/gateway/ssh/ssh_host_rsa_key")]
+    );
+    assert_eq!(sftp.max_auth_attempts, 3);
+    assert_eq!(config.users[0].authorized_keys.len(), 1);
+    assert!(config.users[0].authorized_keys[0].starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"));
+    assert!(config.users[1].authorized_keys.is_empty());
 }
 
 #[test]
@@ -83,6 +98,7 @@ fn defaults() {
     assert_eq!(config.audit.checkpoint_interval, Duration::from_secs(60));
     assert!(config.tenants.is_empty() && config.users.is_empty());
     assert!(config.development.demo_user.is_none());
+    assert!(config.sftp.is_none(), "no [sftp] section means SFTP is off");
 }
 
 #[test]
@@ -175,7 +191,7 @@ permissions = ["all"]
     // Display formats.
     assert_eq!(
         errors[0].to_string(),
-        "bad.toml: colour: unknown key \"colour\" (accepted: mode, data_dir, shutdown_grace, https, storage, audit, tenants, users, development)"
+        "bad.toml: colour: unknown key \"colour\" (accepted: mode, data_dir, shutdown_grace, https, sftp, storage, audit, tenants, users, development)"
     );
     let all = ConfigErrors(errors).to_string();
     assert_eq!(all.lines().count(), 7);
@@ -525,4 +541,388 @@ fn load_reports_unreadable_file_and_bad_content() {
     let shown = errors.to_string();
     assert_eq!(shown.lines().count(), 2);
     assert!(shown.lines().all(|l| l.starts_with(&bad.display().to_string())));
+}
+
+// ---------------------------------------------------------------- SFTP / SSH
+
+/// A syntactically valid (fake) Ed25519 public key line.
+const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5Zm9yZXhhbXBsZXNvbmx5MDEyMzQ1Njc4OTAx alice@laptop";
+const KEY_B: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBF== bob@desk";
+/// A well-formed password hash (fake salt and hash).
+const HASH: &str = "pbkdf2-sha256$600000$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g=";
+
+/// One tenant `t` and one user `u` with `extra` appended to the user table.
+fn with_user(extra: &str) -> String {
+    format!(
+        "mode = \"development\"\n[[tenants]]\nname = \"t\"\n[[users]]\nname = \"u\"\ntenant = \"t\"\nhome = \"/\"\npermissions = [\"all\"]\n{extra}\n"
+    )
+}
+
+#[test]
+fn sftp_defaults() {
+    let config = ok("mode = \"development\"\ndata_dir = \"/srv/gw\"\n[sftp]\n");
+    let sftp = config.sftp.unwrap();
+    assert_eq!(sftp.listen, "127.0.0.1:2222".parse().unwrap());
+    assert_eq!(
+        sftp.host_keys,
+        [Path::new("/srv/gw/ssh/ssh_host_ed25519_key"), Path::new("/srv/gw/ssh/ssh_host_rsa_key")]
+    );
+    assert_eq!(sftp.login_grace_time, Duration::from_secs(30));
+    assert_eq!(sftp.max_auth_attempts, 6);
+    assert_eq!(sftp.auth_rejection_delay, Duration::from_secs(1));
+    assert_eq!(sftp.idle_timeout, Duration::from_secs(600));
+    assert_eq!(sftp.max_connections, 256);
+    assert_eq!(sftp.algorithms, SshAlgorithms::defaults());
+    // The defaults, in preference order.
+    let d = SshAlgorithms::defaults();
+    assert_eq!(
+        d.kex,
+        [
+            "mlkem768x25519-sha256",
+            "curve25519-sha256",
+            "curve25519-sha256@libssh.org",
+            "diffie-hellman-group16-sha512",
+            "diffie-hellman-group18-sha512"
+        ]
+    );
+    assert_eq!(d.ciphers, ["aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"]);
+    assert_eq!(d.macs, ["hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com"]);
+    assert_eq!(d.host_key_algorithms, ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"]);
+}
+
+#[test]
+fn sftp_section_absent_is_none_and_must_be_a_table() {
+    assert!(ok(MINIMAL).sftp.is_none());
+    assert!(ok(&with_user(&format!("authorized_keys = [\"{KEY_A}\"]"))).sftp.is_none());
+    let got = errs("mode = \"development\"\nsftp = true\n");
+    assert!(has(&got, "sftp", "expected a table, found a boolean"), "{got:#?}");
+}
+
+#[test]
+fn sftp_explicit_values() {
+    let sftp = ok(r#"
+mode = "production"
+[sftp]
+listen = "[::]:22"
+host_keys = ["/k/ed25519"]
+kex = ["mlkem768x25519-sha256"]
+ciphers = ["aes128-ctr", "aes256-gcm@openssh.com"]
+macs = ["hmac-sha2-256"]
+host_key_algorithms = ["rsa-sha2-256"]
+login_grace_time = "1m"
+max_auth_attempts = 20
+auth_rejection_delay = "0s"
+idle_timeout = "2h"
+max_connections = 100000
+"#)
+    .sftp
+    .unwrap();
+    assert_eq!(sftp.listen, "[::]:22".parse().unwrap());
+    assert_eq!(sftp.host_keys, [PathBuf::from("/k/ed25519")]);
+    assert_eq!(sftp.algorithms.kex, ["mlkem768x25519-sha256"]);
+    assert_eq!(sftp.algorithms.ciphers, ["aes128-ctr", "aes256-gcm@openssh.com"]);
+    assert_eq!(sftp.algorithms.macs, ["hmac-sha2-256"]);
+    assert_eq!(sftp.algorithms.host_key_algorithms, ["rsa-sha2-256"]);
+    assert_eq!(sftp.login_grace_time, Duration::from_secs(60));
+    assert_eq!(sftp.max_auth_attempts, 20);
+    assert_eq!(sftp.auth_rejection_delay, Duration::ZERO);
+    assert_eq!(sftp.idle_timeout, Duration::from_secs(7200));
+    assert_eq!(sftp.max_connections, 100_000);
+}
+
+#[test]
+fn bad_algorithm_names_are_all_reported_with_reasons() {
+    let got = errs(
+        r#"
+mode = "development"
+[sftp]
+kex = ["curve25519-sha256", "diffie-hellman-group14-sha1", "sntrup761x25519-sha512@openssh.com", "aes256-gcm@openssh.com"]
+ciphers = ["aes256-cbc", "none", "arcfour256", "3des-cbc", "aes256-gcm@openssh.com"]
+macs = ["hmac-sha1", "hmac-md5-96", "hmac-sha2-256"]
+host_key_algorithms = ["ssh-rsa", "ssh-ed25519", "ssh-dss", "ssh-ed25519"]
+"#,
+    );
+    let kex_accepted = "(accepted: mlkem768x25519-sha256, curve25519-sha256, curve25519-sha256@libssh.org, \
+                        diffie-hellman-group16-sha512, diffie-hellman-group18-sha512)";
+    assert!(has(&got, "sftp.kex[1]", "\"diffie-hellman-group14-sha1\" is refused: uses SHA-1"), "{got:#?}");
+    assert!(has(&got, "sftp.kex[1]", kex_accepted), "{got:#?}");
+    assert!(has(&got, "sftp.kex[2]", "\"sntrup761x25519-sha512@openssh.com\" is refused: not allowed"), "{got:#?}");
+    assert!(has(&got, "sftp.kex[3]", "it is a cipher name, not a key exchange name"), "{got:#?}");
+    assert!(has(&got, "sftp.ciphers[0]", "\"aes256-cbc\" is refused: CBC mode"), "{got:#?}");
+    assert!(has(&got, "sftp.ciphers[0]", "aes256-ctr, aes192-ctr, aes128-ctr)"), "{got:#?}");
+    assert!(has(&got, "sftp.ciphers[1]", "\"none\" is refused: no encryption/integrity"), "{got:#?}");
+    assert!(has(&got, "sftp.ciphers[2]", "RC4"), "{got:#?}");
+    assert!(has(&got, "sftp.ciphers[3]", "CBC mode"), "{got:#?}");
+    assert!(has(&got, "sftp.macs[0]", "MAC \"hmac-sha1\" is refused: uses SHA-1"), "{got:#?}");
+    assert!(has(&got, "sftp.macs[1]", "uses MD5"), "{got:#?}");
+    assert!(has(&got, "sftp.host_key_algorithms[0]", "\"ssh-rsa\" is refused: uses SHA-1"), "{got:#?}");
+    assert!(has(&got, "sftp.host_key_algorithms[0]", "(accepted: ssh-ed25519, rsa-sha2-512, rsa-sha2-256)"));
+    assert!(has(&got, "sftp.host_key_algorithms[2]", "DSA"), "{got:#?}");
+    assert!(
+        has(
+            &got,
+            "sftp.host_key_algorithms[3]",
+            "duplicate host key algorithm \"ssh-ed25519\" (first listed at sftp.host_key_algorithms[1])"
+        ),
+        "{got:#?}"
+    );
+    assert_eq!(got.len(), 12, "{got:#?}");
+    // The lenient result keeps only the vetted entries.
+    let (config, _) =
+        parse("mode = \"development\"\nsftp.kex = [\"curve25519-sha256\", \"diffie-hellman-group1-sha1\"]\n", "x");
+    assert_eq!(config.sftp.unwrap().algorithms.kex, ["curve25519-sha256"]);
+}
+
+#[test]
+fn sftp_ranges_types_and_unknown_keys() {
+    let got = errs(
+        r#"
+mode = "development"
+[https]
+listen = "0.0.0.0:8022"
+[sftp]
+listen = "127.0.0.1:8022"
+host_keys = ["/a", "", "/a", 7]
+kex = []
+ciphers = "aes256-gcm@openssh.com"
+macs = [1]
+login_grace_time = "0s"
+max_auth_attempts = 21
+auth_rejection_delay = 1
+idle_timeout = "0m"
+max_connections = 100001
+permit_root_login = true
+"#,
+    );
+    assert!(has(&got, "sftp.listen", "overlaps https.listen (0.0.0.0:8022)"), "{got:#?}");
+    assert!(has(&got, "sftp.host_keys[1]", "must not be empty"), "{got:#?}");
+    assert!(
+        has(&got, "sftp.host_keys[2]", "duplicate host key \"/a\" (first listed at sftp.host_keys[0])"),
+        "{got:#?}"
+    );
+    assert!(has(&got, "sftp.host_keys[3]", "expected a string, found an integer"), "{got:#?}");
+    assert!(has(&got, "sftp.kex", "must list at least one key exchange (accepted: mlkem768x25519-sha256"), "{got:#?}");
+    assert!(has(&got, "sftp.ciphers", "expected an array of strings, found a string"), "{got:#?}");
+    assert!(has(&got, "sftp.macs[0]", "expected a string, found an integer"), "{got:#?}");
+    assert!(has(&got, "sftp.login_grace_time", "greater than 0"), "{got:#?}");
+    assert!(has(&got, "sftp.max_auth_attempts", "between 1 and 20, found 21"), "{got:#?}");
+    assert!(has(&got, "sftp.auth_rejection_delay", "expected a duration string"), "{got:#?}");
+    assert!(has(&got, "sftp.idle_timeout", "greater than 0"), "{got:#?}");
+    assert!(has(&got, "sftp.max_connections", "between 1 and 100000, found 100001"), "{got:#?}");
+    assert!(has(&got, "sftp.permit_root_login", "unknown key \"permit_root_login\" (accepted: listen, host_keys, kex"));
+    assert_eq!(got.len(), 13, "{got:#?}");
+
+    let got =
+        errs("mode = \"development\"\n[sftp]\nhost_keys = []\nmax_auth_attempts = 0\nlisten = \"localhost:22\"\n");
+    assert!(has(&got, "sftp.host_keys", "at least one host key"), "{got:#?}");
+    assert!(has(&got, "sftp.max_auth_attempts", "between 1 and 20, found 0"), "{got:#?}");
+    assert!(has(&got, "sftp.listen", "expected IP:port such as \"127.0.0.1:2222\""), "{got:#?}");
+    assert_eq!(got.len(), 3, "{got:#?}");
+
+    // Port 0 (ephemeral, as in tests) never counts as a clash.
+    let config = ok("mode = \"development\"\nhttps.listen = \"127.0.0.1:0\"\nsftp.listen = \"127.0.0.1:0\"\n");
+    assert_eq!(config.sftp.unwrap().listen.port(), 0);
+    // A different IP on the same port is fine; the same IP is not.
+    assert!(
+        errs("mode = \"development\"\nhttps.listen = \"127.0.0.1:22\"\nsftp.listen = \"127.0.0.2:22\"\n").is_empty()
+    );
+    assert_eq!(
+        errs("mode = \"development\"\nhttps.listen = \"127.0.0.1:22\"\nsftp.listen = \"127.0.0.1:22\"\n").len(),
+        1
+    );
+}
+
+#[test]
+fn authorized_keys_are_trimmed_and_checked() {
+    let config = ok(&with_user(&format!(
+        "authorized_keys = [\"  {KEY_A}\\n\", \"{KEY_B}\", \"sk-ssh-ed25519@openssh.com AAAAGnNr\", \"ssh-rsa AAAAB3NzaC1yc2E=\"]"
+    )));
+    let keys = &config.users[0].authorized_keys;
+    assert_eq!(keys.len(), 4);
+    assert_eq!(keys[0], KEY_A);
+    assert_eq!(keys[1], KEY_B);
+
+    let got = errs(&with_user(&format!(
+        r#"authorized_keys = [
+    "",
+    "ssh-ed25519 AAAA first\nssh-ed25519 BBBB second",
+    "ssh-ed25519",
+    "ssh-ed25519 not-base64!",
+    'from="10.0.0.0/8" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5',
+    "AAAAC3NzaC1lZDI1NTE5 alice",
+    "{KEY_A}",
+    "{KEY_A} other-comment",
+    3,
+]"#
+    )));
+    assert!(has(&got, "users[0].authorized_keys[0]", "must not be empty"), "{got:#?}");
+    assert!(has(&got, "users[0].authorized_keys[1]", "single line"), "{got:#?}");
+    assert!(has(&got, "users[0].authorized_keys[2]", "found only the key type"), "{got:#?}");
+    assert!(has(&got, "users[0].authorized_keys[3]", "not base64"), "{got:#?}");
+    assert!(has(&got, "users[0].authorized_keys[4]", "options before the key type are not supported"), "{got:#?}");
+    assert!(has(&got, "users[0].authorized_keys[5]", "options before the key type are not supported"), "{got:#?}");
+    assert!(has(&got, "users[0].authorized_keys[7]", "duplicate key (same key as users[0].authorized_keys[6])"));
+    assert!(has(&got, "users[0].authorized_keys[8]", "expected a string, found an integer"), "{got:#?}");
+    assert_eq!(got.len(), 8, "{got:#?}");
+    // The user itself is kept, with only the good key.
+    let (config, _) = parse(&with_user(&format!("authorized_keys = [\"{KEY_A}\", \"bad\"]")), "x");
+    assert_eq!(config.users[0].authorized_keys, [KEY_A]);
+
+    let got = errs(&with_user("authorized_keys = \"ssh-ed25519 AAAA\""));
+    assert!(has(&got, "users[0].authorized_keys", "expected an array of strings, found a string"), "{got:#?}");
+}
+
+#[test]
+fn password_hash_is_shape_checked_and_never_shown() {
+    let config = ok(&with_user(&format!("password_hash = \"{HASH}\"")));
+    let user = &config.users[0];
+    assert_eq!(user.password_hash.as_ref().map(PasswordHash::as_str), Some(HASH));
+    let shown = format!("{user:?}");
+    assert!(shown.contains("password_hash: Some(<set>)"), "{shown}");
+    assert!(!shown.contains("pbkdf2") && !shown.contains("c2FsdHNhbHRzYWx0") && !shown.contains("aGFzaGhh"), "{shown}");
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("pbkdf2") && !shown.contains("aGFzaGhh"), "{shown}");
+    assert!(format!("{:?}", ok(&with_user("")).users[0]).contains("password_hash: None"));
+
+    let secret = "c2VjcmV0c2VjcmV0";
+    for (bad, why) in [
+        ("".to_owned(), "found 1 '$'-separated parts"),
+        (format!("pbkdf2-sha256$600000${secret}"), "found 3"),
+        (format!("pbkdf2-sha256$600000${secret}${secret}$x"), "found 5"),
+        (format!("pbkdf2-sha1$600000${secret}${secret}"), "unsupported scheme"),
+        (format!("argon2id$600000${secret}${secret}"), "unsupported scheme"),
+        (format!("pbkdf2-sha256$99999${secret}${secret}"), "99999 iterations is too few (at least 100000)"),
+        (format!("pbkdf2-sha256$+600000${secret}${secret}"), "iterations must be an integer"),
+        (format!("pbkdf2-sha256$lots${secret}${secret}"), "iterations must be an integer"),
+        (format!("pbkdf2-sha256$99999999999${secret}${secret}"), "iterations must be an integer"),
+        (format!("pbkdf2-sha256$600000$${secret}"), "the salt is empty or not base64"),
+        (format!("pbkdf2-sha256$600000$sa lt${secret}"), "the salt is empty or not base64"),
+        (format!("pbkdf2-sha256$600000${secret}$"), "the hash is empty or not base64"),
+        (format!("pbkdf2-sha256$600000${secret}$ab=c"), "the hash is empty or not base64"),
+    ] {
+        let err = PasswordHash::parse(&bad).unwrap_err();
+        assert!(err.contains(why), "{bad:?}: {err}");
+        assert!(!err.contains(secret), "the message echoes the value: {err}");
+        let got = errs(&with_user(&format!("password_hash = {bad:?}")));
+        assert!(has(&got, "users[0].password_hash", why), "{bad:?}: {got:#?}");
+        assert_eq!(got.len(), 1, "{got:#?}");
+    }
+    assert!(PasswordHash::parse("pbkdf2-sha256$100000$a$b").is_ok());
+    let got = errs(&with_user("password_hash = 5"));
+    assert!(has(&got, "users[0].password_hash", "expected a string, found an integer"), "{got:#?}");
+}
+
+#[test]
+fn add_authorized_key_edits_only_that_user() {
+    let text = r#"# top comment
+mode = "development"
+
+[[tenants]]
+name = "t"
+
+# Alice, our partner.
+[[users]]
+name = "alice"   # keep me
+tenant = "t"
+home = "/"
+permissions = ["read"]
+
+[[users]]
+name = "bob"
+tenant = "t"
+home = "/"
+permissions = ["read"]
+authorized_keys = ["ssh-ed25519 AAAAbob bob@desk"]
+"#;
+    let out = add_authorized_key(text, "alice", &format!("  {KEY_A}\n")).unwrap();
+    assert!(out.contains("# top comment\n") && out.contains("# Alice, our partner.\n"), "{out}");
+    assert!(out.contains("name = \"alice\"   # keep me\n"), "{out}");
+    assert!(out.contains(&format!("authorized_keys = [\n    \"{KEY_A}\",\n]\n")), "{out}");
+    let config = ok(&out);
+    assert_eq!(config.users[0].authorized_keys, [KEY_A]);
+    assert_eq!(config.users[1].authorized_keys, ["ssh-ed25519 AAAAbob bob@desk"]);
+
+    // Appending to an existing array, and then to a multi-line one.
+    let out = add_authorized_key(&out, "bob", KEY_A).unwrap();
+    let out = add_authorized_key(&out, "alice", KEY_B).unwrap();
+    assert!(out.contains(&format!("authorized_keys = [\n    \"{KEY_A}\",\n    \"{KEY_B}\",\n]\n")), "{out}");
+    let config = ok(&out);
+    assert_eq!(config.users[0].authorized_keys, [KEY_A, KEY_B]);
+    assert_eq!(config.users[1].authorized_keys, ["ssh-ed25519 AAAAbob bob@desk", KEY_A]);
+    assert!(out.contains("# keep me") && out.contains("# top comment"));
+}
+
+#[test]
+fn add_authorized_key_keeps_comments_inside_arrays() {
+    let text = "[[users]]\nname = \"a\"\nauthorized_keys = [\n  \"ssh-ed25519 AAAA a\" # laptop\n]\n# after\n";
+    let out = add_authorized_key(text, "a", KEY_A).unwrap();
+    assert_eq!(
+        out,
+        format!("[[users]]\nname = \"a\"\nauthorized_keys = [\n  \"ssh-ed25519 AAAA a\", # laptop\n  \"{KEY_A}\",\n]\n# after\n")
+    );
+    let text = "[[users]]\nname = \"a\"\nauthorized_keys = [\n  \"ssh-ed25519 AAAA a\", # laptop\n]\n";
+    let out = add_authorized_key(text, "a", KEY_A).unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "[[users]]\nname = \"a\"\nauthorized_keys = [\n  \"ssh-ed25519 AAAA a\", # laptop\n  \"{KEY_A}\",\n]\n"
+        )
+    );
+    // Inline tables get a one-line array.
+    let out =
+        add_authorized_key("users = [{ name = \"b\" }, { name = \"a\", authorized_keys = [] }]\n", "a", KEY_A).unwrap();
+    let parsed: toml::Table = out.parse().unwrap();
+    assert_eq!(parsed["users"][1]["authorized_keys"][0].as_str(), Some(KEY_A));
+    assert!(parsed["users"][0].get("authorized_keys").is_none());
+}
+
+#[test]
+fn add_authorized_key_refusals() {
+    let text = with_user(&format!("authorized_keys = [\"{KEY_A}\"]"));
+    let err = add_authorized_key(&text, "nobody", KEY_B).unwrap_err();
+    assert!(err.contains("no [[users]] entry is named \"nobody\""), "{err}");
+    let err = add_authorized_key(MINIMAL, "u", KEY_B).unwrap_err();
+    assert!(err.contains("no [[users]] entry"), "{err}");
+    let err = add_authorized_key(&text, "u", &format!(" {KEY_A} ")).unwrap_err();
+    assert!(err.contains("already has this key"), "{err}");
+    // Same key with another comment: the loader would refuse it, so refuse here.
+    let same_key = KEY_A.replace("alice@laptop", "alice@phone");
+    assert!(add_authorized_key(&text, "u", &same_key).unwrap_err().contains("already has this key"));
+    let err = add_authorized_key("mode = \n", "u", KEY_B).unwrap_err();
+    assert!(err.starts_with("invalid TOML"), "{err}");
+    let err = add_authorized_key(&text, "u", "from=\"x\" ssh-ed25519 AAAA").unwrap_err();
+    assert!(err.contains("options before the key type"), "{err}");
+    let err = add_authorized_key(&with_user("authorized_keys = \"x\""), "u", KEY_B).unwrap_err();
+    assert!(err.contains("not an array"), "{err}");
+    let dup = format!("{}[[users]]\nname = \"u\"\n", with_user(""));
+    assert!(add_authorized_key(&dup, "u", KEY_B).unwrap_err().contains("2 [[users]] entries"));
+}
+
+#[test]
+fn add_authorized_key_to_shipped_samples() {
+    let out = add_authorized_key(SAMPLE, "demo", KEY_A).unwrap();
+    let config = ok(&out);
+    assert_eq!(config.users[0].authorized_keys, [KEY_A]);
+    // Every comment line of the sample survives.
+    for line in SAMPLE.lines().filter(|l| l.trim_start().starts_with('#')) {
+        assert!(out.contains(line), "lost comment {line:?}");
+    }
+    let out = add_authorized_key(PRODUCTION, "acme-upload", KEY_B).unwrap();
+    let config = ok(&out);
+    assert_eq!(config.users[0].authorized_keys.len(), 2);
+    assert_eq!(config.users[0].authorized_keys[1], KEY_B);
+    assert!(config.users[1].authorized_keys.is_empty() && config.users[2].authorized_keys.is_empty());
+}
+
+#[test]
+fn ssh_rules_unit() {
+    use crate::ssh::{check_authorized_key, refusal_reason, CIPHERS, KEX};
+    assert!(check_authorized_key(KEY_A).is_ok());
+    assert!(check_authorized_key("ssh-ed25519 AAAA=").is_ok());
+    assert!(check_authorized_key("ssh-ed25519 AAAA===").is_err());
+    assert!(check_authorized_key("ssh-ed25519 =").is_err());
+    assert!(check_authorized_key("ssh-ed25519 AA=A").is_err());
+    assert_eq!(refusal_reason(&KEX, "ecdh-sha2-nistp256"), "not allowed");
+    assert_eq!(refusal_reason(&CIPHERS, "rijndael-cbc@lysator.liu.se"), "CBC mode");
+    assert_eq!(refusal_reason(&CIPHERS, "aes128-cbc"), "CBC mode");
 }

@@ -9,20 +9,34 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use crate::duration::{parse_duration, DURATION_FORMAT};
+use crate::ssh::{self, AlgorithmKind};
 use crate::text::{check_name, normalize_home, parse_sha256};
 use crate::{
-    AuditConfig, Config, ConfigError, DevelopmentConfig, HttpsConfig, Mode, Permissions, StorageBackend, StorageConfig,
-    TenantConfig, TlsProfile, TokenConfig, UserConfig,
+    AuditConfig, Config, ConfigError, DevelopmentConfig, HttpsConfig, Mode, PasswordHash, Permissions, SftpConfig,
+    SshAlgorithms, StorageBackend, StorageConfig, TenantConfig, TlsProfile, TokenConfig, UserConfig,
 };
 
 const TOP_KEYS: &[&str] =
-    &["mode", "data_dir", "shutdown_grace", "https", "storage", "audit", "tenants", "users", "development"];
+    &["mode", "data_dir", "shutdown_grace", "https", "sftp", "storage", "audit", "tenants", "users", "development"];
 const HTTPS_KEYS: &[&str] =
     &["listen", "tls_profile", "cert", "key", "handshake_timeout", "idle_timeout", "max_connections", "hsts_max_age"];
 const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir"];
 const AUDIT_KEYS: &[&str] = &["path", "signing_key", "checkpoint_every_records", "checkpoint_interval"];
 const TENANT_KEYS: &[&str] = &["name", "key_file"];
-const USER_KEYS: &[&str] = &["name", "tenant", "home", "permissions", "tokens"];
+const SFTP_KEYS: &[&str] = &[
+    "listen",
+    "host_keys",
+    "kex",
+    "ciphers",
+    "macs",
+    "host_key_algorithms",
+    "login_grace_time",
+    "max_auth_attempts",
+    "auth_rejection_delay",
+    "idle_timeout",
+    "max_connections",
+];
+const USER_KEYS: &[&str] = &["name", "tenant", "home", "permissions", "tokens", "authorized_keys", "password_hash"];
 const TOKEN_KEYS: &[&str] = &["id", "sha256"];
 const DEVELOPMENT_KEYS: &[&str] = &["demo_user"];
 
@@ -40,6 +54,8 @@ const BACKENDS: &[(&str, BackendKind)] = &[("local", BackendKind::Local)];
 const PERMISSION_NAMES: &[&str] = &["list", "read", "write", "delete", "rename", "mkdir", "all"];
 
 const MAX_CONNECTIONS: i64 = 1_000_000;
+const MAX_SFTP_CONNECTIONS: i64 = 100_000;
+const MAX_AUTH_ATTEMPTS: i64 = 20;
 
 /// Entry point behind [`crate::parse`].
 pub(crate) fn parse(text: &str, origin: &str) -> (Config, Vec<ConfigError>) {
@@ -105,6 +121,12 @@ fn type_name(value: &Value) -> &'static str {
 /// Names for "configured: a, b" style hints.
 fn listing<'a>(names: impl Iterator<Item = &'a String>) -> String {
     names.map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// Whether two listeners would fight over the same port: same port (not the
+/// ephemeral 0) and the same IP, or either bound to the wildcard address.
+fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Error collector plus typed accessors that record problems as they go.
@@ -251,6 +273,56 @@ impl Ctx<'_> {
         }
     }
 
+    /// An integer within `min..=max`; the default when absent or out of range.
+    fn bounded(&mut self, table: &Table, path: &str, key: &str, (min, max): (i64, i64), default: i64) -> i64 {
+        match self.integer(table, path, key) {
+            None => default,
+            Some(n) if (min..=max).contains(&n) => n,
+            Some(n) => {
+                self.err(&child(path, key), format!("must be between {min} and {max}, found {n}"));
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, table: &Table, path: &str, key: &str, default: SocketAddr) -> SocketAddr {
+        let Some(s) = self.string(table, path, key) else { return default };
+        match s.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                let port = default.port();
+                self.err(
+                    &child(path, key),
+                    format!("invalid socket address {s:?}: expected IP:port such as \"{default}\" or \"[::1]:{port}\""),
+                );
+                default
+            }
+        }
+    }
+
+    /// An array of strings; elements of another type are reported and skipped.
+    /// `None` (after reporting) when the value is not an array.
+    fn strings<'t>(&mut self, table: &'t Table, path: &str, key: &str) -> Option<Vec<(String, &'t str)>> {
+        let here = child(path, key);
+        match table.get(key)? {
+            Value::Array(items) => {
+                let mut out = Vec::new();
+                for (i, value) in items.iter().enumerate() {
+                    let at = item(&here, i);
+                    match value {
+                        Value::String(s) => out.push((at, s.as_str())),
+                        other => self.wrong_type(&at, "a string", other),
+                    }
+                }
+                Some(out)
+            }
+            other => {
+                self.wrong_type(&here, "an array of strings", other);
+                None
+            }
+        }
+    }
+
     fn config(&mut self, root: &Table) -> Config {
         self.check_keys(root, "", TOP_KEYS);
 
@@ -270,6 +342,7 @@ impl Ctx<'_> {
         let storage = self.storage(storage_table, &data_dir);
         let audit_table = self.table(root, "", "audit").unwrap_or(&empty);
         let audit = self.audit(audit_table, &data_dir);
+        let sftp = self.table(root, "", "sftp").map(|t| self.sftp(t, &data_dir, https.listen));
 
         let tenant_entries = self.tables(root, "", "tenants");
         let (tenants, tenant_names) = self.tenants(&tenant_entries, &storage.keys_dir);
@@ -290,6 +363,7 @@ impl Ctx<'_> {
             audit,
             tenants,
             users,
+            sftp,
             development,
         }
     }
@@ -297,43 +371,111 @@ impl Ctx<'_> {
     fn https(&mut self, t: &Table, data_dir: &std::path::Path) -> HttpsConfig {
         const P: &str = "https";
         self.check_keys(t, P, HTTPS_KEYS);
-        let default_listen = SocketAddr::from(([127, 0, 0, 1], 8443));
-        let listen = match self.string(t, P, "listen") {
-            None => default_listen,
-            Some(s) => match s.parse::<SocketAddr>() {
-                Ok(addr) => addr,
-                Err(_) => {
-                    self.err(
-                        &child(P, "listen"),
-                        format!(
-                            "invalid socket address {s:?}: expected IP:port such as \
-                             \"127.0.0.1:8443\" or \"[::1]:8443\""
-                        ),
-                    );
-                    default_listen
-                }
-            },
-        };
+        let listen = self.socket_addr(t, P, "listen", SocketAddr::from(([127, 0, 0, 1], 8443)));
         let tls_profile = self.choice(t, P, "tls_profile", TLS_PROFILES).unwrap_or(TlsProfile::Aes256);
         let cert = self.path(t, P, "cert").unwrap_or_else(|| data_dir.join("tls").join("server.pem"));
         let key = self.path(t, P, "key").unwrap_or_else(|| data_dir.join("tls").join("server.key"));
         let handshake_timeout = self.positive_duration(t, P, "handshake_timeout", Duration::from_secs(10));
         let idle_timeout = self.positive_duration(t, P, "idle_timeout", Duration::from_secs(60));
-        let max_connections = match self.integer(t, P, "max_connections") {
-            None => 1024,
-            Some(n) => match usize::try_from(n) {
-                Ok(v) if (1..=MAX_CONNECTIONS).contains(&n) => v,
-                _ => {
-                    self.err(
-                        &child(P, "max_connections"),
-                        format!("must be between 1 and {MAX_CONNECTIONS}, found {n}"),
-                    );
-                    1024
-                }
-            },
-        };
+        let max_connections =
+            usize::try_from(self.bounded(t, P, "max_connections", (1, MAX_CONNECTIONS), 1024)).unwrap_or(1024);
         let hsts_max_age = self.duration(t, P, "hsts_max_age", Duration::from_secs(365 * 86_400));
         HttpsConfig { listen, tls_profile, cert, key, handshake_timeout, idle_timeout, max_connections, hsts_max_age }
+    }
+
+    fn sftp(&mut self, t: &Table, data_dir: &std::path::Path, https_listen: SocketAddr) -> SftpConfig {
+        const P: &str = "sftp";
+        self.check_keys(t, P, SFTP_KEYS);
+        let listen = self.socket_addr(t, P, "listen", SocketAddr::from(([127, 0, 0, 1], 2222)));
+        if listens_overlap(listen, https_listen) {
+            self.err(
+                &child(P, "listen"),
+                format!("{listen} overlaps https.listen ({https_listen}); SFTP needs its own port"),
+            );
+        }
+        let host_keys = self.host_keys(t, P).unwrap_or_else(|| {
+            let dir = data_dir.join("ssh");
+            vec![dir.join("ssh_host_ed25519_key"), dir.join("ssh_host_rsa_key")]
+        });
+        let [kex, ciphers, macs, host_key_algorithms] = ssh::ALGORITHM_KINDS.map(|kind| self.algorithms(t, P, kind));
+        let algorithms = SshAlgorithms { kex, ciphers, macs, host_key_algorithms };
+        let login_grace_time = self.positive_duration(t, P, "login_grace_time", Duration::from_secs(30));
+        let max_auth_attempts =
+            u32::try_from(self.bounded(t, P, "max_auth_attempts", (1, MAX_AUTH_ATTEMPTS), 6)).unwrap_or(6);
+        let auth_rejection_delay = self.duration(t, P, "auth_rejection_delay", Duration::from_secs(1));
+        let idle_timeout = self.positive_duration(t, P, "idle_timeout", Duration::from_secs(600));
+        let max_connections =
+            usize::try_from(self.bounded(t, P, "max_connections", (1, MAX_SFTP_CONNECTIONS), 256)).unwrap_or(256);
+        SftpConfig {
+            listen,
+            host_keys,
+            algorithms,
+            login_grace_time,
+            max_auth_attempts,
+            auth_rejection_delay,
+            idle_timeout,
+            max_connections,
+        }
+    }
+
+    /// Explicit host key paths; `None` (use the defaults) when absent or unusable.
+    fn host_keys(&mut self, t: &Table, path: &str) -> Option<Vec<PathBuf>> {
+        let here = child(path, "host_keys");
+        let entries = self.strings(t, path, "host_keys")?;
+        let total = match t.get("host_keys") {
+            Some(Value::Array(items)) => items.len(),
+            _ => 0,
+        };
+        if total == 0 {
+            self.err(&here, "must list at least one host key file");
+            return None;
+        }
+        let mut keys: Vec<PathBuf> = Vec::new();
+        let mut seen: BTreeMap<&str, String> = BTreeMap::new();
+        for (at, value) in entries {
+            if value.is_empty() {
+                self.err(&at, "path must not be empty");
+            } else if value.contains('\0') {
+                self.err(&at, "path must not contain NUL");
+            } else if let Some(first) = seen.get(value) {
+                self.err(&at, format!("duplicate host key {value:?} (first listed at {first})"));
+            } else {
+                seen.insert(value, at);
+                keys.push(PathBuf::from(value));
+            }
+        }
+        (!keys.is_empty()).then_some(keys)
+    }
+
+    /// One algorithm list checked against its allow-list; the defaults when
+    /// absent, and the valid entries (or the defaults if none) after errors.
+    fn algorithms(&mut self, t: &Table, path: &str, kind: &AlgorithmKind) -> Vec<String> {
+        let defaults = || kind.defaults.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let here = child(path, kind.key);
+        let accepted = kind.accepted.join(", ");
+        let Some(entries) = self.strings(t, path, kind.key) else { return defaults() };
+        if matches!(t.get(kind.key), Some(Value::Array(items)) if items.is_empty()) {
+            self.err(&here, format!("must list at least one {} (accepted: {accepted})", kind.what));
+            return defaults();
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut seen: BTreeMap<&str, String> = BTreeMap::new();
+        for (at, name) in entries {
+            if !kind.accepted.contains(&name) {
+                let why = ssh::refusal_reason(kind, name);
+                self.err(&at, format!("{} {name:?} is refused: {why} (accepted: {accepted})", kind.what));
+            } else if let Some(first) = seen.get(name) {
+                self.err(&at, format!("duplicate {} {name:?} (first listed at {first})", kind.what));
+            } else {
+                seen.insert(name, at);
+                names.push(name.to_owned());
+            }
+        }
+        if names.is_empty() {
+            defaults()
+        } else {
+            names
+        }
     }
 
     fn storage(&mut self, t: &Table, data_dir: &std::path::Path) -> StorageConfig {
@@ -466,9 +608,25 @@ impl Ctx<'_> {
 
             let permissions = self.permissions(t, at);
             let tokens = self.tokens(t, at, &mut token_ids);
+            let authorized_keys = self.authorized_keys(t, at);
+            let password_hash = self.string(t, at, "password_hash").and_then(|s| match PasswordHash::parse(s) {
+                Ok(hash) => Some(hash),
+                Err(why) => {
+                    self.err(&child(at, "password_hash"), why);
+                    None
+                }
+            });
 
             if let (true, Some(name), Some(tenant), Some(home)) = (ok, name, tenant, home) {
-                users.push(UserConfig { name: name.to_owned(), tenant: tenant.to_owned(), home, permissions, tokens });
+                users.push(UserConfig {
+                    name: name.to_owned(),
+                    tenant: tenant.to_owned(),
+                    home,
+                    permissions,
+                    tokens,
+                    authorized_keys,
+                    password_hash,
+                });
             }
         }
         (users, names)
@@ -520,6 +678,27 @@ impl Ctx<'_> {
             self.err(&here, format!("grants nothing; list at least one of: {}", PERMISSION_NAMES.join(", ")));
         }
         perms
+    }
+
+    /// The user's SSH keys, trimmed; bad or repeated lines are reported and skipped.
+    fn authorized_keys(&mut self, t: &Table, at: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut seen: BTreeMap<(&str, &str), String> = BTreeMap::new();
+        for (at_j, raw) in self.strings(t, at, "authorized_keys").unwrap_or_default() {
+            let line = raw.trim();
+            if let Err(why) = ssh::check_authorized_key(line) {
+                self.err(&at_j, why);
+                continue;
+            }
+            let identity = ssh::key_identity(line);
+            if let Some(first) = seen.get(&identity) {
+                self.err(&at_j, format!("duplicate key (same key as {first})"));
+                continue;
+            }
+            seen.insert(identity, at_j);
+            keys.push(line.to_owned());
+        }
+        keys
     }
 
     fn tokens(&mut self, t: &Table, at: &str, token_ids: &mut BTreeMap<String, String>) -> Vec<TokenConfig> {

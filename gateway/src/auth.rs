@@ -41,12 +41,65 @@ pub struct AuthFailure {
     pub reason: &'static str,
 }
 
-#[derive(Debug)]
 struct UserEntry {
     name: Arc<str>,
     tenant: Arc<str>,
     home: ObjectKey,
     permissions: Permissions,
+    /// Parsed `authorized_keys` with their fingerprints.
+    ssh_keys: Vec<(russh::keys::PublicKey, String)>,
+    /// PBKDF2 parameters; password login is off when absent.
+    password: Option<PasswordHash>,
+}
+
+/// `pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>`, parsed.
+struct PasswordHash {
+    iterations: std::num::NonZeroU32,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl PasswordHash {
+    fn parse(text: &str) -> Result<PasswordHash, String> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut parts = text.split('$');
+        let (Some("pbkdf2-sha256"), Some(iter), Some(salt), Some(hash), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("expected pbkdf2-sha256$<iterations>$<salt>$<hash>".into());
+        };
+        Ok(PasswordHash {
+            iterations: iter.parse().map_err(|_| "bad iteration count".to_owned())?,
+            salt: b64.decode(salt).map_err(|_| "salt is not base64".to_owned())?,
+            hash: b64.decode(hash).map_err(|_| "hash is not base64".to_owned())?,
+        })
+    }
+
+    fn verify(&self, password: &str) -> bool {
+        aws_lc_rs::pbkdf2::verify(
+            aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+            self.iterations,
+            &self.salt,
+            password.as_bytes(),
+            &self.hash,
+        )
+        .is_ok()
+    }
+}
+
+/// Iterations used by `gateway users password`.
+pub const PBKDF2_ITERATIONS: u32 = 600_000;
+
+/// Hash a password for the configuration (`password_hash`).
+pub fn hash_password(password: &str) -> Result<String, crate::secrets::SecretError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let salt = crate::secrets::random_bytes::<16>()?;
+    let mut out = [0u8; 32];
+    let iterations = std::num::NonZeroU32::new(PBKDF2_ITERATIONS).unwrap_or(std::num::NonZeroU32::MIN);
+    aws_lc_rs::pbkdf2::derive(aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256, iterations, &salt, password.as_bytes(), &mut out);
+    Ok(format!("pbkdf2-sha256${PBKDF2_ITERATIONS}${}${}", b64.encode(salt), b64.encode(out)))
 }
 
 struct TokenEntry {
@@ -73,23 +126,122 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 impl Directory {
-    /// Build from a validated configuration.
-    pub fn from_config(config: &Config) -> Result<Directory, String> {
+    /// Build from a validated configuration; every unusable key or hash is reported, with
+    /// its field path.
+    pub fn from_config(config: &Config) -> Result<Directory, Vec<String>> {
         let mut dir = Directory { users: HashMap::new(), tokens: HashMap::new() };
-        for u in &config.users {
-            let home = ObjectKey::home(&u.home).map_err(|e| format!("users.{}: home: {e}", u.name))?;
+        let mut errors = Vec::new();
+        for (i, u) in config.users.iter().enumerate() {
+            let home = match ObjectKey::home(&u.home) {
+                Ok(h) => h,
+                Err(e) => {
+                    errors.push(format!("users[{i}].home: {e}"));
+                    continue;
+                }
+            };
+            let mut ssh_keys = Vec::new();
+            for (j, line) in u.authorized_keys.iter().enumerate() {
+                match crate::sftp::keys::parse_authorized_key(line) {
+                    Ok(k) => {
+                        let fp = crate::sftp::keys::fingerprint(&k);
+                        ssh_keys.push((k, fp));
+                    }
+                    Err(e) => errors.push(format!("users[{i}].authorized_keys[{j}]: {e}")),
+                }
+            }
+            let password = match u.password_hash.as_ref().map(|h| PasswordHash::parse(h.as_str())) {
+                None => None,
+                Some(Ok(h)) => Some(h),
+                Some(Err(e)) => {
+                    errors.push(format!("users[{i}].password_hash: {e}"));
+                    None
+                }
+            };
             let entry = Arc::new(UserEntry {
                 name: u.name.as_str().into(),
                 tenant: u.tenant.as_str().into(),
                 home,
                 permissions: u.permissions,
+                ssh_keys,
+                password,
             });
             dir.users.insert(u.name.clone(), entry);
             for t in &u.tokens {
-                dir.add_token(&u.name, &t.id, t.sha256)?;
+                if let Err(e) = dir.add_token(&u.name, &t.id, t.sha256) {
+                    errors.push(format!("users[{i}].tokens: {e}"));
+                }
             }
         }
-        Ok(dir)
+        if errors.is_empty() {
+            Ok(dir)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// True when any user may log in with a password (so SSH offers the method at all).
+    pub fn any_password_users(&self) -> bool {
+        self.users.values().any(|u| u.password.is_some())
+    }
+
+    fn principal(user: &UserEntry, method: &'static str, credential_id: String) -> Principal {
+        Principal {
+            user: user.name.clone(),
+            tenant: user.tenant.clone(),
+            home: user.home.clone(),
+            permissions: user.permissions,
+            auth_method: method,
+            credential_id,
+        }
+    }
+
+    /// Check an SSH public key for `user` (the signature was already verified by the SSH
+    /// layer, or this is the unsigned probe). Keys compare by key material, not comment.
+    pub fn authenticate_publickey(
+        &self,
+        user: &str,
+        key: &russh::keys::PublicKey,
+    ) -> Result<Principal, AuthFailure> {
+        let fp = crate::sftp::keys::fingerprint(key);
+        let fail = |reason, known: bool| AuthFailure {
+            credential_id: Some(fp.clone()),
+            user: known.then(|| user.to_owned()),
+            reason,
+        };
+        let Some(entry) = self.users.get(user) else { return Err(fail("unknown user", false)) };
+        if let Err(_weak) = crate::sftp::keys::check_strength(key) {
+            return Err(fail("key too weak", true));
+        }
+        match entry.ssh_keys.iter().find(|(k, _)| k.key_data() == key.key_data()) {
+            Some((_, fp)) => Ok(Self::principal(entry, "publickey", fp.clone())),
+            None => Err(fail("key not authorized for this user", true)),
+        }
+    }
+
+    /// Check a password for `user`; only users with a `password_hash` may use one.
+    pub fn authenticate_password(&self, user: &str, password: &str) -> Result<Principal, AuthFailure> {
+        let fail = |reason, known: bool| AuthFailure {
+            credential_id: Some("password".into()),
+            user: known.then(|| user.to_owned()),
+            reason,
+        };
+        match self.users.get(user) {
+            Some(entry) => match &entry.password {
+                Some(h) if h.verify(password) => Ok(Self::principal(entry, "password", "password".into())),
+                Some(_) => Err(fail("wrong password", true)),
+                None => Err(fail("password login is not enabled for this user", true)),
+            },
+            None => {
+                // Spend the same effort as a real check, so unknown names do not answer faster.
+                let dummy = PasswordHash {
+                    iterations: std::num::NonZeroU32::new(PBKDF2_ITERATIONS).unwrap_or(std::num::NonZeroU32::MIN),
+                    salt: vec![0; 16],
+                    hash: vec![0; 32],
+                };
+                let _ = dummy.verify(password);
+                Err(fail("unknown user", false))
+            }
+        }
     }
 
     /// Register one more token hash for `user` (the development demo token).
@@ -118,14 +270,7 @@ impl Directory {
         let expected = entry.map(|e| e.sha256).unwrap_or([0xa5; 32]);
         let matches = constant_time_eq(&presented, &expected);
         match entry {
-            Some(e) if matches => Ok(Principal {
-                user: e.user.name.clone(),
-                tenant: e.user.tenant.clone(),
-                home: e.user.home.clone(),
-                permissions: e.user.permissions,
-                auth_method: "bearer",
-                credential_id: id.unwrap_or_default(),
-            }),
+            Some(e) if matches => Ok(Self::principal(&e.user, "bearer", id.unwrap_or_default())),
             Some(e) => Err(AuthFailure {
                 credential_id: id,
                 user: Some(e.user.name.to_string()),

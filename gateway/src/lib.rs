@@ -14,7 +14,8 @@ pub mod https;
 pub mod path;
 pub mod secrets;
 pub mod server;
+pub mod sftp;
 pub mod storage;
 pub mod transfer;
 
-pub use server::{check_files, prepare_development, DevMaterial, Gateway, StartupError};
+pub use server::{check_files, prepare_development, DevMaterial, Gateway, Listeners, StartupError};

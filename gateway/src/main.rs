@@ -92,6 +92,19 @@ enum UsersCommand {
         #[arg(long)]
         user: String,
     },
+    /// Add an SSH public key to a user's `authorized_keys` in the configuration file
+    /// (comments and layout are kept; the result is validated before it is written).
+    AddKey {
+        /// Configuration file to edit.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// User name.
+        user: String,
+        /// OpenSSH public key file (`id_ed25519.pub`).
+        public_key_file: PathBuf,
+    },
+    /// Print a `password_hash` for a user; reads the password from standard input.
+    Password,
 }
 
 #[derive(Subcommand)]
@@ -215,9 +228,37 @@ fn audit_verify(
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+fn add_key(config: &Path, user: &str, key_file: &Path) -> anyhow::Result<ExitCode> {
+    let line = std::fs::read_to_string(key_file).with_context(|| format!("{}", key_file.display()))?;
+    let line = line.lines().find(|l| !l.trim().is_empty() && !l.starts_with('#')).unwrap_or("").trim().to_owned();
+    let key = gateway::sftp::keys::parse_authorized_key(&line).map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
+    let text = std::fs::read_to_string(config).with_context(|| format!("{}", config.display()))?;
+    let edited = gateway_config::add_authorized_key(&text, user, &line).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (_, errors) = gateway_config::parse(&edited, &config.display().to_string());
+    if let Some(e) = errors.first() {
+        anyhow::bail!("the edited configuration would be invalid: {e}");
+    }
+    let tmp = config.with_extension("toml.tmp");
+    std::fs::write(&tmp, edited).with_context(|| format!("{}", tmp.display()))?;
+    std::fs::rename(&tmp, config).with_context(|| format!("{}", config.display()))?;
+    println!("added {} to user {user} in {}", gateway::sftp::keys::describe(&key), config.display());
+    println!("restart the gateway to apply it");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn users(command: UsersCommand) -> anyhow::Result<ExitCode> {
     let suffix = hex::encode(gateway::secrets::random_bytes::<4>()?);
     match command {
+        UsersCommand::AddKey { config, user, public_key_file } => return add_key(&config, &user, &public_key_file),
+        UsersCommand::Password => {
+            let mut pw = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut pw)?;
+            let pw = pw.trim_end_matches(['\n', '\r']);
+            if pw.len() < 12 {
+                anyhow::bail!("passwords must be at least 12 characters");
+            }
+            println!("password_hash = \"{}\"", gateway::auth::hash_password(pw)?);
+        }
         UsersCommand::New { name, tenant, home, permissions } => {
             let token = Token::mint(&format!("{name}-{suffix}"))?;
             let perms: Vec<String> = permissions.split(',').map(|p| format!("{:?}", p.trim())).collect();
@@ -265,8 +306,27 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("https.listen: cannot bind {}", config.https.listen))?;
         let addr = listener.local_addr()?;
+        let sftp = match &config.sftp {
+            Some(s) => Some(
+                tokio::net::TcpListener::bind(s.listen)
+                    .await
+                    .with_context(|| format!("sftp.listen: cannot bind {}", s.listen))?,
+            ),
+            None => None,
+        };
+        let sftp_addr = sftp.as_ref().map(|l| l.local_addr()).transpose()?;
         print_banner(&config, &dev, addr);
-        gateway.run(listener, shutdown_signal()).await;
+        if let Some(sftp_addr) = sftp_addr {
+            println!("SFTP listening on {sftp_addr}; host keys:");
+            for line in gateway.host_key_fingerprints() {
+                println!("  {line}");
+            }
+            if let Some(demo) = &dev.demo {
+                println!("  add your key:  gateway users add-key --config {} {} ~/.ssh/id_ed25519.pub", path.display(), demo.user);
+                println!("  then:          sftp -P {} {}@{}", sftp_addr.port(), demo.user, sftp_addr.ip());
+            }
+        }
+        gateway.run(gateway::Listeners { https: listener, sftp }, shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use crate::audit::{AuditConfig, AuditLog, CheckpointKey};
 use crate::auth::Directory;
 use crate::https::{self, Api, HttpsSettings};
+use crate::sftp::SftpFrontend;
 use crate::secrets::{TenantKey, Token};
 use crate::storage::local::LocalStore;
 use crate::transfer::Transfers;
@@ -88,6 +89,20 @@ pub fn prepare_development(config: &Config) -> Result<DevMaterial, StartupError>
             Err(e) => errors.push(e.to_string()),
         }
     }
+    if let Some(sftp) = &config.sftp {
+        for path in &sftp.host_keys {
+            if !path.exists() {
+                match crate::sftp::keys::generate_host_key(path) {
+                    Ok(k) => out.generated.push(format!(
+                        "SSH host key {} ({})",
+                        path.display(),
+                        crate::sftp::keys::describe(k.public_key())
+                    )),
+                    Err(e) => errors.push(format!("{}: {e}", path.display())),
+                }
+            }
+        }
+    }
     if let Some(user) = &config.development.demo_user {
         let path = dev_dir.join(format!("{user}.token"));
         let id = format!("{user}-dev");
@@ -140,6 +155,18 @@ pub fn check_files(config: &Config) -> Vec<String> {
             problems.push(format!("audit.signing_key: {e}"));
         }
     }
+    if let Some(sftp) = &config.sftp {
+        for (i, path) in sftp.host_keys.iter().enumerate() {
+            if !missing(path) {
+                if let Err(e) = crate::sftp::keys::load_host_key(path) {
+                    problems.push(format!("sftp.host_keys[{i}]: {e}"));
+                }
+            }
+        }
+    }
+    if let Err(errors) = Directory::from_config(config) {
+        problems.extend(errors);
+    }
     problems
 }
 
@@ -148,8 +175,18 @@ pub struct Gateway {
     tls: Arc<rustls::ServerConfig>,
     cert: Arc<ReloadableCert>,
     api: Arc<Api>,
+    sftp: Option<SftpFrontend>,
     audit: AuditLog,
     https: HttpsSettings,
+}
+
+/// The sockets a gateway serves, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTPS.
+    pub https: TcpListener,
+    /// SFTP, when configured.
+    pub sftp: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -182,7 +219,16 @@ impl Gateway {
             }
         }
         let signing = CheckpointKey::load(&config.audit.signing_key).map_err(|e| e.to_string());
-        let mut directory = Directory::from_config(config).map_err(|e| StartupError(vec![e]))?;
+        let mut host_keys = Vec::new();
+        if let Some(sftp) = &config.sftp {
+            for path in &sftp.host_keys {
+                match crate::sftp::keys::load_host_key(path) {
+                    Ok(k) => host_keys.push(k),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        let mut directory = Directory::from_config(config).map_err(StartupError)?;
         if let Some(demo) = &dev.demo {
             if let Err(e) = directory.add_token(&demo.user, &demo.id, demo.token.sha256()) {
                 errors.push(format!("development demo token: {e}"));
@@ -215,11 +261,20 @@ impl Gateway {
         };
         let tls = gateway_certs::server_config(profile, cert.clone()).map_err(|e| StartupError(vec![e.to_string()]))?;
         let transfers = Transfers::new(Arc::new(store), audit.clone());
+        let directory = Arc::new(directory);
+        let sftp = match &config.sftp {
+            Some(sftp) => Some(
+                SftpFrontend::new(sftp, host_keys, directory.clone(), transfers.clone())
+                    .map_err(|e| StartupError(vec![e]))?,
+            ),
+            None => None,
+        };
         let api = Api::new(directory, transfers, config.https.hsts_max_age, config.https.idle_timeout);
         Ok(Gateway {
             tls: Arc::new(tls),
             cert,
             api: Arc::new(api),
+            sftp,
             audit,
             https: HttpsSettings {
                 handshake_timeout: config.https.handshake_timeout,
@@ -235,10 +290,29 @@ impl Gateway {
         self.cert.clone()
     }
 
+    /// Host key fingerprint lines (`ssh-keygen -l` style), when SFTP is configured.
+    pub fn host_key_fingerprints(&self) -> &[String] {
+        self.sftp.as_ref().map(|s| s.host_key_lines.as_slice()).unwrap_or_default()
+    }
+
     /// Serve until `shutdown` resolves; then drain, fail what is left, write the final
     /// checkpoint and return.
-    pub async fn run(self, https: TcpListener, shutdown: impl Future<Output = ()>) {
-        https::serve(https, self.tls, self.api, self.https, shutdown).await;
+    pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let grace = self.https.grace;
+        let https = https::serve(listeners.https, self.tls, self.api, self.https, stop.clone().cancelled_owned());
+        let sftp = async {
+            match (self.sftp, listeners.sftp) {
+                (Some(frontend), Some(listener)) => frontend.serve(listener, grace, stop.clone().cancelled_owned()).await,
+                (Some(_), None) => tracing::warn!("SFTP is configured but no listener was given"),
+                _ => {}
+            }
+        };
+        let trigger = async {
+            shutdown.await;
+            stop.cancel();
+        };
+        tokio::join!(https, sftp, trigger);
         self.audit.close().await;
     }
 }

@@ -23,7 +23,8 @@ use crate::digest::Sha256;
 use crate::path::{ObjectKey, PathError, RelPath};
 use crate::secrets::random_bytes;
 use crate::storage::{
-    ByteRange, ByteStream, ListPage, ObjectMeta, ObjectStore, ObjectWriter, RangeRequest, StorageError,
+    ByteRange, ByteStream, EntryKind, ListEntry, ListPage, ObjectMeta, ObjectStore, ObjectWriter, RangeRequest,
+    StorageError,
 };
 
 /// Which frontend a request came through.
@@ -105,8 +106,12 @@ pub enum Permission {
     Read,
     /// Creating or replacing objects.
     Write,
-    /// Removing objects.
+    /// Removing objects and empty directories.
     Delete,
+    /// Renaming.
+    Rename,
+    /// Creating directories.
+    Mkdir,
 }
 
 impl Permission {
@@ -117,6 +122,8 @@ impl Permission {
             Permission::Read => p.read,
             Permission::Write => p.write,
             Permission::Delete => p.delete,
+            Permission::Rename => p.rename,
+            Permission::Mkdir => p.mkdir,
         }
     }
 }
@@ -404,6 +411,139 @@ impl Transfers {
         self.operation(who, client, rel, "delete", true, self.store.delete(&who.tenant, &key)).await
     }
 
+    /// What a path is (object or directory) without auditing: a metadata lookup that SFTP
+    /// clients make constantly (`stat`, `lstat`). Needs `list` or `read`.
+    pub async fn head(&self, who: &Principal, rel: &RelPath) -> Result<ListEntry, TransferError> {
+        if !(who.permissions.list || who.permissions.read) {
+            return Err(TransferError::Forbidden("stat"));
+        }
+        let key = who.home.join(rel);
+        if key == who.home {
+            // The home itself always exists for the user, even before the first upload.
+            return match self.store.head(&who.tenant, &key).await {
+                Ok(e) => Ok(e),
+                Err(StorageError::NotFound) => Ok(ListEntry {
+                    name: String::new(),
+                    kind: EntryKind::Dir,
+                    size: 0,
+                    modified: std::time::UNIX_EPOCH,
+                }),
+                Err(e) => Err(e.into()),
+            };
+        }
+        Ok(self.store.head(&who.tenant, &key).await?)
+    }
+
+    /// Create a directory.
+    pub async fn mkdir(&self, who: &Principal, client: &ClientInfo, rel: &RelPath) -> Result<(), TransferError> {
+        let key = self.authorise(who, client, Permission::Mkdir, "mkdir", rel).await?;
+        self.ensure_home(who).await?;
+        self.operation(who, client, rel, "mkdir", true, self.store.mkdir(&who.tenant, &key)).await
+    }
+
+    /// Remove an empty directory.
+    pub async fn rmdir(&self, who: &Principal, client: &ClientInfo, rel: &RelPath) -> Result<(), TransferError> {
+        let key = self.authorise(who, client, Permission::Delete, "rmdir", rel).await?;
+        self.operation(who, client, rel, "rmdir", true, self.store.rmdir(&who.tenant, &key)).await
+    }
+
+    /// Rename within the user's home; `replace` allows replacing an existing object.
+    pub async fn rename(
+        &self,
+        who: &Principal,
+        client: &ClientInfo,
+        from: &RelPath,
+        to: &RelPath,
+        replace: bool,
+    ) -> Result<(), TransferError> {
+        let src = self.authorise(who, client, Permission::Rename, "rename", from).await?;
+        let dst = who.home.join(to);
+        let started = Instant::now();
+        let result = self.store.rename(&who.tenant, &src, &dst, replace).await.map_err(TransferError::from);
+        let entry = AuditEntry {
+            result: Some(if result.is_ok() { "ok" } else { "error" }.into()),
+            error: result.as_ref().err().map(TransferError::audit_text),
+            duration_ms: Some(elapsed_ms(started)),
+            path: Some(format!("{} -> {}", from.display(), to.display())),
+            object_key: Some(format!("{src} -> {dst}")),
+            ..self.entry(AuditEvent::Operation, who, client, "rename", from)
+        };
+        self.audit.append(entry, true).await?;
+        result
+    }
+
+    /// Create the user's home directory if it does not exist yet (homes are implicit).
+    async fn ensure_home(&self, who: &Principal) -> Result<(), TransferError> {
+        let mut key = ObjectKey::home("").map_err(TransferError::InvalidPath)?;
+        for seg in who.home.segments() {
+            let rel = RelPath::from_plain(seg)?;
+            key = key.join(&rel);
+            match self.store.mkdir(&who.tenant, &key).await {
+                Ok(()) | Err(StorageError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Continue a listing already audited by [`Transfers::list`] (SFTP `readdir` pages).
+    pub async fn list_continue(
+        &self,
+        who: &Principal,
+        rel: &RelPath,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage, TransferError> {
+        if !who.permissions.list {
+            return Err(TransferError::Forbidden("list"));
+        }
+        Ok(self.store.list(&who.tenant, &who.home.join(rel), after, limit).await?)
+    }
+
+    /// Open an object for reads at arbitrary offsets (SFTP). Audited as one download from
+    /// open to close.
+    pub async fn open_read(
+        &self,
+        who: &Principal,
+        client: &ClientInfo,
+        rel: &RelPath,
+    ) -> Result<ReadSession, TransferError> {
+        let key = self.authorise(who, client, Permission::Read, "download", rel).await?;
+        let base = AuditEntry {
+            transfer_id: Some(new_transfer_id()),
+            ..self.entry(AuditEvent::Started, who, client, "download", rel)
+        };
+        self.audit.append(base.clone(), false).await?;
+        let started = Instant::now();
+        match self.store.stat(&who.tenant, &key).await {
+            Ok(meta) => Ok(ReadSession {
+                store: self.store.clone(),
+                tenant: who.tenant.clone(),
+                key,
+                meta,
+                cursor: None,
+                bytes: 0,
+                audit: self.audit.clone(),
+                base,
+                started,
+                done: false,
+            }),
+            Err(e) => {
+                let e = TransferError::from(e);
+                let entry = AuditEntry {
+                    event: AuditEvent::Failed,
+                    result: Some("error".into()),
+                    error: Some(e.audit_text()),
+                    bytes: Some(0),
+                    duration_ms: Some(elapsed_ms(started)),
+                    ..base
+                };
+                self.audit.append(entry, false).await?;
+                Err(e)
+            }
+        }
+    }
+
     /// One page of a directory listing.
     pub async fn list(
         &self,
@@ -592,5 +732,104 @@ impl Stream for AuditedBody {
 impl Drop for AuditedBody {
     fn drop(&mut self) {
         self.finish(Some("client disconnected before the download completed".into()));
+    }
+}
+
+/// An object opened for reads at any offset (SFTP `open` … `close`, `reget`).
+/// Sequential reads continue one decrypting stream; a jump reopens at the new offset.
+pub struct ReadSession {
+    store: Arc<dyn ObjectStore>,
+    tenant: Arc<str>,
+    key: ObjectKey,
+    meta: ObjectMeta,
+    /// Position of the open stream, the stream, and bytes read from it but not yet returned.
+    cursor: Option<(u64, ByteStream, Bytes)>,
+    bytes: u64,
+    audit: AuditLog,
+    base: AuditEntry,
+    started: Instant,
+    done: bool,
+}
+
+impl ReadSession {
+    /// The object's metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+
+    /// Up to `len` bytes at `offset`; `None` at or past the end.
+    pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Option<Bytes>, TransferError> {
+        if offset >= self.meta.size || len == 0 {
+            return Ok(None);
+        }
+        let reuse = matches!(&self.cursor, Some((pos, _, _)) if *pos == offset);
+        if !reuse {
+            let read = match self.store.open(&self.tenant, &self.key, RangeRequest::From(offset)).await {
+                Ok(r) => r,
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            self.cursor = Some((offset, read.body, Bytes::new()));
+        }
+        let Some((pos, stream, leftover)) = self.cursor.as_mut() else {
+            return Ok(None);
+        };
+        let want = len.min(usize::try_from(self.meta.size - offset).unwrap_or(usize::MAX));
+        let mut out = bytes::BytesMut::with_capacity(want);
+        while out.len() < want {
+            if leftover.is_empty() {
+                match futures_util::StreamExt::next(stream).await {
+                    Some(Ok(b)) => *leftover = b,
+                    Some(Err(e)) => {
+                        self.cursor = None;
+                        return Err(self.fail(e.into()));
+                    }
+                    None => break,
+                }
+            }
+            let take = (want - out.len()).min(leftover.len());
+            out.extend_from_slice(&leftover.split_to(take));
+        }
+        *pos += out.len() as u64;
+        self.bytes += out.len() as u64;
+        Ok(if out.is_empty() { None } else { Some(out.freeze()) })
+    }
+
+    fn terminal(&mut self, error: Option<String>) -> Option<AuditEntry> {
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        Some(AuditEntry {
+            event: if error.is_some() { AuditEvent::Failed } else { AuditEvent::Completed },
+            result: Some(if error.is_some() { "error" } else { "ok" }.into()),
+            error,
+            bytes: Some(self.bytes),
+            sha256: Some(hex::encode(self.meta.sha256)),
+            duration_ms: Some(elapsed_ms(self.started)),
+            ..self.base.clone()
+        })
+    }
+
+    fn fail(&mut self, e: TransferError) -> TransferError {
+        if let Some(entry) = self.terminal(Some(e.audit_text())) {
+            self.audit.append_detached(entry);
+        }
+        e
+    }
+
+    /// The client closed the handle: the download is complete (however much it read).
+    pub async fn close(mut self) -> Result<(), TransferError> {
+        if let Some(entry) = self.terminal(None) {
+            self.audit.append(entry, false).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ReadSession {
+    fn drop(&mut self) {
+        if let Some(entry) = self.terminal(Some("session ended before the file was closed".into())) {
+            self.audit.append_detached(entry);
+        }
     }
 }

@@ -114,7 +114,7 @@ impl Builder {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(gw.run(listener, async move {
+        let handle = tokio::spawn(gw.run(gateway::Listeners { https: listener, sftp: None }, async move {
             let _ = rx.await;
         }));
         TestGateway {

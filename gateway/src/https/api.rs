@@ -8,7 +8,7 @@
 //! | DELETE | `/v1/files/{path}`    | remove, 204                            |
 //! | GET    | `/v1/files/{dir}/`    | JSON listing, `?limit=&after=`         |
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -57,7 +57,7 @@ impl Connection {
 
 /// The HTTPS application.
 pub struct Api {
-    directory: Directory,
+    directory: Arc<Directory>,
     transfers: Transfers,
     hsts: HeaderValue,
     body_idle_timeout: Duration,
@@ -171,7 +171,7 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 
 impl Api {
     /// The application over a user directory and the transfer path.
-    pub fn new(directory: Directory, transfers: Transfers, hsts_max_age: Duration, body_idle_timeout: Duration) -> Api {
+    pub fn new(directory: Arc<Directory>, transfers: Transfers, hsts_max_age: Duration, body_idle_timeout: Duration) -> Api {
         let hsts = HeaderValue::from_str(&format!("max-age={}; includeSubDomains", hsts_max_age.as_secs()))
             .unwrap_or(HeaderValue::from_static("max-age=31536000; includeSubDomains"));
         Api { directory, transfers, hsts, body_idle_timeout }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -399,6 +399,128 @@ impl ObjectStore for LocalStore {
                 fs::remove_file(&path)?;
                 if let Some(parent) = path.parent() {
                     File::open(parent)?.sync_all()?;
+                }
+                Ok(())
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn head(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ListEntry, StorageError>> {
+        let path = self.object_path(tenant, key);
+        let name = key.file_name().to_owned();
+        let has_key = self.key(tenant).map(|_| ());
+        async move {
+            has_key?;
+            blocking(move || {
+                let meta = match fs::symlink_metadata(&path) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == ErrorKind::NotADirectory => return Err(StorageError::NotFound),
+                    Err(e) => return Err(e.into()),
+                };
+                let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+                if meta.is_dir() {
+                    Ok(ListEntry { name, kind: EntryKind::Dir, size: 0, modified })
+                } else if meta.is_file() {
+                    let size = sealed::plaintext_len(meta.len()).unwrap_or(0);
+                    Ok(ListEntry { name, kind: EntryKind::File, size, modified })
+                } else {
+                    // Symlinks and special files are never served.
+                    Err(StorageError::NotFound)
+                }
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn mkdir(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>> {
+        let path = self.object_path(tenant, key);
+        let has_key = self.key(tenant).map(|_| ());
+        async move {
+            has_key?;
+            blocking(move || {
+                match fs::DirBuilder::new().mode(0o700).create(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        return Err(StorageError::Conflict("already exists".into()))
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotADirectory => {
+                        return Err(StorageError::Conflict("a parent of this path is a file".into()))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                if let Some(parent) = path.parent() {
+                    File::open(parent)?.sync_all()?;
+                }
+                Ok(())
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn rmdir(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>> {
+        let path = self.object_path(tenant, key);
+        let has_key = self.key(tenant).map(|_| ());
+        let is_root = key.is_root();
+        async move {
+            has_key?;
+            if is_root {
+                return Err(StorageError::Conflict("the home directory cannot be removed".into()));
+            }
+            blocking(move || {
+                if !fs::symlink_metadata(&path)?.is_dir() {
+                    return Err(StorageError::Conflict("not a directory".into()));
+                }
+                match fs::remove_dir(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => {
+                        Err(StorageError::Conflict("directory not empty".into()))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn rename<'a>(
+        &'a self,
+        tenant: &'a str,
+        from: &'a ObjectKey,
+        to: &'a ObjectKey,
+        replace: bool,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let src = self.object_path(tenant, from);
+        let dst = self.object_path(tenant, to);
+        let roots = from.is_root() || to.is_root();
+        async move {
+            self.key(tenant)?;
+            if roots {
+                return Err(StorageError::Conflict("the home directory cannot be renamed".into()));
+            }
+            if to.as_str().starts_with(&format!("{}/", from.as_str())) {
+                return Err(StorageError::Conflict("cannot move a directory into itself".into()));
+            }
+            blocking(move || {
+                let src_meta = fs::symlink_metadata(&src)?;
+                if !(src_meta.is_file() || src_meta.is_dir()) {
+                    return Err(StorageError::NotFound);
+                }
+                match fs::symlink_metadata(&dst) {
+                    Ok(m) if m.is_dir() => return Err(StorageError::Conflict("target is a directory".into())),
+                    Ok(_) if !replace => return Err(StorageError::Conflict("target already exists".into())),
+                    Ok(_) if src_meta.is_dir() => {
+                        return Err(StorageError::Conflict("cannot replace a file with a directory".into()))
+                    }
+                    _ => {}
+                }
+                fs::rename(&src, &dst)?;
+                for dir in [src.parent(), dst.parent()].into_iter().flatten() {
+                    File::open(dir)?.sync_all()?;
                 }
                 Ok(())
             })

@@ -157,6 +157,21 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<ObjectRead, StorageError>>;
     /// Remove an object.
     fn delete(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// What `key` is (object or directory), cheaply and without decrypting anything.
+    fn head(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ListEntry, StorageError>>;
+    /// Create the directory `key`; its parent must exist.
+    fn mkdir(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// Remove the empty directory `key`.
+    fn rmdir(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// Rename an object or directory within a tenant; `replace` allows an existing target
+    /// object to be replaced atomically.
+    fn rename<'a>(
+        &'a self,
+        tenant: &'a str,
+        from: &'a ObjectKey,
+        to: &'a ObjectKey,
+        replace: bool,
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
     /// List the directory `prefix`, names strictly after `after`, at most `limit` entries.
     fn list<'a>(
         &'a self,

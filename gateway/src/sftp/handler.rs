@@ -1,0 +1,207 @@
+//! One SSH connection: authentication (public key; password only where a user has one),
+//! audit of every success and failure, and the `sftp` subsystem. Nothing else (shell, exec,
+//! forwarding) is served.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use russh::keys::{Algorithm, PublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+
+use super::wire::WireState;
+use super::SftpShared;
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::auth::{AuthFailure, Principal};
+use crate::transfer::{ClientInfo, Protocol};
+
+/// Session channels one connection may open.
+const MAX_CHANNELS: usize = 4;
+
+/// The authentication methods the server offers.
+pub fn methods(passwords: bool) -> MethodSet {
+    let mut set = MethodSet::empty();
+    set.push(MethodKind::PublicKey);
+    if passwords {
+        set.push(MethodKind::Password);
+    }
+    set
+}
+
+/// Per-connection SSH handler.
+pub struct SshConnection {
+    shared: Arc<SftpShared>,
+    peer: SocketAddr,
+    wire: Arc<WireState>,
+    principal: Option<Principal>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    opened: usize,
+}
+
+impl SshConnection {
+    /// A handler for a connection from `peer`.
+    pub fn new(shared: Arc<SftpShared>, peer: SocketAddr, wire: Arc<WireState>) -> SshConnection {
+        SshConnection { shared, peer, wire, principal: None, channels: HashMap::new(), opened: 0 }
+    }
+
+    /// Connection details for the audit trail, from what the wire saw.
+    fn client(&self) -> ClientInfo {
+        let hello = self.wire.hello();
+        let algs = &self.shared.algorithms;
+        let negotiated = hello.as_ref().map(|h| h.negotiate(&algs.kex, &algs.ciphers, &algs.macs));
+        ClientInfo {
+            protocol: Protocol::Sftp,
+            remote_addr: self.peer,
+            tls_version: None,
+            tls_cipher: None,
+            ssh_client: hello.map(|h| h.version.chars().filter(|c| !c.is_control()).take(255).collect()),
+            ssh_kex: negotiated.as_ref().and_then(|n| n.kex.clone()),
+            ssh_cipher: negotiated.as_ref().and_then(|n| n.cipher.clone()),
+            ssh_mac: negotiated.and_then(|n| n.mac),
+        }
+    }
+
+    async fn audit_failure(&self, method: &str, failure: AuthFailure) {
+        let entry = AuditEntry {
+            user: failure.user,
+            auth_method: Some(method.into()),
+            credential_id: failure.credential_id,
+            result: Some("error".into()),
+            error: Some(failure.reason.into()),
+            ..self.client().entry(AuditEvent::AuthFailure)
+        };
+        if let Err(e) = self.shared.transfers.audit().append(entry, false).await {
+            tracing::error!(error = %e, "could not audit an authentication failure");
+        }
+    }
+
+    /// Record the success; refuses the login if the audit trail cannot take it.
+    async fn accept(&mut self, who: Principal) -> Auth {
+        let entry = AuditEntry {
+            user: Some(who.user.to_string()),
+            tenant: Some(who.tenant.to_string()),
+            auth_method: Some(who.auth_method.into()),
+            credential_id: Some(who.credential_id.clone()),
+            result: Some("ok".into()),
+            ..self.client().entry(AuditEvent::AuthSuccess)
+        };
+        match self.shared.transfers.audit().append(entry, false).await {
+            Ok(_) => {
+                self.principal = Some(who);
+                Auth::Accept
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit unavailable; refusing login");
+                self.reject()
+            }
+        }
+    }
+
+    fn reject(&self) -> Auth {
+        Auth::Reject { proceed_with_methods: Some(methods(self.shared.passwords)), partial_success: false }
+    }
+
+    /// Public-key checks shared by the probe and the signed request.
+    fn check_key(&self, user: &str, key: &PublicKey, algorithm: &Algorithm) -> Result<Principal, AuthFailure> {
+        if matches!(algorithm, Algorithm::Rsa { hash: None }) {
+            return Err(AuthFailure {
+                credential_id: Some(super::keys::fingerprint(key)),
+                user: None,
+                reason: "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256/512",
+            });
+        }
+        self.shared.directory.authenticate_publickey(user, key)
+    }
+}
+
+impl Handler for SshConnection {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(self.reject())
+    }
+
+    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+        match self.check_key(user, offer.public_key, offer.algorithm) {
+            Ok(_) => Ok(Auth::Accept),
+            Err(f) => {
+                self.audit_failure("publickey", f).await;
+                Ok(self.reject())
+            }
+        }
+    }
+
+    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        match self.check_key(user, key.public_key, key.algorithm) {
+            Ok(who) => Ok(self.accept(who).await),
+            Err(f) => {
+                self.audit_failure("publickey", f).await;
+                Ok(self.reject())
+            }
+        }
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let directory = self.shared.directory.clone();
+        let (user_owned, pw) = (user.to_owned(), zeroize::Zeroizing::new(password.to_owned()));
+        // PBKDF2 is deliberately slow: keep it off the async workers.
+        let result = tokio::task::spawn_blocking(move || directory.authenticate_password(&user_owned, &pw))
+            .await
+            .unwrap_or_else(|_| {
+                Err(AuthFailure { credential_id: None, user: None, reason: "password check failed" })
+            });
+        match result {
+            Ok(who) => Ok(self.accept(who).await),
+            Err(f) => {
+                self.audit_failure("password", f).await;
+                Ok(self.reject())
+            }
+        }
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        self.wire.authenticated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.principal.is_none() || self.opened >= MAX_CHANNELS {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        }
+        self.opened += 1;
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn subsystem_request(&mut self, id: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+        match (name, self.channels.remove(&id), self.principal.clone()) {
+            ("sftp", Some(channel), Some(who)) => {
+                session.channel_success(id)?;
+                let client = self.client();
+                let shared = self.shared.clone();
+                self.shared.sessions.spawn(super::session::run(channel.into_stream(), shared, who, client));
+            }
+            _ => session.channel_failure(id)?,
+        }
+        Ok(())
+    }
+
+    async fn exec_request(&mut self, id: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+        session.channel_failure(id)?;
+        Ok(())
+    }
+
+    async fn shell_request(&mut self, id: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        session.channel_failure(id)?;
+        Ok(())
+    }
+}
