@@ -197,11 +197,7 @@ impl Directory {
 
     /// Check an SSH public key for `user` (the signature was already verified by the SSH
     /// layer, or this is the unsigned probe). Keys compare by key material, not comment.
-    pub fn authenticate_publickey(
-        &self,
-        user: &str,
-        key: &russh::keys::PublicKey,
-    ) -> Result<Principal, AuthFailure> {
+    pub fn authenticate_publickey(&self, user: &str, key: &russh::keys::PublicKey) -> Result<Principal, AuthFailure> {
         let fp = crate::sftp::keys::fingerprint(key);
         let fail = |reason, known: bool| AuthFailure {
             credential_id: Some(fp.clone()),

@@ -231,7 +231,8 @@ fn audit_verify(
 fn add_key(config: &Path, user: &str, key_file: &Path) -> anyhow::Result<ExitCode> {
     let line = std::fs::read_to_string(key_file).with_context(|| format!("{}", key_file.display()))?;
     let line = line.lines().find(|l| !l.trim().is_empty() && !l.starts_with('#')).unwrap_or("").trim().to_owned();
-    let key = gateway::sftp::keys::parse_authorized_key(&line).map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
+    let key =
+        gateway::sftp::keys::parse_authorized_key(&line).map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
     let text = std::fs::read_to_string(config).with_context(|| format!("{}", config.display()))?;
     let edited = gateway_config::add_authorized_key(&text, user, &line).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (_, errors) = gateway_config::parse(&edited, &config.display().to_string());
@@ -322,7 +323,11 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                 println!("  {line}");
             }
             if let Some(demo) = &dev.demo {
-                println!("  add your key:  gateway users add-key --config {} {} ~/.ssh/id_ed25519.pub", path.display(), demo.user);
+                println!(
+                    "  add your key:  gateway users add-key --config {} {} ~/.ssh/id_ed25519.pub",
+                    path.display(),
+                    demo.user
+                );
                 println!("  then:          sftp -P {} {}@{}", sftp_addr.port(), demo.user, sftp_addr.ip());
             }
         }

@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use crate::audit::{AuditConfig, AuditLog, CheckpointKey};
 use crate::auth::Directory;
 use crate::https::{self, Api, HttpsSettings};
-use crate::sftp::SftpFrontend;
 use crate::secrets::{TenantKey, Token};
+use crate::sftp::SftpFrontend;
 use crate::storage::local::LocalStore;
 use crate::transfer::Transfers;
 
@@ -303,7 +303,9 @@ impl Gateway {
         let https = https::serve(listeners.https, self.tls, self.api, self.https, stop.clone().cancelled_owned());
         let sftp = async {
             match (self.sftp, listeners.sftp) {
-                (Some(frontend), Some(listener)) => frontend.serve(listener, grace, stop.clone().cancelled_owned()).await,
+                (Some(frontend), Some(listener)) => {
+                    frontend.serve(listener, grace, stop.clone().cancelled_owned()).await
+                }
                 (Some(_), None) => tracing::warn!("SFTP is configured but no listener was given"),
                 _ => {}
             }

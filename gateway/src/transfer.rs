@@ -19,7 +19,6 @@ use futures_util::Stream;
 
 use crate::audit::{AuditEntry, AuditError, AuditEvent, AuditLog};
 use crate::auth::Principal;
-use crate::digest::Sha256;
 use crate::path::{ObjectKey, PathError, RelPath};
 use crate::secrets::random_bytes;
 use crate::storage::{
@@ -172,6 +171,7 @@ impl From<StorageError> for TransferError {
             StorageError::NotFound => TransferError::NotFound,
             StorageError::Conflict(m) => TransferError::Conflict(m),
             StorageError::RangeNotSatisfiable { size } => TransferError::RangeNotSatisfiable { size },
+            StorageError::DigestMismatch => TransferError::DigestMismatch,
             StorageError::Integrity(m) => {
                 tracing::error!(detail = %m, "integrity check failed");
                 TransferError::Integrity
@@ -309,7 +309,6 @@ impl Transfers {
         self.audit.append(base.clone(), false).await?;
         let mut upload = Upload {
             writer: None,
-            hasher: Sha256::default(),
             bytes: 0,
             started: Instant::now(),
             audit: self.audit.clone(),
@@ -561,7 +560,6 @@ impl Transfers {
 /// An upload in progress. Drop without [`Upload::finish`] = failed, nothing stored.
 pub struct Upload {
     writer: Option<Box<dyn ObjectWriter>>,
-    hasher: Sha256,
     bytes: u64,
     started: Instant,
     audit: AuditLog,
@@ -606,7 +604,6 @@ impl Upload {
         let Some(writer) = self.writer.as_mut() else {
             return Err(TransferError::Storage("upload already finished".into()));
         };
-        self.hasher.update(&data);
         self.bytes += data.len() as u64;
         if let Err(e) = writer.write(data).await {
             let e = TransferError::from(e);
@@ -625,16 +622,13 @@ impl Upload {
     /// Check the digest (if the client sent one), commit, and write the durable `completed`
     /// record before returning, so success is only reported for audited, stored data.
     pub async fn finish(mut self, expected_sha256: Option<[u8; 32]>) -> Result<Receipt, TransferError> {
-        let sha256 = std::mem::take(&mut self.hasher).finish();
-        if expected_sha256.is_some_and(|want| want != sha256) {
-            return Err(self.fail(TransferError::DigestMismatch).await);
-        }
         let Some(writer) = self.writer.take() else {
             return Err(TransferError::Storage("upload already finished".into()));
         };
-        if let Err(e) = writer.commit(sha256).await {
-            return Err(self.fail(e.into()).await);
-        }
+        let sha256 = match writer.commit(expected_sha256).await {
+            Ok(meta) => meta.sha256,
+            Err(e) => return Err(self.fail(e.into()).await),
+        };
         self.done = true;
         let entry = AuditEntry {
             event: AuditEvent::Completed,
@@ -774,6 +768,13 @@ impl ReadSession {
             return Ok(None);
         };
         let want = len.min(usize::try_from(self.meta.size - offset).unwrap_or(usize::MAX));
+        if leftover.len() >= want {
+            // The common case for sequential reads: no copy.
+            let out = leftover.split_to(want);
+            *pos += want as u64;
+            self.bytes += want as u64;
+            return Ok(Some(out));
+        }
         let mut out = bytes::BytesMut::with_capacity(want);
         while out.len() < want {
             if leftover.is_empty() {

@@ -31,6 +31,9 @@ pub struct Builder {
     grace: &'static str,
     idle: &'static str,
     checkpoint_every: u64,
+    sftp: bool,
+    sftp_extra: String,
+    extra_keys: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for Builder {
@@ -45,6 +48,9 @@ impl Default for Builder {
             grace: "5s",
             idle: "10s",
             checkpoint_every: 1000,
+            sftp: false,
+            sftp_extra: String::new(),
+            extra_keys: Vec::new(),
         }
     }
 }
@@ -64,6 +70,27 @@ impl Builder {
     }
     pub fn checkpoint_every(mut self, n: u64) -> Self {
         self.checkpoint_every = n;
+        self
+    }
+    /// Also serve SFTP on 127.0.0.1:0, with an Ed25519 and an RSA-3072 host key and an
+    /// Ed25519 client key per user (made with `ssh-keygen`).
+    pub fn sftp(mut self) -> Self {
+        self.sftp = true;
+        self
+    }
+    /// Extra lines for the `[sftp]` section (e.g. `kex = [...]`).
+    pub fn sftp_settings(mut self, lines: &str) -> Self {
+        self.sftp = true;
+        self.sftp_extra.push_str(lines);
+        self.sftp_extra.push('\n');
+        self
+    }
+
+    /// Also authorise a second client key of `kind` (`ed25519` or `rsa`) for `user`; it is
+    /// at `user_keys["{user}_{kind}"]`.
+    pub fn extra_user_key(mut self, user: &'static str, kind: &'static str) -> Self {
+        self.sftp = true;
+        self.extra_keys.push((user, kind));
         self
     }
 
@@ -92,12 +119,46 @@ impl Builder {
             text.push_str(&format!("[[tenants]]\nname = {t:?}\nkey_file = {key:?}\n\n"));
         }
         gateway::audit::CheckpointKey::generate(&root.join("data/audit/checkpoint.key")).unwrap();
+        let mut user_keys = HashMap::new();
+        if self.sftp {
+            let ssh = root.join("ssh");
+            std::fs::create_dir_all(&ssh).unwrap();
+            for (file, kind) in [("host_ed25519", "ed25519"), ("host_rsa", "rsa")] {
+                ssh_keygen(&ssh.join(file), kind);
+            }
+            text.push_str(&format!(
+                "[sftp]\nlisten = \"127.0.0.1:0\"\nhost_keys = [{:?}, {:?}]\nlogin_grace_time = \"10s\"\n\
+                 auth_rejection_delay = \"100ms\"\n{}\n",
+                ssh.join("host_ed25519"),
+                ssh.join("host_rsa"),
+                self.sftp_extra
+            ));
+            for u in &self.users {
+                let key = ssh.join(format!("id_{}", u.name));
+                ssh_keygen(&key, "ed25519");
+                user_keys.insert(u.name.to_owned(), key);
+            }
+            for (user, kind) in &self.extra_keys {
+                let key = ssh.join(format!("id_{user}_{kind}"));
+                ssh_keygen(&key, kind);
+                user_keys.insert(format!("{user}_{kind}"), key);
+            }
+        }
         let mut tokens = HashMap::new();
         for u in &self.users {
             let token = Token::mint(&format!("{}-1", u.name)).unwrap();
             let perms: Vec<String> = u.permissions.iter().map(|p| format!("{p:?}")).collect();
+            let own = user_keys.get(u.name).into_iter();
+            let extra =
+                self.extra_keys.iter().filter(|(n, _)| *n == u.name).map(|(n, k)| &user_keys[&format!("{n}_{k}")]);
+            let lines: Vec<String> = own
+                .chain(extra)
+                .map(|k| format!("{:?}", std::fs::read_to_string(k.with_extension("pub")).unwrap().trim()))
+                .collect();
+            let keys =
+                if lines.is_empty() { String::new() } else { format!("authorized_keys = [{}]\n", lines.join(", ")) };
             text.push_str(&format!(
-                "[[users]]\nname = {:?}\ntenant = {:?}\nhome = {:?}\npermissions = [{}]\n[[users.tokens]]\nid = \"{}-1\"\nsha256 = \"{}\"\n\n",
+                "[[users]]\nname = {:?}\ntenant = {:?}\nhome = {:?}\npermissions = [{}]\n{keys}[[users.tokens]]\nid = \"{}-1\"\nsha256 = \"{}\"\n\n",
                 u.name,
                 u.tenant,
                 u.home,
@@ -113,12 +174,18 @@ impl Builder {
         let gw = gateway::Gateway::new(&config, &gateway::DevMaterial::default()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let sftp = if self.sftp { Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()) } else { None };
+        let sftp_addr = sftp.as_ref().map(|l| l.local_addr().unwrap());
+        let host_key_fingerprints = gw.host_key_fingerprints().to_vec();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(gw.run(gateway::Listeners { https: listener, sftp: None }, async move {
+        let handle = tokio::spawn(gw.run(gateway::Listeners { https: listener, sftp }, async move {
             let _ = rx.await;
         }));
         TestGateway {
             addr,
+            sftp_addr,
+            user_keys,
+            host_key_fingerprints,
             ca_pem: pki.ca_cert,
             tokens,
             audit_path: config.audit.path.clone(),
@@ -135,6 +202,12 @@ impl Builder {
 /// A running gateway.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// SFTP address, when started with [`Builder::sftp`].
+    pub sftp_addr: Option<SocketAddr>,
+    /// Private key file per user (public key beside it as `.pub`).
+    pub user_keys: HashMap<String, PathBuf>,
+    /// Host key fingerprint lines as the gateway prints them.
+    pub host_key_fingerprints: Vec<String>,
     pub ca_pem: PathBuf,
     pub tokens: HashMap<String, String>,
     pub audit_path: PathBuf,
@@ -354,4 +427,62 @@ pub fn gateway_bin() -> PathBuf {
     let bin = profile_dir.join("gateway");
     assert!(bin.exists(), "{} not built; run `cargo build -p gateway` first", bin.display());
     bin
+}
+
+/// Make an OpenSSH key pair with `ssh-keygen` (`kind`: ed25519 or rsa).
+pub fn ssh_keygen(path: &Path, kind: &str) {
+    let mut cmd = std::process::Command::new("ssh-keygen");
+    cmd.args(["-q", "-N", "", "-C", "test", "-t", kind, "-f"]).arg(path);
+    if kind == "rsa" {
+        cmd.args(["-b", "3072"]);
+    }
+    let st = cmd.stdin(std::process::Stdio::null()).status().expect("ssh-keygen is installed");
+    assert!(st.success(), "ssh-keygen failed");
+}
+
+impl TestGateway {
+    /// Port of the SFTP listener.
+    pub fn sftp_port(&self) -> u16 {
+        self.sftp_addr.expect("started with .sftp()").port()
+    }
+
+    /// Common OpenSSH client options for talking to this gateway as `user`.
+    pub fn ssh_options(&self, user: &str) -> Vec<String> {
+        vec![
+            "-o".into(),
+            "StrictHostKeyChecking=no".into(),
+            "-o".into(),
+            "UserKnownHostsFile=/dev/null".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-i".into(),
+            self.user_keys[user].display().to_string(),
+            "-P".into(),
+            self.sftp_port().to_string(),
+        ]
+    }
+
+    /// Run OpenSSH `sftp -b -` with `batch` on stdin as `user`; returns (success, stdout+stderr).
+    pub async fn sftp_batch(&self, user: &str, batch: &str, extra: &[&str]) -> (bool, String) {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::new("sftp");
+        cmd.args(self.ssh_options(user)).args(extra).arg("-b").arg("-").arg(format!("{user}@127.0.0.1"));
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("sftp is installed");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(batch.as_bytes()).await.unwrap();
+        drop(stdin);
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("sftp timed out")
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
 }

@@ -311,7 +311,7 @@ async fn tampered_object_is_detected_not_served() {
     std::fs::write(&path, &bad).unwrap();
     let auth = format!("Authorization: Bearer {}", gw.token("alice"));
     let (code, body) = gw.curl(&["-H", &auth, &gw.url("/v1/files/t.bin")]).await;
-    assert_ne!(code, 0, "curl must report the broken transfer");
+    assert_ne!(code, 0, "curl must report the broken transfer (got {} of {} bytes)", body.len(), data.len());
     assert!(body.len() < data.len());
     assert_ne!(sha256_hex(&body), sha256_hex(&data));
 

@@ -171,7 +171,12 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 
 impl Api {
     /// The application over a user directory and the transfer path.
-    pub fn new(directory: Arc<Directory>, transfers: Transfers, hsts_max_age: Duration, body_idle_timeout: Duration) -> Api {
+    pub fn new(
+        directory: Arc<Directory>,
+        transfers: Transfers,
+        hsts_max_age: Duration,
+        body_idle_timeout: Duration,
+    ) -> Api {
         let hsts = HeaderValue::from_str(&format!("max-age={}; includeSubDomains", hsts_max_age.as_secs()))
             .unwrap_or(HeaderValue::from_static("max-age=31536000; includeSubDomains"));
         Api { directory, transfers, hsts, body_idle_timeout }

@@ -149,9 +149,7 @@ impl Handler for SshConnection {
         // PBKDF2 is deliberately slow: keep it off the async workers.
         let result = tokio::task::spawn_blocking(move || directory.authenticate_password(&user_owned, &pw))
             .await
-            .unwrap_or_else(|_| {
-                Err(AuthFailure { credential_id: None, user: None, reason: "password check failed" })
-            });
+            .unwrap_or(Err(AuthFailure { credential_id: None, user: None, reason: "password check failed" }));
         match result {
             Ok(who) => Ok(self.accept(who).await),
             Err(f) => {

@@ -68,11 +68,16 @@ pub fn load_host_key(path: &Path) -> Result<PrivateKey, String> {
         Algorithm::Rsa { .. } => {
             let bits = key.key_data().rsa().map(|r| r.key_size() as usize).unwrap_or(0);
             if bits < MIN_RSA_BITS {
-                return Err(format!("{}: RSA host key is {bits} bits; at least {MIN_RSA_BITS} required", path.display()));
+                return Err(format!(
+                    "{}: RSA host key is {bits} bits; at least {MIN_RSA_BITS} required",
+                    path.display()
+                ));
             }
             Ok(key)
         }
-        other => Err(format!("{}: host key type {} is not supported (use Ed25519 or RSA)", path.display(), other.as_str())),
+        other => {
+            Err(format!("{}: host key type {} is not supported (use Ed25519 or RSA)", path.display(), other.as_str()))
+        }
     }
 }
 

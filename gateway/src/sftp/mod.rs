@@ -160,13 +160,15 @@ impl SftpFrontend {
             };
             while conns.try_join_next().is_some() {}
             let _ = tcp.set_nodelay(true);
-            let (ssh, shared, grace_time, stop) = (self.ssh.clone(), self.shared.clone(), self.login_grace, stop.clone());
+            let (ssh, shared, grace_time, stop) =
+                (self.ssh.clone(), self.shared.clone(), self.login_grace, stop.clone());
             conns.spawn(async move {
                 let _permit = permit;
                 let wire = Arc::new(wire::WireState::default());
                 let stream = wire::WireStream::new(tcp, grace_time, wire.clone());
                 let conn = handler::SshConnection::new(shared, peer, wire);
-                let running = match tokio::time::timeout(grace_time, russh::server::run_stream(ssh, stream, conn)).await {
+                let running = match tokio::time::timeout(grace_time, russh::server::run_stream(ssh, stream, conn)).await
+                {
                     Ok(Ok(r)) => r,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "SSH session failed to start");
@@ -197,10 +199,7 @@ impl SftpFrontend {
         drop(listener);
         let sessions = self.shared.sessions.clone();
         sessions.close();
-        let drained = tokio::time::timeout(grace, async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
+        let drained = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!("SFTP grace period over; disconnecting the remaining sessions");
             stop.cancel();

@@ -193,11 +193,8 @@ pub async fn run(stream: ChannelStream<Msg>, shared: Arc<SftpShared>, who: Princ
     let mut handles: HashMap<String, HandleTx> = HashMap::new();
     let mut next_handle = 0u64;
     let mut tasks = JoinSet::new();
-    loop {
-        let len = match rd.read_u32().await {
-            Ok(l) => l,
-            Err(_) => break, // channel closed
-        };
+    // The loop ends when the client closes the channel.
+    while let Ok(len) = rd.read_u32().await {
         if len == 0 || len > MAX_PACKET + 1024 {
             tracing::warn!(len, "SFTP packet length out of bounds; closing the session");
             break;
@@ -416,7 +413,9 @@ async fn upload_task(mut rx: HandleRx, mut upload: Upload, ctx: Ctx) {
                             error_status(id, &e)
                         }
                     }
-                } else if offset > next && pending_bytes + data.len() <= REORDER_WINDOW && !pending.contains_key(&offset)
+                } else if offset > next
+                    && pending_bytes + data.len() <= REORDER_WINDOW
+                    && !pending.contains_key(&offset)
                 {
                     pending_bytes += data.len();
                     pending.insert(offset, data);
@@ -436,7 +435,8 @@ async fn upload_task(mut rx: HandleRx, mut upload: Upload, ctx: Ctx) {
                     let e = upload.fail(TransferError::Client(f)).await;
                     error_status(id, &e)
                 } else if !pending.is_empty() {
-                    let e = upload.fail(TransferError::Client("file has a gap: some writes never arrived".into())).await;
+                    let e =
+                        upload.fail(TransferError::Client("file has a gap: some writes never arrived".into())).await;
                     error_status(id, &e)
                 } else {
                     match upload.finish(None).await {
@@ -473,13 +473,11 @@ async fn write_at(upload: &mut Upload, next: &mut u64, data: Bytes) -> Result<()
 async fn read_task(mut rx: HandleRx, mut reader: ReadSession, ctx: Ctx) {
     while let Some((req, permit)) = rx.recv().await {
         let reply = match req {
-            HandleReq::Read { id, offset, len } => {
-                match reader.read_at(offset, len.min(MAX_IO) as usize).await {
-                    Ok(Some(data)) => Packet::Data(Data { id, data: data.to_vec() }),
-                    Ok(None) => status(id, StatusCode::Eof, "end of file"),
-                    Err(e) => error_status(id, &e),
-                }
-            }
+            HandleReq::Read { id, offset, len } => match reader.read_at(offset, len.min(MAX_IO) as usize).await {
+                Ok(Some(data)) => Packet::Data(Data { id, data: data.to_vec() }),
+                Ok(None) => status(id, StatusCode::Eof, "end of file"),
+                Err(e) => error_status(id, &e),
+            },
             HandleReq::Close { id } => {
                 let reply = match reader.close().await {
                     Ok(()) => ok(id),
@@ -560,7 +558,8 @@ async fn path_request(ctx: &Ctx, packet: Packet) -> Packet {
             let path = canonical(&r.path);
             Packet::Name(Name { id: r.id, files: vec![File::dummy(path)] })
         }
-        Packet::Stat(russh_sftp::protocol::Stat { id, path }) | Packet::Lstat(russh_sftp::protocol::Lstat { id, path }) => {
+        Packet::Stat(russh_sftp::protocol::Stat { id, path })
+        | Packet::Lstat(russh_sftp::protocol::Lstat { id, path }) => {
             let result = match ctx.path("stat", &path).await {
                 Ok(rel) => t.head(who, &rel).await,
                 Err(e) => Err(e),

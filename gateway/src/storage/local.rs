@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,6 +23,7 @@ use super::{
     ByteRange, EntryKind, ListEntry, ListPage, ObjectMeta, ObjectRead, ObjectStore, ObjectWriter, RangeRequest,
     StorageError,
 };
+use crate::digest::Sha256;
 use crate::path::ObjectKey;
 use crate::secrets::{random_bytes, TenantKey};
 
@@ -151,11 +152,14 @@ impl ChunkReader {
         } else {
             DATA_OFFSET + end_chunk * (CHUNK + TAG) as u64
         };
-        let mut buf = vec![0u8; (end_offset - offset) as usize];
-        self.file.read_exact_at(&mut buf, offset).map_err(|e| match e.kind() {
-            ErrorKind::UnexpectedEof => StorageError::Integrity("object shrank while being read".into()),
-            _ => StorageError::from(e),
-        })?;
+        // Read into spare capacity: no zero-filling of a buffer that is overwritten anyway.
+        let want = end_offset - offset;
+        let mut buf = Vec::with_capacity(want as usize);
+        self.file.seek(SeekFrom::Start(offset))?;
+        (&self.file).take(want).read_to_end(&mut buf)?;
+        if buf.len() as u64 != want {
+            return Err(StorageError::Integrity("object shrank while being read".into()));
+        }
         let mut write = 0usize;
         let mut read = 0usize;
         for index in self.next..end_chunk {
@@ -180,26 +184,46 @@ impl ChunkReader {
     }
 }
 
-struct WriteState {
+/// The blocking side of an upload: file, cipher and digest. Owned by whichever batch is
+/// being sealed, so receiving the next batch overlaps with sealing and writing this one.
+struct Sealing {
     file: File,
     sealer: Sealer,
-    pending: Vec<u8>,
+    hasher: Sha256,
     out: Vec<u8>,
-    size: u64,
 }
 
-impl WriteState {
-    /// Seal and write every full chunk but the newest: the final chunk must be sealed as last,
-    /// so at least one byte (or the empty final chunk) always stays pending until commit.
-    fn flush(&mut self) -> Result<(), StorageError> {
-        let mut consumed = 0;
+impl Sealing {
+    /// Seal `frames` (a whole number of chunks, unless `last`) and write them.
+    fn seal_frames(&mut self, frames: Vec<Bytes>, last: bool) -> Result<(), StorageError> {
         self.out.clear();
-        while self.pending.len() - consumed > CHUNK {
-            let chunk = self.pending.get(consumed..consumed + CHUNK).unwrap_or_default();
-            self.sealer.seal_chunk(chunk, false, &mut self.out).map_err(integrity)?;
-            consumed += CHUNK;
+        let mut chunk_start = 0;
+        let mut remaining: usize = frames.iter().map(Bytes::len).sum();
+        for frame in &frames {
+            let mut rest: &[u8] = frame;
+            while !rest.is_empty() {
+                let room = CHUNK - (self.out.len() - chunk_start);
+                let (take, more) = rest.split_at(room.min(rest.len()));
+                self.hasher.update(take);
+                self.out.extend_from_slice(take);
+                remaining -= take.len();
+                rest = more;
+                // A full chunk is sealed now unless it ends the object: that one is the final
+                // chunk and is sealed as such below.
+                if self.out.len() - chunk_start == CHUNK && (remaining > 0 || !last) {
+                    self.sealer.seal_tail(&mut self.out, chunk_start, false).map_err(integrity)?;
+                    chunk_start = self.out.len();
+                }
+            }
         }
-        self.pending.drain(..consumed);
+        let partial = self.out.len() > chunk_start;
+        if last {
+            // The final chunk: whatever remains, possibly nothing (an empty object, or a size
+            // that is a multiple of the chunk size still ends with an empty sealed chunk).
+            self.sealer.seal_tail(&mut self.out, chunk_start, true).map_err(integrity)?;
+        } else if partial {
+            return Err(StorageError::Io("internal error: partial chunk in a non-final batch".into()));
+        }
         self.file.write_all(&self.out)?;
         Ok(())
     }
@@ -207,7 +231,14 @@ impl WriteState {
 
 /// An upload into staging; see [`ObjectWriter`].
 struct LocalWriter {
-    state: Option<WriteState>,
+    /// The sealing state, when no batch is in flight.
+    sealing: Option<Sealing>,
+    /// The batch being sealed and written on the blocking pool.
+    in_flight: Option<tokio::task::JoinHandle<Result<Sealing, StorageError>>>,
+    /// Received plaintext not yet handed to a batch.
+    frames: Vec<Bytes>,
+    frames_len: usize,
+    size: u64,
     staging_path: PathBuf,
     final_path: PathBuf,
     tenant_root: PathBuf,
@@ -224,44 +255,81 @@ impl Drop for LocalWriter {
 }
 
 impl LocalWriter {
-    fn state(&mut self) -> Result<WriteState, StorageError> {
-        self.state.take().ok_or_else(|| StorageError::Io("upload writer used after a failure".into()))
+    /// Wait for the batch in flight (if any) and take back the sealing state.
+    async fn settle(&mut self) -> Result<Sealing, StorageError> {
+        if let Some(task) = self.in_flight.take() {
+            let sealing = task.await.map_err(|e| StorageError::Io(format!("storage task failed: {e}")))??;
+            return Ok(sealing);
+        }
+        self.sealing.take().ok_or_else(|| StorageError::Io("upload writer used after a failure".into()))
+    }
+
+    /// Split off the largest whole number of chunks from the received frames, keeping at
+    /// least one byte back so that the final chunk is sealed as final at commit.
+    fn take_batch(&mut self) -> Vec<Bytes> {
+        let mut want = (self.frames_len.saturating_sub(1) / CHUNK) * CHUNK;
+        self.frames_len -= want;
+        let mut batch = Vec::new();
+        let mut rest = std::mem::take(&mut self.frames).into_iter();
+        for mut frame in rest.by_ref() {
+            if want == 0 {
+                self.frames.push(frame);
+                break;
+            }
+            if frame.len() <= want {
+                want -= frame.len();
+                batch.push(frame);
+            } else {
+                batch.push(frame.split_to(want));
+                want = 0;
+                self.frames.push(frame);
+            }
+        }
+        self.frames.extend(rest);
+        batch
     }
 }
 
 impl ObjectWriter for LocalWriter {
     fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<(), StorageError>> {
         async move {
-            let mut state = self.state()?;
-            state.pending.extend_from_slice(&data);
-            state.size += data.len() as u64;
-            if state.pending.len() > BATCH {
-                state = blocking(move || state.flush().map(|()| state)).await?;
+            self.size += data.len() as u64;
+            self.frames_len += data.len();
+            self.frames.push(data);
+            if self.frames_len > BATCH {
+                let mut sealing = self.settle().await?;
+                let batch = self.take_batch();
+                self.in_flight =
+                    Some(tokio::task::spawn_blocking(move || sealing.seal_frames(batch, false).map(|()| sealing)));
             }
-            self.state = Some(state);
             Ok(())
         }
         .boxed()
     }
 
-    fn commit(mut self: Box<Self>, sha256: [u8; 32]) -> BoxFuture<'static, Result<ObjectMeta, StorageError>> {
+    fn commit(
+        mut self: Box<Self>,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> BoxFuture<'static, Result<ObjectMeta, StorageError>> {
         async move {
-            let mut state = self.state()?;
+            let mut sealing = self.settle().await?;
+            let frames = std::mem::take(&mut self.frames);
+            let size = self.size;
             let final_path = self.final_path.clone();
             let staging_path = self.staging_path.clone();
             let tenant_root = self.tenant_root.clone();
             let meta = blocking(move || {
-                state.flush()?;
-                let last = std::mem::take(&mut state.pending);
-                state.out.clear();
-                state.sealer.seal_chunk(&last, true, &mut state.out).map_err(integrity)?;
-                state.file.write_all(&state.out)?;
-                let meta = SealedMeta { size: state.size, sha256, modified: mtime_secs(SystemTime::now()) };
-                let block = state.sealer.seal_meta(&meta).map_err(integrity)?;
-                state.file.seek(SeekFrom::Start(HEADER_LEN as u64))?;
-                state.file.write_all(&block)?;
-                state.file.sync_all()?;
-                drop(state);
+                sealing.seal_frames(frames, true)?;
+                let sha256 = std::mem::take(&mut sealing.hasher).finish();
+                if expected_sha256.is_some_and(|want| want != sha256) {
+                    return Err(StorageError::DigestMismatch);
+                }
+                let meta = SealedMeta { size, sha256, modified: mtime_secs(SystemTime::now()) };
+                let block = sealing.sealer.seal_meta(&meta).map_err(integrity)?;
+                sealing.file.seek(SeekFrom::Start(HEADER_LEN as u64))?;
+                sealing.file.write_all(&block)?;
+                sealing.file.sync_all()?;
+                drop(sealing);
                 publish(&staging_path, &final_path, &tenant_root)?;
                 Ok(meta)
             })
@@ -319,14 +387,18 @@ impl ObjectStore for LocalStore {
                 let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staging_path)?;
                 file.write_all(sealer.header())?;
                 file.write_all(&[0u8; META_LEN])?;
-                let state = WriteState {
-                    file,
-                    sealer,
-                    pending: Vec::with_capacity(BATCH + CHUNK),
-                    out: Vec::with_capacity(BATCH + 2 * CHUNK),
+                let sealing = Sealing { file, sealer, hasher: Sha256::default(), out: Vec::new() };
+                Ok(LocalWriter {
+                    sealing: Some(sealing),
+                    in_flight: None,
+                    frames: Vec::new(),
+                    frames_len: 0,
                     size: 0,
-                };
-                Ok(LocalWriter { state: Some(state), staging_path, final_path, tenant_root, done: false })
+                    staging_path,
+                    final_path,
+                    tenant_root,
+                    done: false,
+                })
             })
             .await?;
             Ok(Box::new(writer) as Box<dyn ObjectWriter>)
@@ -376,10 +448,17 @@ impl ObjectStore for LocalStore {
                 Ok((reader, first, meta, range))
             })
             .await?;
-            let rest = futures_util::stream::try_unfold(Some(reader), |reader| async move {
-                let Some(mut reader) = reader else { return Ok(None) };
-                let (batch, reader) = blocking(move || Ok((reader.read_batch(), reader))).await?;
-                Ok(batch?.map(|b| (b, Some(reader))))
+            // Read one batch ahead, so decrypting the next batch overlaps with sending this one.
+            let read_ahead = |mut reader: ChunkReader| {
+                tokio::task::spawn_blocking(move || {
+                    let batch = reader.read_batch();
+                    (reader, batch)
+                })
+            };
+            let rest = futures_util::stream::try_unfold(Some(read_ahead(reader)), move |next| async move {
+                let Some(next) = next else { return Ok(None) };
+                let (reader, batch) = next.await.map_err(|e| StorageError::Io(format!("storage task failed: {e}")))?;
+                Ok(batch?.map(|b| (b, Some(read_ahead(reader)))))
             });
             let body = futures_util::stream::iter(first.map(Ok::<Bytes, StorageError>)).chain(rest);
             Ok(ObjectRead { meta: to_meta(&meta), range, body: Box::pin(body) })
@@ -584,3 +663,63 @@ impl ObjectStore for LocalStore {
 
 /// Shared handle type the rest of the gateway holds.
 pub type SharedStore = Arc<dyn ObjectStore>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::TryStreamExt;
+
+    async fn round_trip(store: &LocalStore, name: &str, data: &[u8], piece: usize) {
+        let key = ObjectKey::home(name).unwrap();
+        let mut w = store.begin_put("t", &key).await.unwrap();
+        for p in data.chunks(piece.max(1)) {
+            w.write(Bytes::copy_from_slice(p)).await.unwrap();
+        }
+        let meta = w.commit(None).await.unwrap();
+        assert_eq!(meta.size, data.len() as u64);
+        assert_eq!(meta.sha256, crate::digest::sha256(data));
+        let path = store.object_path("t", &key);
+        assert_eq!(fs::metadata(&path).unwrap().len(), sealed::sealed_len(data.len() as u64), "{name}");
+        let read = store.open("t", &key, RangeRequest::All).await.unwrap();
+        let back: Vec<Bytes> = read.body.try_collect().await.unwrap();
+        assert_eq!(back.concat(), data, "{name}");
+        let read = store.open("t", &key, RangeRequest::From(data.len() as u64 / 2)).await;
+        if !data.is_empty() {
+            let back: Vec<Bytes> = read.unwrap().body.try_collect().await.unwrap();
+            assert_eq!(back.concat(), &data[data.len() / 2..], "{name} tail");
+        }
+    }
+
+    #[tokio::test]
+    async fn sizes_on_chunk_and_batch_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = HashMap::new();
+        keys.insert("t".to_owned(), TenantKey::generate().unwrap());
+        let store = LocalStore::open(dir.path(), keys).unwrap();
+        let sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, BATCH, BATCH + 1, 3 * BATCH, 3 * BATCH + 7];
+        for (i, size) in sizes.into_iter().enumerate() {
+            let data: Vec<u8> = (0..size).map(|j| (j * 7 + i) as u8).collect();
+            for piece in [size, 1000, CHUNK, 3 * CHUNK + 5] {
+                round_trip(&store, &format!("f{i}-{piece}"), &data, piece).await;
+            }
+        }
+        assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn digest_mismatch_and_drop_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = HashMap::new();
+        keys.insert("t".to_owned(), TenantKey::generate().unwrap());
+        let store = LocalStore::open(dir.path(), keys).unwrap();
+        let key = ObjectKey::home("x").unwrap();
+        let mut w = store.begin_put("t", &key).await.unwrap();
+        w.write(Bytes::from(vec![1u8; 3 * BATCH])).await.unwrap();
+        assert!(matches!(w.commit(Some([0u8; 32])).await, Err(StorageError::DigestMismatch)));
+        let mut w = store.begin_put("t", &key).await.unwrap();
+        w.write(Bytes::from(vec![1u8; 3 * BATCH])).await.unwrap();
+        drop(w);
+        assert!(!store.object_path("t", &key).exists());
+        assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+    }
+}

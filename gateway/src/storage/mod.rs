@@ -38,6 +38,9 @@ pub enum StorageError {
         /// The object's size.
         size: u64,
     },
+    /// The plaintext did not match the digest the client announced; nothing was stored.
+    #[error("content digest does not match the received body")]
+    DigestMismatch,
     /// No key for this tenant is loaded.
     #[error("no storage key loaded for tenant {0:?}")]
     NoTenantKey(String),
@@ -136,9 +139,13 @@ pub struct ListPage {
 pub trait ObjectWriter: Send {
     /// Append plaintext.
     fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<(), StorageError>>;
-    /// Make the object visible, atomically and durably. `sha256` is the plaintext digest the
-    /// transfer path computed; the writer counts the size itself.
-    fn commit(self: Box<Self>, sha256: [u8; 32]) -> BoxFuture<'static, Result<ObjectMeta, StorageError>>;
+    /// Make the object visible, atomically and durably, and return its size and SHA-256
+    /// (computed by the writer as the bytes went through). With `expected_sha256`, a
+    /// different digest fails with [`StorageError::DigestMismatch`] and nothing appears.
+    fn commit(
+        self: Box<Self>,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> BoxFuture<'static, Result<ObjectMeta, StorageError>>;
 }
 
 /// A storage backend.

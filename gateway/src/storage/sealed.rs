@@ -113,11 +113,18 @@ impl Sealer {
     /// Seal the next chunk (at most [`CHUNK`] bytes; only the last may be shorter) and append
     /// ciphertext and tag to `out`.
     pub fn seal_chunk(&mut self, plaintext: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), SealError> {
-        if plaintext.len() > CHUNK || (!last && plaintext.len() != CHUNK) {
-            return Err(SealError("chunk of wrong size"));
-        }
         let start = out.len();
         out.extend_from_slice(plaintext);
+        self.seal_tail(out, start, last)
+    }
+
+    /// Seal, in place, the plaintext chunk that occupies `out[start..]`, and append its tag.
+    /// Lets callers assemble a chunk from several buffers without an extra copy.
+    pub fn seal_tail(&mut self, out: &mut Vec<u8>, start: usize, last: bool) -> Result<(), SealError> {
+        let len = out.len().saturating_sub(start);
+        if len > CHUNK || (!last && len != CHUNK) {
+            return Err(SealError("chunk of wrong size"));
+        }
         let in_out = out.get_mut(start..).ok_or(SealError("buffer"))?;
         let tag = self
             .key
