@@ -330,3 +330,70 @@ impl Writer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, every: u64, interval: Duration) -> AuditConfig {
+        AuditConfig { path: dir.join("audit.jsonl"), checkpoint_every_records: every, checkpoint_interval: interval }
+    }
+
+    fn lines(dir: &Path) -> Vec<AuditLine> {
+        std::fs::read_to_string(dir.join("audit.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn checkpoint_after_interval_and_chain_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("k.key");
+        CheckpointKey::generate(&key_path).unwrap();
+        let log = AuditLog::open(config(dir.path(), 1000, Duration::from_millis(100)), CheckpointKey::load(&key_path).unwrap())
+            .unwrap();
+        log.append(AuditEntry::new(AuditEvent::Operation), true).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let l = lines(dir.path());
+        assert_eq!(l.len(), 2, "a time-based checkpoint follows the record");
+        assert_eq!(l[1].entry.event, AuditEvent::Checkpoint);
+        log.close().await;
+        assert!(log.append(AuditEntry::new(AuditEvent::Operation), false).await.is_err(), "closed log refuses");
+
+        // A second run continues the same chain.
+        let log = AuditLog::open(config(dir.path(), 1000, Duration::from_secs(60)), CheckpointKey::load(&key_path).unwrap())
+            .unwrap();
+        let seq = log.append(AuditEntry::new(AuditEvent::Operation), false).await.unwrap();
+        assert_eq!(seq, 3);
+        log.close().await;
+        let l = lines(dir.path());
+        assert_eq!(l.last().unwrap().entry.event, AuditEvent::Checkpoint, "final checkpoint at close");
+        let report = verify::verify_trail(&dir.path().join("audit.jsonl"), &Default::default()).unwrap();
+        assert_eq!(report.records, 4);
+        assert_eq!(report.unsealed, 0);
+    }
+
+    #[tokio::test]
+    async fn count_based_checkpoints_and_incomplete_tail_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = CheckpointKey::generate(&dir.path().join("k.key")).unwrap();
+        let log = AuditLog::open(config(dir.path(), 3, Duration::from_secs(60)), key).unwrap();
+        for _ in 0..7 {
+            log.append(AuditEntry::new(AuditEvent::Operation), false).await.unwrap();
+        }
+        log.close().await;
+        let events: Vec<AuditEvent> = lines(dir.path()).iter().map(|l| l.entry.event).collect();
+        let checkpoints = events.iter().filter(|e| **e == AuditEvent::Checkpoint).count();
+        assert_eq!(checkpoints, 3, "{events:?}");
+        // A half-written last line is not silently continued.
+        let path = dir.path().join("audit.jsonl");
+        let mut text = std::fs::read(&path).unwrap();
+        text.extend_from_slice(b"{\"seq\":99");
+        std::fs::write(&path, text).unwrap();
+        let key = CheckpointKey::load(&dir.path().join("k.key")).unwrap();
+        let err = AuditLog::open(config(dir.path(), 3, Duration::from_secs(60)), key).unwrap_err();
+        assert!(err.to_string().contains("incomplete"), "{err}");
+    }
+}
