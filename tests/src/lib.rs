@@ -34,6 +34,7 @@ pub struct Builder {
     sftp: bool,
     sftp_extra: String,
     extra_keys: Vec<(&'static str, &'static str)>,
+    https_extra: String,
 }
 
 impl Default for Builder {
@@ -50,6 +51,7 @@ impl Default for Builder {
             checkpoint_every: 1000,
             sftp: false,
             sftp_extra: String::new(),
+            https_extra: String::new(),
             extra_keys: Vec::new(),
         }
     }
@@ -78,6 +80,12 @@ impl Builder {
         self.sftp = true;
         self
     }
+    /// Extra lines for the `[https]` section (e.g. `max_connections = 2`).
+    pub fn https_settings(mut self, lines: &str) -> Self {
+        self.https_extra.push_str(lines);
+        self.https_extra.push('\n');
+        self
+    }
     /// Extra lines for the `[sftp]` section (e.g. `kex = [...]`).
     pub fn sftp_settings(mut self, lines: &str) -> Self {
         self.sftp = true;
@@ -104,13 +112,14 @@ impl Builder {
         tenants.dedup();
         let mut text = format!(
             "mode = \"production\"\ndata_dir = {:?}\nshutdown_grace = {:?}\n\n[https]\nlisten = \"127.0.0.1:0\"\n\
-             tls_profile = {:?}\ncert = {:?}\nkey = {:?}\nidle_timeout = {:?}\n\n[audit]\ncheckpoint_every_records = {}\n\n",
+             tls_profile = {:?}\ncert = {:?}\nkey = {:?}\nidle_timeout = {:?}\n{}\n[audit]\ncheckpoint_every_records = {}\n\n",
             root.join("data"),
             self.grace,
             self.profile,
             pki.server_cert,
             pki.server_key,
             self.idle,
+            self.https_extra,
             self.checkpoint_every,
         );
         for t in &tenants {
