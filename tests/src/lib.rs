@@ -135,9 +135,15 @@ impl Builder {
             for (file, kind) in [("host_ed25519", "ed25519"), ("host_rsa", "rsa")] {
                 ssh_keygen(&ssh.join(file), kind);
             }
+            // Test defaults, unless the test sets the key itself.
+            let mut defaults = String::new();
+            for (key, value) in [("login_grace_time", "\"10s\""), ("auth_rejection_delay", "\"100ms\"")] {
+                if !self.sftp_extra.contains(key) {
+                    defaults.push_str(&format!("{key} = {value}\n"));
+                }
+            }
             text.push_str(&format!(
-                "[sftp]\nlisten = \"127.0.0.1:0\"\nhost_keys = [{:?}, {:?}]\nlogin_grace_time = \"10s\"\n\
-                 auth_rejection_delay = \"100ms\"\n{}\n",
+                "[sftp]\nlisten = \"127.0.0.1:0\"\nhost_keys = [{:?}, {:?}]\n{defaults}{}\n",
                 ssh.join("host_ed25519"),
                 ssh.join("host_rsa"),
                 self.sftp_extra

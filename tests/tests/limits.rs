@@ -55,3 +55,19 @@ async fn connections_are_capped() {
     assert!(c.is_ok(), "a freed slot was not reused");
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_login_grace_time_ends_idle_logins() {
+    let gw = TestGateway::builder().sftp_settings("login_grace_time = \"1s\"").start().await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.sftp_addr.unwrap()).await.unwrap();
+    tcp.write_all(b"SSH-2.0-slowpoke_1.0\r\n").await.unwrap();
+    let start = Instant::now();
+    let mut sink = Vec::new();
+    // Never authenticate: the server must hang up once the grace time is over.
+    let _ = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut sink))
+        .await
+        .expect("server kept the socket");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(8), "{waited:?}");
+    assert!(sink.starts_with(b"SSH-2.0-"), "server banner expected");
+}

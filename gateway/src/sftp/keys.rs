@@ -7,8 +7,10 @@ use russh::keys::ssh_key::private::{KeypairData, RsaKeypair};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
 
-/// Smallest RSA modulus accepted for host and user keys.
+/// Smallest RSA modulus accepted for users' keys (the policy's RSA ≥ 2048).
 pub const MIN_RSA_BITS: usize = 2048;
+/// Smallest RSA modulus accepted for host keys (stricter: they outlive any one client).
+pub const MIN_HOST_RSA_BITS: usize = 3072;
 /// Size of RSA host keys generated for development.
 pub const DEV_RSA_BITS: usize = 3072;
 
