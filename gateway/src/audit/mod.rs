@@ -352,8 +352,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key_path = dir.path().join("k.key");
         CheckpointKey::generate(&key_path).unwrap();
-        let log = AuditLog::open(config(dir.path(), 1000, Duration::from_millis(100)), CheckpointKey::load(&key_path).unwrap())
-            .unwrap();
+        let log = AuditLog::open(
+            config(dir.path(), 1000, Duration::from_millis(100)),
+            CheckpointKey::load(&key_path).unwrap(),
+        )
+        .unwrap();
         log.append(AuditEntry::new(AuditEvent::Operation), true).await.unwrap();
         tokio::time::sleep(Duration::from_millis(600)).await;
         let l = lines(dir.path());
@@ -363,8 +366,9 @@ mod tests {
         assert!(log.append(AuditEntry::new(AuditEvent::Operation), false).await.is_err(), "closed log refuses");
 
         // A second run continues the same chain.
-        let log = AuditLog::open(config(dir.path(), 1000, Duration::from_secs(60)), CheckpointKey::load(&key_path).unwrap())
-            .unwrap();
+        let log =
+            AuditLog::open(config(dir.path(), 1000, Duration::from_secs(60)), CheckpointKey::load(&key_path).unwrap())
+                .unwrap();
         let seq = log.append(AuditEntry::new(AuditEvent::Operation), false).await.unwrap();
         assert_eq!(seq, 3);
         log.close().await;

@@ -66,7 +66,7 @@ pub struct AuditEntry {
     /// Negotiated SSH cipher.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ssh_cipher: Option<String>,
-    /// Negotiated SSH MAC (absent for AEAD ciphers).
+    /// Negotiated SSH MAC (`implicit` for AEAD ciphers).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ssh_mac: Option<String>,
     /// `upload`, `download`, `list`, `stat`, `delete`, …

@@ -39,7 +39,7 @@ pub struct Negotiated {
     pub kex: Option<String>,
     /// Client-to-server cipher.
     pub cipher: Option<String>,
-    /// MAC, absent for AEAD ciphers.
+    /// MAC; `implicit` for AEAD ciphers, whose tag authenticates each packet.
     pub mac: Option<String>,
 }
 
@@ -59,7 +59,7 @@ impl ClientHello {
         };
         let cipher = pick(&self.ciphers, ciphers);
         let mac = match &cipher {
-            Some(c) if is_aead(c) => None,
+            Some(c) if is_aead(c) => Some("implicit".to_owned()),
             _ => pick(&self.macs, macs),
         };
         Negotiated { kex: pick(&self.kex, kex), cipher, mac }
@@ -221,6 +221,6 @@ mod tests {
         );
         assert_eq!(n.kex.as_deref(), Some("curve25519-sha256"));
         assert_eq!(n.cipher.as_deref(), Some("chacha20-poly1305@openssh.com"));
-        assert_eq!(n.mac, None);
+        assert_eq!(n.mac.as_deref(), Some("implicit"));
     }
 }
