@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod digest;
 pub mod https;
+pub mod listener;
 pub mod path;
 pub mod secrets;
 pub mod server;

@@ -20,8 +20,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 pub use api::Api;
@@ -68,39 +66,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Reap finished connection tasks so the set does not grow.
-        while tasks.try_join_next().is_some() {}
-        let _ = tcp.set_nodelay(true);
+    let max = settings.max_connections;
+    let grace = settings.grace;
+    let mut tasks = crate::listener::accept_until(listener, max, shutdown, |tcp, peer| {
         let acceptor = acceptor.clone();
         let api = api.clone();
         let settings = settings.clone();
         let watcher = graceful.watcher();
-        tasks.spawn(async move {
-            let _permit = permit;
+        async move {
             let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -139,11 +113,11 @@ pub async fn serve(
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
-    }
-    drop(listener);
+        }
+    })
+    .await;
     tracing::info!(connections = graceful.count(), "HTTPS listener closed; draining");
-    if tokio::time::timeout(settings.grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; dropping the remaining connections");
     }
     // Connections still in their handshake or over the grace period end here; their

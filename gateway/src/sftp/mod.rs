@@ -21,8 +21,6 @@ use russh::keys::{Algorithm, PrivateKey};
 use russh::server::Config as SshConfig;
 use russh::{cipher, compression, kex, mac, Preferred, SshId};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Directory;
@@ -138,32 +136,11 @@ impl SftpFrontend {
     /// Serve until `shutdown`; then stop accepting, give sessions `grace` to finish,
     /// disconnect the rest and wait until every session has written its records.
     pub async fn serve(self, listener: TcpListener, grace: Duration, shutdown: impl Future<Output = ()>) {
-        let slots = Arc::new(Semaphore::new(self.max_connections));
         let stop = tokio_util::sync::CancellationToken::new();
-        let mut conns = JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            };
-            let (tcp, peer) = tokio::select! {
-                () = &mut shutdown => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "SFTP accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            while conns.try_join_next().is_some() {}
-            let _ = tcp.set_nodelay(true);
-            let (ssh, shared, grace_time, stop) =
-                (self.ssh.clone(), self.shared.clone(), self.login_grace, stop.clone());
-            conns.spawn(async move {
-                let _permit = permit;
+        let (ssh, shared, grace_time) = (self.ssh.clone(), self.shared.clone(), self.login_grace);
+        let mut conns = crate::listener::accept_until(listener, self.max_connections, shutdown, |tcp, peer| {
+            let (ssh, shared, stop) = (ssh.clone(), shared.clone(), stop.clone());
+            async move {
                 let wire = Arc::new(wire::WireState::default());
                 let stream = wire::WireStream::new(tcp, grace_time, wire.clone());
                 let conn = handler::SshConnection::new(shared, peer, wire);
@@ -194,9 +171,9 @@ impl SftpFrontend {
                         let _ = tokio::time::timeout(Duration::from_secs(5), &mut running).await;
                     }
                 }
-            });
-        }
-        drop(listener);
+            }
+        })
+        .await;
         let sessions = self.shared.sessions.clone();
         sessions.close();
         let drained = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
