@@ -553,7 +553,15 @@ impl Transfers {
         limit: usize,
     ) -> Result<ListPage, TransferError> {
         let key = self.authorise(who, client, Permission::List, "list", rel).await?;
-        self.operation(who, client, rel, "list", false, self.store.list(&who.tenant, &key, after, limit)).await
+        let is_home = key == who.home;
+        let listing = async {
+            match self.store.list(&who.tenant, &key, after, limit).await {
+                // Homes are implicit: before the first upload the home lists as empty.
+                Err(StorageError::NotFound) if is_home => Ok(ListPage::default()),
+                other => other,
+            }
+        };
+        self.operation(who, client, rel, "list", false, listing).await
     }
 }
 

@@ -153,6 +153,13 @@ async fn curl_round_trip_range_head_list_delete() {
 #[tokio::test]
 async fn unauthenticated_and_forbidden() {
     let gw = TestGateway::start().await;
+    // A fresh user's home lists as empty (homes are implicit), and is audited as a success.
+    let empty = gw.call("alice", "GET", "/v1/files/", Bytes::new()).await;
+    assert_eq!(empty.status, 200, "{:?}", empty.body);
+    assert_eq!(empty.json()["entries"].as_array().unwrap().len(), 0);
+    gw.wait_audit("empty home listed", |r| r["operation"] == "list" && r["result"] == "ok").await;
+    assert_eq!(gw.call("alice", "GET", "/v1/files/nothing/", Bytes::new()).await.status, 404);
+
     // Missing, malformed, wrong-secret and unknown-id tokens all look the same.
     let forged = gateway::secrets::Token::mint("alice-1").unwrap();
     let unknown = gateway::secrets::Token::mint("nobody-1").unwrap();

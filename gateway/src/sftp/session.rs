@@ -375,7 +375,6 @@ async fn open_dir(
     // The first page is fetched (and audited) now, so a missing directory fails here.
     let first = match ctx.transfers.list(&ctx.who, &ctx.client, &rel, None, READDIR_BATCH).await {
         Ok(p) => p,
-        Err(TransferError::NotFound) if rel.is_root() => Default::default(),
         Err(e) => return error_status(id, &e),
     };
     let (name, rx) = match new_handle(handles, next_handle) {
