@@ -7,8 +7,8 @@
 //! * requests on an open handle go, in arrival order, to that handle's own task (so writes
 //!   and reads of one file are processed in order, and different files in parallel);
 //! * path requests (stat, realpath, mkdir, …) run as their own tasks;
-//! * at most [`MAX_IN_FLIGHT`] requests are outstanding per session, and the reply queue is
-//!   bounded, so one session holds at most a few MiB of request data.
+//! * at most [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`] of request data are
+//!   outstanding per session, and the reply queue is bounded.
 //!
 //! Every operation goes through [`Transfers`]: permissions, confinement and audit are the
 //! same as over HTTPS. Uploads stream into storage without spooling; writes arriving out of
@@ -24,7 +24,7 @@ use russh::server::Msg;
 use russh::ChannelStream;
 use russh_sftp::extensions::LimitsExtension;
 use russh_sftp::protocol::{
-    Attrs, Data, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, StatusCode, Version,
+    Attrs, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, StatusCode, Version,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -42,6 +42,9 @@ pub const MAX_PACKET: u32 = 256 * 1024;
 pub const MAX_IO: u32 = 255 * 1024;
 /// Requests outstanding per session.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// Request bytes outstanding per session: with the reorder window, this bounds what one
+/// session holds in memory.
+pub const MAX_IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
 /// Open handles per session.
 pub const MAX_HANDLES: usize = 64;
 /// Bytes of out-of-order writes held per upload while waiting for the gap to fill.
@@ -144,9 +147,39 @@ impl HandleReq {
     }
 }
 
-type Out = mpsc::Sender<(Packet, Option<OwnedSemaphorePermit>)>;
-type HandleTx = mpsc::Sender<(HandleReq, OwnedSemaphorePermit)>;
-type HandleRx = mpsc::Receiver<(HandleReq, OwnedSemaphorePermit)>;
+/// A request's claim on the session's budget: one request slot and its size in KiB.
+/// Released when the reply is queued for sending.
+struct Slot {
+    _request: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// Encoded reply frames (length prefix included) and the in-flight slots they release.
+type Out = mpsc::Sender<(Bytes, Option<Slot>)>;
+
+/// Encode a reply; a packet that cannot be encoded becomes a plain failure status.
+fn encode(packet: Packet) -> Bytes {
+    let id = packet.get_request_id();
+    Bytes::try_from(packet)
+        .or_else(|_| Bytes::try_from(status(id, StatusCode::Failure, "reply could not be encoded")))
+        .unwrap_or_default()
+}
+
+/// An `SSH_FXP_DATA` frame built straight from the payload (one copy, instead of the two a
+/// `Packet::Data` round trip costs).
+fn data_frame(id: u32, data: &[u8]) -> Bytes {
+    const SSH_FXP_DATA: u8 = 103;
+    let mut frame = bytes::BytesMut::with_capacity(13 + data.len());
+    let body_len = u32::try_from(9 + data.len()).unwrap_or(u32::MAX);
+    frame.extend_from_slice(&body_len.to_be_bytes());
+    frame.extend_from_slice(&[SSH_FXP_DATA]);
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(data);
+    frame.freeze()
+}
+type HandleTx = mpsc::Sender<(HandleReq, Slot)>;
+type HandleRx = mpsc::Receiver<(HandleReq, Slot)>;
 
 /// Everything a request task needs.
 #[derive(Clone)]
@@ -158,8 +191,12 @@ struct Ctx {
 }
 
 impl Ctx {
-    async fn reply(&self, packet: Packet, permit: OwnedSemaphorePermit) {
-        let _ = self.out.send((packet, Some(permit))).await;
+    async fn reply(&self, packet: Packet, permit: Slot) {
+        self.reply_frame(encode(packet), permit).await;
+    }
+
+    async fn reply_frame(&self, frame: Bytes, permit: Slot) {
+        let _ = self.out.send((frame, Some(permit))).await;
     }
 
     /// Resolve a path, auditing a refusal.
@@ -177,10 +214,9 @@ impl Ctx {
 /// Serve one SFTP session until the client closes the channel.
 pub async fn run(stream: ChannelStream<Msg>, shared: Arc<SftpShared>, who: Principal, client: ClientInfo) {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (out_tx, mut out_rx) = mpsc::channel::<(Packet, Option<OwnedSemaphorePermit>)>(32);
+    let (out_tx, mut out_rx) = mpsc::channel::<(Bytes, Option<Slot>)>(32);
     let writer = tokio::spawn(async move {
-        while let Some((packet, permit)) = out_rx.recv().await {
-            let Ok(bytes) = Bytes::try_from(packet) else { continue };
+        while let Some((bytes, permit)) = out_rx.recv().await {
             if wr.write_all(&bytes).await.is_err() {
                 break;
             }
@@ -189,7 +225,8 @@ pub async fn run(stream: ChannelStream<Msg>, shared: Arc<SftpShared>, who: Princ
         let _ = wr.shutdown().await;
     });
     let ctx = Ctx { transfers: shared.transfers.clone(), who, client, out: out_tx };
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let kib = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES / 1024));
     let mut handles: HashMap<String, HandleTx> = HashMap::new();
     let mut next_handle = 0u64;
     let mut tasks = JoinSet::new();
@@ -208,11 +245,14 @@ pub async fn run(stream: ChannelStream<Msg>, shared: Arc<SftpShared>, who: Princ
         let packet = match Packet::try_from(&mut raw) {
             Ok(p) => p,
             Err(_) => {
-                let _ = ctx.out.send((status(id, StatusCode::OpUnsupported, "unsupported request"), None)).await;
+                let _ =
+                    ctx.out.send((encode(status(id, StatusCode::OpUnsupported, "unsupported request")), None)).await;
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Ok(request) = requests.clone().acquire_owned().await else { break };
+        let Ok(bytes) = kib.clone().acquire_many_owned(1 + len / 1024).await else { break };
+        let permit = Slot { _request: request, _bytes: bytes };
         while tasks.try_join_next().is_some() {}
         dispatch(packet, permit, &ctx, &mut handles, &mut next_handle, &mut tasks).await;
     }
@@ -226,7 +266,7 @@ pub async fn run(stream: ChannelStream<Msg>, shared: Arc<SftpShared>, who: Princ
 
 async fn dispatch(
     packet: Packet,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
     ctx: &Ctx,
     handles: &mut HashMap<String, HandleTx>,
     next_handle: &mut u64,
@@ -473,7 +513,10 @@ async fn read_task(mut rx: HandleRx, mut reader: ReadSession, ctx: Ctx) {
     while let Some((req, permit)) = rx.recv().await {
         let reply = match req {
             HandleReq::Read { id, offset, len } => match reader.read_at(offset, len.min(MAX_IO) as usize).await {
-                Ok(Some(data)) => Packet::Data(Data { id, data: data.to_vec() }),
+                Ok(Some(data)) => {
+                    ctx.reply_frame(data_frame(id, &data), permit).await;
+                    continue;
+                }
                 Ok(None) => status(id, StatusCode::Eof, "end of file"),
                 Err(e) => error_status(id, &e),
             },
