@@ -223,6 +223,7 @@ listen = "127.0.0.1:0"
 [sftp]
 listen = "127.0.0.1:$1"
 max_connections = 1000
+connection_rate_per_source = 0
 
 [storage]
 backend = "local"

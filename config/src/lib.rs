@@ -197,6 +197,11 @@ pub struct SftpConfig {
     pub idle_timeout: Duration,
     /// Cap on concurrent SSH connections, to bound resource use (default 256, 1 to 100000).
     pub max_connections: usize,
+    /// New connections per second accepted from one source address (and at most that many
+    /// at once),
+    /// against floods of expensive key exchanges (DHEat, CVE-2002-20001); 0 = unlimited
+    /// (default 10, at most 10000).
+    pub connection_rate_per_source: u32,
 }
 
 /// SSH algorithm names offered to clients, each list in preference order.

@@ -572,6 +572,7 @@ fn sftp_defaults() {
     assert_eq!(sftp.auth_rejection_delay, Duration::from_secs(1));
     assert_eq!(sftp.idle_timeout, Duration::from_secs(600));
     assert_eq!(sftp.max_connections, 256);
+    assert_eq!(sftp.connection_rate_per_source, 10);
     assert_eq!(sftp.algorithms, SshAlgorithms::defaults());
     // The defaults, in preference order.
     let d = SshAlgorithms::defaults();

@@ -35,6 +35,7 @@ const SFTP_KEYS: &[&str] = &[
     "auth_rejection_delay",
     "idle_timeout",
     "max_connections",
+    "connection_rate_per_source",
 ];
 const USER_KEYS: &[&str] = &["name", "tenant", "home", "permissions", "tokens", "authorized_keys", "password_hash"];
 const TOKEN_KEYS: &[&str] = &["id", "sha256"];
@@ -406,6 +407,8 @@ impl Ctx<'_> {
         let idle_timeout = self.positive_duration(t, P, "idle_timeout", Duration::from_secs(600));
         let max_connections =
             usize::try_from(self.bounded(t, P, "max_connections", (1, MAX_SFTP_CONNECTIONS), 256)).unwrap_or(256);
+        let connection_rate_per_source =
+            u32::try_from(self.bounded(t, P, "connection_rate_per_source", (0, 10_000), 10)).unwrap_or(10);
         SftpConfig {
             listen,
             host_keys,
@@ -415,6 +418,7 @@ impl Ctx<'_> {
             auth_rejection_delay,
             idle_timeout,
             max_connections,
+            connection_rate_per_source,
         }
     }
 

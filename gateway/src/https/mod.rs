@@ -69,7 +69,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let max = settings.max_connections;
     let grace = settings.grace;
-    let mut tasks = crate::listener::accept_until(listener, max, shutdown, |tcp, peer| {
+    let mut tasks = crate::listener::accept_until(listener, max, None, shutdown, |tcp, peer| {
         let acceptor = acceptor.clone();
         let api = api.clone();
         let settings = settings.clone();

@@ -46,6 +46,7 @@ pub struct SftpFrontend {
     shared: Arc<SftpShared>,
     login_grace: Duration,
     max_connections: usize,
+    connection_rate: u32,
     /// Fingerprint lines of the host keys, as `ssh-keygen -l` prints them.
     pub host_key_lines: Vec<String>,
 }
@@ -129,6 +130,7 @@ impl SftpFrontend {
             }),
             login_grace: config.login_grace_time,
             max_connections: config.max_connections,
+            connection_rate: config.connection_rate_per_source,
             host_key_lines,
         })
     }
@@ -138,7 +140,8 @@ impl SftpFrontend {
     pub async fn serve(self, listener: TcpListener, grace: Duration, shutdown: impl Future<Output = ()>) {
         let stop = tokio_util::sync::CancellationToken::new();
         let (ssh, shared, grace_time) = (self.ssh.clone(), self.shared.clone(), self.login_grace);
-        let mut conns = crate::listener::accept_until(listener, self.max_connections, shutdown, |tcp, peer| {
+        let limit = crate::listener::SourceRateLimit::new(self.connection_rate);
+        let mut conns = crate::listener::accept_until(listener, self.max_connections, limit, shutdown, |tcp, peer| {
             let (ssh, shared, stop) = (ssh.clone(), shared.clone(), stop.clone());
             async move {
                 let wire = Arc::new(wire::WireState::default());
