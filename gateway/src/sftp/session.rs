@@ -47,7 +47,8 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
 /// Open handles per session.
 pub const MAX_HANDLES: usize = 64;
-/// Bytes of out-of-order writes held per upload while waiting for the gap to fill.
+/// How far ahead of the sequential position a write may land, and how many bytes of such
+/// writes are held per upload while waiting for the gap to fill.
 pub const REORDER_WINDOW: usize = 8 * 1024 * 1024;
 /// Entries per `readdir` reply.
 const READDIR_BATCH: usize = 128;
@@ -453,6 +454,7 @@ async fn upload_task(mut rx: HandleRx, mut upload: Upload, ctx: Ctx) {
                         }
                     }
                 } else if offset > next
+                    && offset - next <= REORDER_WINDOW as u64
                     && pending_bytes + data.len() <= REORDER_WINDOW
                     && !pending.contains_key(&offset)
                 {
