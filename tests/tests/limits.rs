@@ -71,3 +71,87 @@ async fn ssh_login_grace_time_ends_idle_logins() {
     assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(8), "{waited:?}");
     assert!(sink.starts_with(b"SSH-2.0-"), "server banner expected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_auth_attempts_are_capped_and_each_rejection_is_delayed() {
+    let gw =
+        TestGateway::builder().sftp_settings("max_auth_attempts = 3\nauth_rejection_delay = \"700ms\"").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = vec![
+        "-o".into(),
+        "StrictHostKeyChecking=no".into(),
+        "-o".into(),
+        "UserKnownHostsFile=/dev/null".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-P".into(),
+        gw.sftp_port().to_string(),
+    ];
+    for i in 0..6 {
+        let key = dir.path().join(format!("wrong{i}"));
+        gateway_e2e::ssh_keygen(&key, "ed25519");
+        args.push("-i".into());
+        args.push(key.display().to_string());
+    }
+    let start = Instant::now();
+    let out = tokio::process::Command::new("sftp")
+        .args(&args)
+        .arg("-b")
+        .arg("/dev/null")
+        .arg("alice@127.0.0.1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let waited = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "wrong keys must not log in");
+    let failures: Vec<_> =
+        gw.audit().into_iter().filter(|r| r["event"] == "auth_failure" && r["user"] == "alice").collect();
+    // Six keys offered, but the server stops after three failed attempts.
+    assert!(!failures.is_empty() && failures.len() <= 3, "{} failures recorded: {failures:#?}", failures.len());
+    assert!(failures.iter().all(|r| r["credential_id"].as_str().unwrap_or("").starts_with("SHA256:")));
+    // Each rejection waits the configured delay.
+    assert!(
+        waited >= Duration::from_millis(700 * failures.len() as u64),
+        "{waited:?} for {} rejections",
+        failures.len()
+    );
+    assert!(stderr.contains("Too many authentication") || stderr.contains("Permission denied"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_ssh_sessions_are_closed() {
+    use tokio::io::AsyncBufReadExt;
+    let gw = TestGateway::builder().sftp_settings("idle_timeout = \"2s\"").start().await;
+    // An authenticated sftp session that never sends a command (stdin stays open; the sftp
+    // client itself only notices the closed connection at its next command, so the test
+    // watches for ssh's own report of the server closing it).
+    let mut child = tokio::process::Command::new("sftp")
+        .args(gw.ssh_options("alice"))
+        .arg("alice@127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    gw.wait_audit("login", |r| r["event"] == "auth_success" && r["user"] == "alice").await;
+    let start = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("closed by remote host") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "the server did not close the idle session");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10), "{waited:?}");
+}
