@@ -853,3 +853,63 @@ async fn out_of_order_writes_are_reordered_and_far_ones_refused() {
     let failed = gw.wait_audit("far upload failed", |r| s(r, "event") == "failed" && s(r, "path") == "far.bin").await;
     assert!(s(&failed, "error").contains("reorder window"), "{failed:#}");
 }
+
+/// Malformed SFTP traffic, sent raw over an authenticated channel: every packet gets a
+/// status or the session ends; the server survives and keeps serving.
+const GARBAGE_SCRIPT: &str = r#"
+import json, os, random, struct, sys, paramiko
+host, port, user, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+random.seed(7)
+t = paramiko.Transport((host, port))
+t.connect(username=user, pkey=paramiko.PKey.from_path(key))
+replies = 0
+def session():
+    ch = t.open_session()
+    ch.settimeout(5)
+    ch.invoke_subsystem("sftp")
+    ch.sendall(struct.pack(">IBI", 5, 1, 3))  # INIT v3
+    ch.recv(65536)
+    return ch
+ch = session()
+for i in range(300):
+    kind = random.choice([3, 4, 5, 6, 7, 8, 11, 12, 16, 17, 18, 20, 200, 0, 255])
+    body = bytes([kind]) + os.urandom(random.choice([0, 1, 3, 4, 9, 40, 300]))
+    if random.random() < 0.3:
+        # a string length that lies about what follows
+        body = bytes([kind]) + struct.pack(">II", i, 0xFFFFFFF0) + b"abc"
+    try:
+        ch.sendall(struct.pack(">I", len(body)) + body)
+        data = ch.recv(65536)
+        if data:
+            replies += 1
+        else:
+            ch = session()
+    except Exception:
+        ch = session()
+# Lies about the packet length itself end the session, not the server.
+try:
+    ch.sendall(struct.pack(">I", 0x7FFFFFFF) + b"x" * 10)
+    ch.recv(10)
+except Exception:
+    pass
+sftp = paramiko.SFTPClient.from_transport(t)
+print(json.dumps({"replies": replies, "listing": sftp.listdir(".")}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sftp_packets_get_answers_and_break_nothing() {
+    let gw = TestGateway::builder().sftp().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("garbage.py");
+    std::fs::write(&script, GARBAGE_SCRIPT).unwrap();
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(&script).arg("127.0.0.1").arg(gw.sftp_port().to_string()).arg("alice").arg(&gw.user_keys["alice"]);
+    let (ok, out, err) = run(cmd, None).await;
+    assert!(ok, "garbage client failed:\n{err}\n{out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(v["replies"].as_u64().unwrap() >= 200, "{v}");
+    assert_eq!(v["listing"], serde_json::json!([]));
+    // The gateway still serves other clients afterwards.
+    let (ok, text) = gw.sftp_batch("bob", "ls\n", &[]).await;
+    assert!(ok, "{text}");
+}
