@@ -461,24 +461,24 @@ impl TestGateway {
         self.sftp_addr.expect("started with .sftp()").port()
     }
 
+    /// OpenSSH client options for this gateway, without an identity: no host key prompts,
+    /// no agent, only the identities named with `-i`.
+    pub fn ssh_base_options(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        for opt in ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes", "IdentitiesOnly=yes"] {
+            o.push("-o".into());
+            o.push(opt.into());
+        }
+        o.push("-P".into());
+        o.push(self.sftp_port().to_string());
+        o
+    }
+
     /// Common OpenSSH client options for talking to this gateway as `user`.
     pub fn ssh_options(&self, user: &str) -> Vec<String> {
-        vec![
-            "-o".into(),
-            "StrictHostKeyChecking=no".into(),
-            "-o".into(),
-            "UserKnownHostsFile=/dev/null".into(),
-            "-o".into(),
-            "BatchMode=yes".into(),
-            "-o".into(),
-            "IdentitiesOnly=yes".into(),
-            "-o".into(),
-            "LogLevel=ERROR".into(),
-            "-i".into(),
-            self.user_keys[user].display().to_string(),
-            "-P".into(),
-            self.sftp_port().to_string(),
-        ]
+        let mut o = self.ssh_base_options();
+        o.extend(["-o".into(), "LogLevel=ERROR".into(), "-i".into(), self.user_keys[user].display().to_string()]);
+        o
     }
 
     /// Run OpenSSH `sftp -b -` with `batch` on stdin as `user`; returns (success, stdout+stderr).

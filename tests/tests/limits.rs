@@ -77,18 +77,7 @@ async fn ssh_auth_attempts_are_capped_and_each_rejection_is_delayed() {
     let gw =
         TestGateway::builder().sftp_settings("max_auth_attempts = 3\nauth_rejection_delay = \"700ms\"").start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut args: Vec<String> = vec![
-        "-o".into(),
-        "StrictHostKeyChecking=no".into(),
-        "-o".into(),
-        "UserKnownHostsFile=/dev/null".into(),
-        "-o".into(),
-        "BatchMode=yes".into(),
-        "-o".into(),
-        "IdentitiesOnly=yes".into(),
-        "-P".into(),
-        gw.sftp_port().to_string(),
-    ];
+    let mut args = gw.ssh_base_options();
     for i in 0..6 {
         let key = dir.path().join(format!("wrong{i}"));
         gateway_e2e::ssh_keygen(&key, "ed25519");
