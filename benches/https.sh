@@ -19,6 +19,8 @@
 # Only 127.0.0.1 is used; the gateway binds port 0, nginx a free ephemeral port chosen at
 # run time. Everything started here is stopped, and the temporary directory removed, on exit.
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # shared helpers (die, stop_pid, ...)
 
 BIG=${BIG:-1024}
 SMALL=${SMALL:-64}
@@ -40,7 +42,6 @@ extra=""
 echo "command: ${extra}BIG=$BIG SMALL=$SMALL RUNS=$RUNS WARMUP=$WARMUP bash benches/https.sh${*:+ $*}   (cwd $ROOT)"
 echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 
-die() { echo "error: $*" >&2; exit 1; }
 for v in BIG SMALL RUNS CURL_MAX_TIME; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
@@ -74,17 +75,6 @@ T=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/gw-https-bench.XXXXXX")
 GW_PID=""
 NG_PID=""
 
-stop_pid() { # stop_pid PID: SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL
-    local pid=$1 i
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     set +e
     stop_pid "$GW_PID"; GW_PID=""
@@ -107,29 +97,7 @@ echo "temp:    $T (filesystem $(df -P "$T" | awk 'NR == 2 { print $1 }'))"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average at start; other work on the machine skews the figures)"
 
 # ---------------------------------------------------------------------------- helpers
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { # cpu_ticks PID...: utime + stime (all threads) of the given processes
-    local sum=0 p f
-    for p in "$@"; do
-        f=$(cut -d')' -f2- "/proc/$p/stat" 2>/dev/null) || continue
-        # fields after "(comm)": state=1 ... utime=12 stime=13
-        sum=$(( sum + $(awk '{ print $12 + $13 }' <<<"$f") ))
-    done
-    echo "$sum"
-}
-vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }   # vm_kib PID VmHWM
-mb() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1e6 }'; }               # bytes/s -> MB/s
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }             # KiB -> MiB
-
-free_port() { # a free TCP port in the kernel's ephemeral range
-    local lo hi p i
-    read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
-    for ((i = 0; i < 100; i++)); do
-        p=$(( lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1) ))
-        if [[ -z $(ss -Hltn "sport = :$p" 2>/dev/null) ]]; then echo "$p"; return 0; fi
-    done
-    die "no free port found"
-}
+# CLK_TCK, stat_fields, cpu_ticks, vm_kib, mb, mib, free_port, median, vals, ratio: benches/lib.sh
 
 # ---------------------------------------------------------------------------- gateway
 GW_DATA=$T/gw-data
@@ -318,8 +286,6 @@ transfer() {
     CPU=$(awk -v t=$((after - before)) -v h="$CLK_TCK" 'BEGIN { printf "%.2f", t / h }')
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
 # ---------------------------------------------------------------------------- throughput runs
 # Reference: the disk itself (write BIG through the page cache, then sync), no TLS, no server.
 sync
@@ -384,8 +350,6 @@ done
 echo
 echo "== summary (${BIG} MiB, ${RUNS} rounds; curl over HTTP/1.1, TLS 1.3 TLS_AES_256_GCM_SHA384, 127.0.0.1)"
 echo "   med = median, best = fastest round, CPU s = server CPU seconds for the whole transfer (lowest is the least disturbed)"
-vals() { tr ' ' '\n' <<<"$1" | grep .; }
-ratio() { awk -v g="$1" -v n="$2" 'BEGIN { printf "%.2fx", g / n }'; }
 printf '| %-4s | %8s | %8s | %9s | %9s | %9s | %10s | %11s | %11s |\n' op "gw med" "ngx med" "gw/ngx" "gw best" "ngx best" "gw/ngx" "gw CPU s" "ngx CPU s"
 printf '| %-4s | %8s | %8s | %9s | %9s | %9s | %10s | %11s | %11s |\n' "" "MB/s" "MB/s" "med" "MB/s" "MB/s" "best" "med (min)" "med (min)"
 printf '|------|----------|----------|-----------|-----------|-----------|------------|-------------|-------------|\n'

@@ -25,6 +25,8 @@
 # (retried if taken meanwhile). Everything started here (servers, sftp clients) is stopped,
 # and the temporary directory removed, on exit.
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # shared helpers (die, stop_pid, ...)
 
 BIG=${BIG:-1024}
 RUNS=${RUNS:-3}
@@ -53,7 +55,6 @@ extra=""
 echo "command: ${extra}BIG=$BIG RUNS=$RUNS WARMUP=$WARMUP SESSIONS=$SESSIONS bash benches/sftp.sh${*:+ $*}   (cwd $ROOT)"
 echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 
-die() { echo "error: $*" >&2; exit 1; }
 for v in BIG RUNS SESSION_BATCH XFER_MAX_TIME; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
@@ -94,17 +95,6 @@ CLIENT_PIDS=()
 IDLE_FD=""
 MADE_RUN_SSHD=0
 
-stop_pid() { # stop_pid PID: SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL
-    local pid=$1 i
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 descendants() { # descendants PID: all processes below PID (not PID itself), from one ps snapshot
     ps -e -o pid=,ppid= | awk -v root="$1" '
         { kids[$2] = kids[$2] " " $1 }
@@ -162,22 +152,12 @@ echo "temp:    $T (filesystem $(df -P "$T" | awk 'NR == 2 { print $1 }'))"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average at start; other work on the machine skews the figures)"
 
 # ---------------------------------------------------------------------------- helpers
-CLK_TCK=$(getconf CLK_TCK)
-stat_fields() { cut -d')' -f2- "/proc/$1/stat" 2>/dev/null; }   # fields after "(comm)": state=1 ... utime=12 stime=13 cutime=14 cstime=15
-cpu_ticks() { # cpu_ticks PID...: utime + stime (all threads) of the given live processes
-    local sum=0 p f
-    for p in "$@"; do
-        f=$(stat_fields "$p") || continue
-        sum=$((sum + $(awk '{ print $12 + $13 }' <<<"$f")))
-    done
-    echo "$sum"
-}
+# CLK_TCK, stat_fields, cpu_ticks, vm_kib, mb, mib, free_port, median, vals, ratio: benches/lib.sh
 tree_ticks() { # tree_ticks PID: utime + stime of PID plus cutime + cstime (its reaped descendants)
     local f
     f=$(stat_fields "$1") || die "process $1 is gone"
     awk '{ print $12 + $13 + $14 + $15 }' <<<"$f"
 }
-vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; }   # vm_kib PID VmHWM
 pss_kib() { awk '$1 == "Pss:" { print $2 }' "/proc/$1/smaps_rollup" 2>/dev/null || true; }
 sum_kib() { # sum_kib FIELD PID...: sum of VmHWM/VmRSS (or Pss) over processes
     local field=$1 sum=0 p v
@@ -188,19 +168,7 @@ sum_kib() { # sum_kib FIELD PID...: sum of VmHWM/VmRSS (or Pss) over processes
     done
     echo "$sum"
 }
-mb() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1e6 }'; }     # bytes/s -> MB/s
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }   # KiB -> MiB
 now() { date +%s.%N; }
-
-free_port() { # a free TCP port in the kernel's ephemeral range
-    local lo hi p i
-    read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
-    for ((i = 0; i < 100; i++)); do
-        p=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
-        if [[ -z $(ss -Hltn "sport = :$p" 2>/dev/null) ]]; then echo "$p"; return 0; fi
-    done
-    die "no free port found"
-}
 
 # ---------------------------------------------------------------------------- keys
 ssh-keygen -q -t ed25519 -N '' -C bench-client -f "$T/client_key"
@@ -430,9 +398,6 @@ transfer() {
     fi
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-vals() { tr ' ' '\n' <<<"$1" | grep .; }
-ratio() { awk -v g="$1" -v n="$2" 'BEGIN { printf "%.2fx", g / n }'; }
 per_gib() { awk -v c="$1" -v m="$BIG" 'BEGIN { printf "%.2f", c * 1024 / m }'; }   # CPU s per transfer -> per GiB
 short() { sed 's/@openssh.com//; s/-poly1305//' <<<"$1"; }
 

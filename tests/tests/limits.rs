@@ -144,3 +144,28 @@ async fn idle_ssh_sessions_are_closed() {
     let waited = start.elapsed();
     assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10), "{waited:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_disconnects_idle_ssh_sessions_after_the_grace_period() {
+    let mut gw = TestGateway::builder().sftp().grace("1s").start().await;
+    let mut child = tokio::process::Command::new("sftp")
+        .args(gw.ssh_options("alice"))
+        .arg("alice@127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take();
+    gw.wait_audit("login", |r| r["event"] == "auth_success" && r["user"] == "alice").await;
+    let start = Instant::now();
+    gw.trigger_shutdown();
+    gw.join().await;
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "{took:?}");
+    let trail = gw.audit();
+    assert_eq!(trail.last().unwrap()["event"], "checkpoint", "final checkpoint after the SFTP drain");
+    gateway::audit::verify::verify_trail(&gw.audit_path, &Default::default()).unwrap();
+    let _ = child.start_kill();
+}
