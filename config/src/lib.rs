@@ -19,6 +19,7 @@
 
 mod duration;
 mod edit;
+mod size;
 mod ssh;
 mod text;
 mod walk;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 pub use duration::parse_duration;
 pub use edit::add_authorized_key;
+pub use size::parse_size;
 
 /// Parses configuration text leniently, so callers see every problem at once.
 ///
@@ -241,6 +243,9 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// Directory holding tenant keys by default (default `data_dir/keys`).
     pub keys_dir: PathBuf,
+    /// Largest object a client may upload, in bytes: bounds what one transfer can take
+    /// from the disk (`max_object_size`, default "64GiB", at least 1B).
+    pub max_object_size: u64,
 }
 
 /// Storage backends; an enum so each backend carries exactly its own settings.

@@ -20,7 +20,7 @@ const TOP_KEYS: &[&str] =
     &["mode", "data_dir", "shutdown_grace", "https", "sftp", "storage", "audit", "tenants", "users", "development"];
 const HTTPS_KEYS: &[&str] =
     &["listen", "tls_profile", "cert", "key", "handshake_timeout", "idle_timeout", "max_connections", "hsts_max_age"];
-const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir"];
+const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir", "max_object_size"];
 const AUDIT_KEYS: &[&str] = &["path", "signing_key", "checkpoint_every_records", "checkpoint_interval"];
 const TENANT_KEYS: &[&str] = &["name", "key_file"];
 const SFTP_KEYS: &[&str] = &[
@@ -263,6 +263,32 @@ impl Ctx<'_> {
         }
     }
 
+    /// A byte size such as "64GiB", at least one byte.
+    fn size(&mut self, table: &Table, path: &str, key: &str, default: u64) -> u64 {
+        let here = child(path, key);
+        match table.get(key) {
+            None => default,
+            Some(Value::String(s)) => match crate::size::parse_size(s) {
+                Ok(0) => {
+                    self.err(&here, "must be at least 1B");
+                    default
+                }
+                Ok(n) => n,
+                Err(message) => {
+                    self.err(&here, message);
+                    default
+                }
+            },
+            Some(other) => {
+                self.err(
+                    &here,
+                    format!("expected a size string, {}; found {}", crate::size::SIZE_FORMAT, type_name(other)),
+                );
+                default
+            }
+        }
+    }
+
     /// A duration that must be strictly positive (timeouts, intervals).
     fn positive_duration(&mut self, table: &Table, path: &str, key: &str, default: Duration) -> Duration {
         let value = self.duration(table, path, key, default);
@@ -492,7 +518,8 @@ impl Ctx<'_> {
             }
         };
         let keys_dir = self.path(t, P, "keys_dir").unwrap_or_else(|| data_dir.join("keys"));
-        StorageConfig { backend, keys_dir }
+        let max_object_size = self.size(t, P, "max_object_size", 64 << 30);
+        StorageConfig { backend, keys_dir, max_object_size }
     }
 
     fn audit(&mut self, t: &Table, data_dir: &std::path::Path) -> AuditConfig {

@@ -260,7 +260,7 @@ impl Gateway {
             TlsProfile::Intermediate => CipherProfile::Intermediate,
         };
         let tls = gateway_certs::server_config(profile, cert.clone()).map_err(|e| StartupError(vec![e.to_string()]))?;
-        let transfers = Transfers::new(Arc::new(store), audit.clone());
+        let transfers = Transfers::new(Arc::new(store), audit.clone(), config.storage.max_object_size);
         let directory = Arc::new(directory);
         let sftp = match &config.sftp {
             Some(sftp) => Some(

@@ -160,6 +160,12 @@ pub enum TransferError {
     /// The client's body stream failed, was cut short or stalled.
     #[error("{0}")]
     Client(String),
+    /// The upload is larger than the configured maximum; nothing was stored.
+    #[error("object larger than the maximum of {max} bytes; nothing was stored")]
+    TooLarge {
+        /// `storage.max_object_size`.
+        max: u64,
+    },
     /// The audit trail could not be written, so the operation did not happen.
     #[error("audit trail unavailable")]
     Audit(#[from] AuditError),
@@ -210,6 +216,7 @@ pub struct Receipt {
 pub struct Transfers {
     store: Arc<dyn ObjectStore>,
     audit: AuditLog,
+    max_object_size: u64,
 }
 
 impl std::fmt::Debug for Transfers {
@@ -227,9 +234,14 @@ fn elapsed_ms(since: Instant) -> u64 {
 }
 
 impl Transfers {
-    /// The transfer path over a store and an audit trail.
-    pub fn new(store: Arc<dyn ObjectStore>, audit: AuditLog) -> Transfers {
-        Transfers { store, audit }
+    /// The transfer path over a store and an audit trail; uploads stop at `max_object_size`.
+    pub fn new(store: Arc<dyn ObjectStore>, audit: AuditLog, max_object_size: u64) -> Transfers {
+        Transfers { store, audit, max_object_size }
+    }
+
+    /// Largest object an upload may create.
+    pub fn max_object_size(&self) -> u64 {
+        self.max_object_size
     }
 
     /// The audit trail, for frontends' authentication records.
@@ -310,6 +322,7 @@ impl Transfers {
         let mut upload = Upload {
             writer: None,
             bytes: 0,
+            max: self.max_object_size,
             started: Instant::now(),
             audit: self.audit.clone(),
             base,
@@ -569,6 +582,7 @@ impl Transfers {
 pub struct Upload {
     writer: Option<Box<dyn ObjectWriter>>,
     bytes: u64,
+    max: u64,
     started: Instant,
     audit: AuditLog,
     base: AuditEntry,
@@ -609,6 +623,14 @@ impl Upload {
 
     /// Append bytes. On a storage error the upload is already failed and audited.
     pub async fn write(&mut self, data: Bytes) -> Result<(), TransferError> {
+        if self.writer.is_none() {
+            return Err(TransferError::Storage("upload already finished".into()));
+        }
+        if self.bytes.saturating_add(data.len() as u64) > self.max {
+            let e = TransferError::TooLarge { max: self.max };
+            self.record_failure(&e).await;
+            return Err(e);
+        }
         let Some(writer) = self.writer.as_mut() else {
             return Err(TransferError::Storage("upload already finished".into()));
         };

@@ -35,6 +35,7 @@ pub struct Builder {
     sftp_extra: String,
     extra_keys: Vec<(&'static str, &'static str)>,
     https_extra: String,
+    storage_extra: String,
 }
 
 impl Default for Builder {
@@ -52,6 +53,7 @@ impl Default for Builder {
             sftp: false,
             sftp_extra: String::new(),
             https_extra: String::new(),
+            storage_extra: String::new(),
             extra_keys: Vec::new(),
         }
     }
@@ -78,6 +80,12 @@ impl Builder {
     /// Ed25519 client key per user (made with `ssh-keygen`).
     pub fn sftp(mut self) -> Self {
         self.sftp = true;
+        self
+    }
+    /// Lines for a `[storage]` section (e.g. `max_object_size = "1MiB"`).
+    pub fn storage_settings(mut self, lines: &str) -> Self {
+        self.storage_extra.push_str(lines);
+        self.storage_extra.push('\n');
         self
     }
     /// Extra lines for the `[https]` section (e.g. `max_connections = 2`).
@@ -112,7 +120,7 @@ impl Builder {
         tenants.dedup();
         let mut text = format!(
             "mode = \"production\"\ndata_dir = {:?}\nshutdown_grace = {:?}\n\n[https]\nlisten = \"127.0.0.1:0\"\n\
-             tls_profile = {:?}\ncert = {:?}\nkey = {:?}\nidle_timeout = {:?}\n{}\n[audit]\ncheckpoint_every_records = {}\n\n",
+             tls_profile = {:?}\ncert = {:?}\nkey = {:?}\nidle_timeout = {:?}\n{}\n[storage]\n{}\n[audit]\ncheckpoint_every_records = {}\n\n",
             root.join("data"),
             self.grace,
             self.profile,
@@ -120,6 +128,7 @@ impl Builder {
             pki.server_key,
             self.idle,
             self.https_extra,
+            self.storage_extra,
             self.checkpoint_every,
         );
         for t in &tenants {

@@ -290,7 +290,14 @@ impl Api {
                 )
             }
         };
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         let mut upload = self.transfers.begin_upload(who, client, &rel).await?;
+        let max = self.transfers.max_object_size();
+        if declared.is_some_and(|len| len > max) {
+            // Refused before reading a byte of the body (still audited: started + failed).
+            return Err(upload.fail(TransferError::TooLarge { max }).await.into());
+        }
         let mut body = req.into_body();
         loop {
             let frame = match tokio::time::timeout(self.body_idle_timeout, body.frame()).await {

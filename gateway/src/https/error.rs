@@ -86,6 +86,7 @@ impl From<TransferError> for ApiError {
             ),
             TransferError::Storage(_) => ApiError::new(S::INTERNAL_SERVER_ERROR, "storage_error", "storage failure"),
             TransferError::Client(m) => ApiError::new(S::BAD_REQUEST, "bad_request_body", m),
+            TransferError::TooLarge { .. } => ApiError::new(S::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
             TransferError::Audit(_) => ApiError::new(
                 S::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
