@@ -282,3 +282,58 @@ fn development_first_run_generates_material_and_shuts_down_cleanly() {
         assert!(last.contains("\"checkpoint\""));
     }
 }
+
+fn keygen(path: &Path, args: &[&str]) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-C", "partner@example"])
+        .args(args)
+        .arg("-f")
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn users_add_key_edits_the_config_and_refuses_weak_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        "# operators' comment kept\nmode = \"production\"\n[[tenants]]\nname = \"acme\"\n\
+         [[users]]\nname = \"alice\"\ntenant = \"acme\"\nhome = \"/alice\"\npermissions = [\"all\"]\n",
+    )
+    .unwrap();
+    let good = dir.path().join("id_ed25519");
+    keygen(&good, &["-t", "ed25519"]);
+    let out = gateway()
+        .args(["users", "add-key", "--config"])
+        .arg(&config)
+        .arg("alice")
+        .arg(good.with_extension("pub"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("SHA256:"), "{}", text(&out));
+    let edited = std::fs::read_to_string(&config).unwrap();
+    assert!(edited.contains("# operators' comment kept"));
+    let (cfg, errors) = gateway_config::parse(&edited, "edited");
+    assert!(errors.is_empty(), "{errors:?}");
+    let pub_line = std::fs::read_to_string(good.with_extension("pub")).unwrap();
+    assert_eq!(cfg.users[0].authorized_keys, [pub_line.trim().to_owned()]);
+
+    // The same key twice, an unknown user and a 1024-bit RSA key are refused; the file is unchanged.
+    let weak = dir.path().join("id_rsa1024");
+    keygen(&weak, &["-t", "rsa", "-b", "1024"]);
+    for (user, key, why) in [
+        ("alice", good.with_extension("pub"), "already"),
+        ("mallory", good.with_extension("pub"), "mallory"),
+        ("alice", weak.with_extension("pub"), "1024"),
+    ] {
+        let out = gateway().args(["users", "add-key", "--config"]).arg(&config).arg(user).arg(&key).output().unwrap();
+        assert!(!out.status.success(), "{user} {key:?} accepted");
+        assert!(text(&out).contains(why), "expected {why:?} in: {}", text(&out));
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
+    }
+}
