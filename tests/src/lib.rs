@@ -146,7 +146,13 @@ impl Builder {
             }
             // Test defaults, unless the test sets the key itself.
             let mut defaults = String::new();
-            for (key, value) in [("login_grace_time", "\"10s\""), ("auth_rejection_delay", "\"100ms\"")] {
+            // The connection rate limit is off unless a test turns it on: tests open many
+            // sessions from one address in quick succession.
+            for (key, value) in [
+                ("login_grace_time", "\"10s\""),
+                ("auth_rejection_delay", "\"100ms\""),
+                ("connection_rate_per_source", "0"),
+            ] {
                 if !self.sftp_extra.contains(key) {
                     defaults.push_str(&format!("{key} = {value}\n"));
                 }

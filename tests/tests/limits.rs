@@ -213,3 +213,29 @@ async fn uploads_larger_than_max_object_size_are_refused() {
     }
     assert_eq!(gw.staging_files(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_connection_floods_from_one_source_are_cut_off() {
+    let gw = TestGateway::builder().sftp_settings("connection_rate_per_source = 5").start().await;
+    let addr = gw.sftp_addr.unwrap();
+    // 15 connections at once: a burst of 5 gets a banner, the rest are closed unanswered.
+    let mut banners = 0;
+    let mut conns = Vec::new();
+    for _ in 0..15 {
+        conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    for mut c in conns {
+        let mut buf = [0u8; 8];
+        let got = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
+        if matches!(got, Ok(Ok(n)) if n > 0 && buf.starts_with(b"SSH-2.0")) {
+            banners += 1;
+        }
+    }
+    assert!((5..=7).contains(&banners), "{banners} of 15 connections were served");
+    // After a pause the source may connect again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.unwrap().unwrap();
+    assert!(n > 0 && buf.starts_with(b"SSH-2.0"));
+}

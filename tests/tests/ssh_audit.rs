@@ -84,7 +84,9 @@ fn names(report: &Value, section: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_audit_finds_no_failures_and_only_the_pq_warning() {
-    let gw = TestGateway::builder().sftp().start().await;
+    // The product default rate limit (10 new connections per second per source), which
+    // ssh-audit's DHEat test must see.
+    let gw = TestGateway::builder().sftp_settings("connection_rate_per_source = 10").start().await;
     let (report, pretty) = audit_json(&gw).await;
     let found = problems(&report);
     assert!(found.is_empty(), "ssh-audit findings:\n  {}\n\nfull report:\n{pretty}", found.join("\n  "));
@@ -119,7 +121,10 @@ async fn ssh_audit_finds_no_failures_and_only_the_pq_warning() {
     }
 
     // Post-quantum only (README): no warnings at all.
-    let pq = TestGateway::builder().sftp_settings("kex = [\"mlkem768x25519-sha256\"]\n").start().await;
+    let pq = TestGateway::builder()
+        .sftp_settings("kex = [\"mlkem768x25519-sha256\"]\nconnection_rate_per_source = 10")
+        .start()
+        .await;
     let (report, pretty) = audit_json(&pq).await;
     let found = problems(&report);
     assert!(found.is_empty(), "PQ-only findings:\n  {}\n\n{pretty}", found.join("\n  "));
@@ -151,7 +156,9 @@ async fn ssh_audit_policy_matches_the_configured_defaults() {
     assert_eq!(policy_list(&text, "host keys"), d.host_key_algorithms);
     assert_eq!(policy_list(&text, "allow_algorithm_subset_and_reordering"), ["false"]);
 
-    let gw = TestGateway::builder().sftp().start().await;
+    // Two scans back to back: the per-source connection rate limit (checked in the test
+    // above) would reset the second one, so it is off for this gateway.
+    let gw = TestGateway::builder().sftp_settings("connection_rate_per_source = 0").start().await;
     let port = gw.sftp_port().to_string();
     let policy_arg = policy.to_str().unwrap();
     let (code, out, err) = ssh_audit(&["-P", policy_arg, "-p", &port, "127.0.0.1"]).await;
@@ -162,7 +169,9 @@ async fn ssh_audit_policy_matches_the_configured_defaults() {
 
     // The policy can fail: a gateway offering one cipher fewer does not pass it.
     let narrower = TestGateway::builder()
-        .sftp_settings("ciphers = [\"aes256-gcm@openssh.com\", \"chacha20-poly1305@openssh.com\"]\n")
+        .sftp_settings(
+            "ciphers = [\"aes256-gcm@openssh.com\", \"chacha20-poly1305@openssh.com\"]\nconnection_rate_per_source = 0",
+        )
         .start()
         .await;
     let port = narrower.sftp_port().to_string();
