@@ -237,12 +237,27 @@ pub async fn run(stream: ChannelStream<Msg>, shared: Arc<SftpShared>, who: Princ
             tracing::warn!(len, "SFTP packet length out of bounds; closing the session");
             break;
         }
-        let mut body = vec![0u8; len as usize];
-        if rd.read_exact(&mut body).await.is_err() {
+        // Read into spare capacity (no zero-filling), exactly `len` bytes.
+        let mut body = bytes::BytesMut::with_capacity(len as usize);
+        let mut limited = (&mut rd).take(u64::from(len));
+        while body.len() < len as usize {
+            match limited.read_buf(&mut body).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        if body.len() < len as usize {
             break;
         }
-        let id = body.get(1..5).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
-        let mut raw = Bytes::from(body);
+        let mut raw = body.freeze();
+        let id = raw.get(1..5).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
+        // Writes, the bulk of an upload, are parsed here without copying their data.
+        if let Some((handle, req)) = parse_write(&raw) {
+            let Ok(request) = requests.clone().acquire_owned().await else { break };
+            let Ok(bytes) = kib.clone().acquire_many_owned(1 + len / 1024).await else { break };
+            route(handle, req, Slot { _request: request, _bytes: bytes }, &ctx, &mut handles).await;
+            continue;
+        }
         let packet = match Packet::try_from(&mut raw) {
             Ok(p) => p,
             Err(_) => {
@@ -312,6 +327,39 @@ async fn dispatch(
         }
     };
     let (handle, req) = routed;
+    route(handle, req, permit, ctx, handles).await;
+}
+
+/// `SSH_FXP_WRITE`: `u32 id, string handle, u64 offset, string data`, the data sliced out of
+/// the packet rather than copied. `None` for any other packet or a malformed one (which
+/// then takes the general path and gets its error status there).
+fn parse_write(packet: &Bytes) -> Option<(String, HandleReq)> {
+    const SSH_FXP_WRITE: u8 = 6;
+    let mut b = packet.clone();
+    if b.first() != Some(&SSH_FXP_WRITE) {
+        return None;
+    }
+    let take_u32 = |b: &mut Bytes| -> Option<u32> {
+        let v = b.get(..4)?.try_into().ok().map(u32::from_be_bytes)?;
+        bytes::Buf::advance(b, 4);
+        Some(v)
+    };
+    bytes::Buf::advance(&mut b, 1);
+    let id = take_u32(&mut b)?;
+    let handle_len = take_u32(&mut b)? as usize;
+    let handle = std::str::from_utf8(b.get(..handle_len)?).ok()?.to_owned();
+    bytes::Buf::advance(&mut b, handle_len);
+    let offset = b.get(..8)?.try_into().ok().map(u64::from_be_bytes)?;
+    bytes::Buf::advance(&mut b, 8);
+    let data_len = take_u32(&mut b)? as usize;
+    if b.len() != data_len {
+        return None;
+    }
+    Some((handle, HandleReq::Write { id, offset, data: b }))
+}
+
+/// Queue a request on its handle's task (in arrival order), or answer for a bad handle.
+async fn route(handle: String, req: HandleReq, permit: Slot, ctx: &Ctx, handles: &mut HashMap<String, HandleTx>) {
     let is_close = matches!(req, HandleReq::Close { .. });
     let tx = if is_close { handles.remove(&handle) } else { handles.get(&handle).cloned() };
     match tx {
@@ -701,5 +749,43 @@ mod tests {
         assert_eq!(canonical("/a/b/../../.."), "/");
         assert_eq!(canonical("."), "/");
         assert_eq!(canonical("x/./y/.."), "/x");
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    fn write_packet(id: u32, handle: &str, offset: u64, data: &[u8]) -> Bytes {
+        let mut p = vec![6u8];
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&(handle.len() as u32).to_be_bytes());
+        p.extend_from_slice(handle.as_bytes());
+        p.extend_from_slice(&offset.to_be_bytes());
+        p.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        p.extend_from_slice(data);
+        Bytes::from(p)
+    }
+
+    #[test]
+    fn writes_parse_without_copy_and_bad_ones_fall_through() {
+        let p = write_packet(7, "h3", 1 << 40, b"payload");
+        let Some((handle, HandleReq::Write { id, offset, data })) = parse_write(&p) else { panic!("not parsed") };
+        assert_eq!((handle.as_str(), id, offset, &data[..]), ("h3", 7, 1 << 40, &b"payload"[..]));
+        assert_eq!(data.as_ptr(), p[p.len() - 7..].as_ptr(), "data is a slice of the packet");
+        // Truncated, over-long, wrong type: left to the general parser.
+        for cut in [0, 1, 5, 9, 12, 20, p.len() - 1] {
+            assert!(parse_write(&p.slice(..cut)).is_none(), "cut {cut}");
+        }
+        let mut longer = p.to_vec();
+        longer.push(0);
+        assert!(parse_write(&Bytes::from(longer)).is_none());
+        let mut other = p.to_vec();
+        other[0] = 5;
+        assert!(parse_write(&Bytes::from(other)).is_none());
+        // A handle length that lies.
+        let mut lie = p.to_vec();
+        lie[5..9].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse_write(&Bytes::from(lie)).is_none());
     }
 }
