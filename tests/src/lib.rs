@@ -496,6 +496,20 @@ impl TestGateway {
         o
     }
 
+    /// An interactive `sftp` session as `user` that sends no command: stdin is kept open
+    /// (take it from the child), stderr is piped, and the process dies with the handle.
+    pub fn idle_sftp_session(&self, user: &str) -> tokio::process::Child {
+        tokio::process::Command::new("sftp")
+            .args(self.ssh_options(user))
+            .arg(format!("{user}@127.0.0.1"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sftp is installed")
+    }
+
     /// Run OpenSSH `sftp -b -` with `batch` on stdin as `user`; returns (success, stdout+stderr).
     pub async fn sftp_batch(&self, user: &str, batch: &str, extra: &[&str]) -> (bool, String) {
         use tokio::io::AsyncWriteExt;

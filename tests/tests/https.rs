@@ -88,32 +88,19 @@ async fn curl_round_trip_range_head_list_delete() {
     assert_eq!(part, &data[65530..=65545]);
     let tail = gw.call("alice", "GET", "/v1/files/reports/q1.bin", Bytes::new()).await;
     assert_eq!(tail.status, 200);
-    let r = gw
-        .request(
-            true,
-            "GET",
-            "/v1/files/reports/q1.bin",
-            Some(gw.token("alice")),
-            &[("range", "bytes=-100")],
-            Bytes::new(),
-        )
-        .await;
+    let gw_ref = &gw;
+    let range = |spec: &'static str| async move {
+        let token = gw_ref.token("alice");
+        gw_ref.request(true, "GET", "/v1/files/reports/q1.bin", Some(token), &[("range", spec)], Bytes::new()).await
+    };
+    let r = range("bytes=-100").await;
     assert_eq!(r.status, 206);
     assert_eq!(&r.body[..], &data[data.len() - 100..]);
     assert_eq!(
         r.header("content-range").unwrap(),
         format!("bytes {}-{}/{}", data.len() - 100, data.len() - 1, data.len())
     );
-    let r = gw
-        .request(
-            true,
-            "GET",
-            "/v1/files/reports/q1.bin",
-            Some(gw.token("alice")),
-            &[("range", "bytes=99999999-")],
-            Bytes::new(),
-        )
-        .await;
+    let r = range("bytes=99999999-").await;
     assert_eq!(r.status, 416);
     assert_eq!(r.header("content-range").unwrap(), format!("bytes */{}", data.len()));
 

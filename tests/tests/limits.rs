@@ -118,15 +118,7 @@ async fn idle_ssh_sessions_are_closed() {
     // An authenticated sftp session that never sends a command (stdin stays open; the sftp
     // client itself only notices the closed connection at its next command, so the test
     // watches for ssh's own report of the server closing it).
-    let mut child = tokio::process::Command::new("sftp")
-        .args(gw.ssh_options("alice"))
-        .arg("alice@127.0.0.1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = gw.idle_sftp_session("alice");
     let _stdin = child.stdin.take();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     gw.wait_audit("login", |r| r["event"] == "auth_success" && r["user"] == "alice").await;
@@ -148,15 +140,7 @@ async fn idle_ssh_sessions_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_disconnects_idle_ssh_sessions_after_the_grace_period() {
     let mut gw = TestGateway::builder().sftp().grace("1s").start().await;
-    let mut child = tokio::process::Command::new("sftp")
-        .args(gw.ssh_options("alice"))
-        .arg("alice@127.0.0.1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = gw.idle_sftp_session("alice");
     let _stdin = child.stdin.take();
     gw.wait_audit("login", |r| r["event"] == "auth_success" && r["user"] == "alice").await;
     let start = Instant::now();
