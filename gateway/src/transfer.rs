@@ -114,6 +114,18 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// The permission's name as the configuration spells it.
+    fn name(self) -> &'static str {
+        match self {
+            Permission::List => "list",
+            Permission::Read => "read",
+            Permission::Write => "write",
+            Permission::Delete => "delete",
+            Permission::Rename => "rename",
+            Permission::Mkdir => "mkdir",
+        }
+    }
+
     fn granted(self, who: &Principal) -> bool {
         let p = &who.permissions;
         match self {
@@ -272,15 +284,17 @@ impl Transfers {
         rel: &RelPath,
     ) -> Result<ObjectKey, TransferError> {
         if !need.granted(who) {
-            let entry = AuditEntry {
-                result: Some("denied".into()),
-                error: Some(format!("{op} not permitted")),
-                ..self.entry(AuditEvent::Denied, who, client, op, rel)
-            };
-            self.audit.append(entry, false).await?;
+            self.deny(self.entry(AuditEvent::Denied, who, client, op, rel), format!("{op} not permitted")).await?;
             return Err(TransferError::Forbidden(op));
         }
         Ok(who.home.join(rel))
+    }
+
+    /// Write the `denied` record for `base` with `error` (which must hold no peer input).
+    async fn deny(&self, base: AuditEntry, error: String) -> Result<(), TransferError> {
+        let entry = AuditEntry { event: AuditEvent::Denied, result: Some("denied".into()), error: Some(error), ..base };
+        self.audit.append(entry, false).await?;
+        Ok(())
     }
 
     /// Record a refusal that happened before any operation could be named precisely
@@ -459,7 +473,18 @@ impl Transfers {
         self.operation(who, client, rel, "rmdir", true, self.store.rmdir(&who.tenant, &key)).await
     }
 
-    /// Rename within the user's home; `replace` allows replacing an existing object.
+    /// Rename within the user's home.
+    ///
+    /// Both paths are `RelPath`s joined under the home, so both are confined to it, and the
+    /// user needs `rename` (permissions are per user, so this one check covers source and
+    /// target). Plain rename (`replace == false`, SFTP's `SSH_FXP_RENAME`) never replaces
+    /// anything: an existing target is a conflict. `replace` (`posix-rename@openssh.com`)
+    /// destroys an existing object at the target, so it additionally needs `write` and
+    /// `delete`; a user without both gets `denied` when the target is an object, and the store
+    /// is asked *not* to replace, so an object that appears at the target after that check
+    /// is refused by the store rather than overwritten. A directory is never replaced (the
+    /// store refuses). Each refusal is one `denied` record with both paths (each a bounded
+    /// `RelPath`) and the missing permission; everything else one `operation` record.
     pub async fn rename(
         &self,
         who: &Principal,
@@ -468,17 +493,44 @@ impl Transfers {
         to: &RelPath,
         replace: bool,
     ) -> Result<(), TransferError> {
-        let src = self.authorise(who, client, Permission::Rename, "rename", from).await?;
+        let src = who.home.join(from);
         let dst = who.home.join(to);
+        let record = |event| AuditEntry {
+            path: Some(format!("{} -> {}", from.display(), to.display())),
+            object_key: Some(format!("{src} -> {dst}")),
+            ..self.entry(event, who, client, "rename", from)
+        };
+        if !Permission::Rename.granted(who) {
+            self.deny(record(AuditEvent::Denied), "rename not permitted".into()).await?;
+            return Err(TransferError::Forbidden("rename"));
+        }
+        let missing: Vec<&str> = [Permission::Write, Permission::Delete]
+            .into_iter()
+            .filter(|p| !p.granted(who))
+            .map(Permission::name)
+            .collect();
+        if replace && !missing.is_empty() {
+            // Absent, a directory or unreadable: the store (told not to replace) decides.
+            if let Ok(ListEntry { kind: EntryKind::File, .. }) = self.store.head(&who.tenant, &dst).await {
+                let why = format!(
+                    "replacing an existing object needs write and delete: {} not permitted",
+                    missing.join(" and ")
+                );
+                self.deny(record(AuditEvent::Denied), why).await?;
+                return Err(TransferError::Forbidden("replacing an existing object"));
+            }
+        }
         let started = Instant::now();
-        let result = self.store.rename(&who.tenant, &src, &dst, replace).await.map_err(TransferError::from);
+        let result = self
+            .store
+            .rename(&who.tenant, &src, &dst, replace && missing.is_empty())
+            .await
+            .map_err(TransferError::from);
         let entry = AuditEntry {
             result: Some(if result.is_ok() { "ok" } else { "error" }.into()),
             error: result.as_ref().err().map(TransferError::audit_text),
             duration_ms: Some(elapsed_ms(started)),
-            path: Some(format!("{} -> {}", from.display(), to.display())),
-            object_key: Some(format!("{src} -> {dst}")),
-            ..self.entry(AuditEvent::Operation, who, client, "rename", from)
+            ..record(AuditEvent::Operation)
         };
         self.audit.append(entry, true).await?;
         result

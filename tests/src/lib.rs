@@ -110,6 +110,12 @@ impl Builder {
         self
     }
 
+    /// Serve these users instead of the default alice, reader and bob.
+    pub fn users(mut self, users: Vec<UserSpec>) -> Self {
+        self.users = users;
+        self
+    }
+
     /// Write config and key material, start the gateway.
     pub async fn start(self) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();

@@ -368,6 +368,31 @@ fn publish(staging: &Path, target: &Path, tenant_root: &Path) -> Result<(), Stor
     Ok(())
 }
 
+/// Move the object file `src` to `dst` unless `dst` exists, without the window between a
+/// check and `rename(2)` (which replaces silently): `link(2)` fails if the target exists,
+/// also one that appeared after our check. A crash between link and unlink leaves both
+/// names, never neither. File systems without hard links fall back to check-then-rename.
+fn move_no_replace(src: &Path, dst: &Path) -> Result<(), StorageError> {
+    match fs::hard_link(src, dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            return Err(StorageError::Conflict("target already exists".into()))
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::PermissionDenied) => {
+            if fs::symlink_metadata(dst).is_ok() {
+                return Err(StorageError::Conflict("target already exists".into()));
+            }
+            return Ok(fs::rename(src, dst)?);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if let Err(e) = fs::remove_file(src) {
+        let _ = fs::remove_file(dst);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
 impl ObjectStore for LocalStore {
     fn begin_put(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
         let tenant_key = self.key(tenant);
@@ -597,7 +622,11 @@ impl ObjectStore for LocalStore {
                     }
                     _ => {}
                 }
-                fs::rename(&src, &dst)?;
+                if replace || src_meta.is_dir() {
+                    fs::rename(&src, &dst)?;
+                } else {
+                    move_no_replace(&src, &dst)?;
+                }
                 for dir in [src.parent(), dst.parent()].into_iter().flatten() {
                     File::open(dir)?.sync_all()?;
                 }
@@ -721,5 +750,47 @@ mod tests {
         drop(w);
         assert!(!store.object_path("t", &key).exists());
         assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+    }
+
+    async fn put(store: &LocalStore, name: &str, data: &[u8]) {
+        let mut w = store.begin_put("t", &ObjectKey::home(name).unwrap()).await.unwrap();
+        w.write(Bytes::copy_from_slice(data)).await.unwrap();
+        w.commit(None).await.unwrap();
+    }
+
+    async fn get(store: &LocalStore, name: &str) -> Vec<u8> {
+        let read = store.open("t", &ObjectKey::home(name).unwrap(), RangeRequest::All).await.unwrap();
+        let back: Vec<Bytes> = read.body.try_collect().await.unwrap();
+        back.concat()
+    }
+
+    #[tokio::test]
+    async fn rename_replaces_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys = HashMap::new();
+        keys.insert("t".to_owned(), TenantKey::generate().unwrap());
+        let store = LocalStore::open(dir.path(), keys).unwrap();
+        let k = |n: &str| ObjectKey::home(n).unwrap();
+        put(&store, "a", b"aaa").await;
+        put(&store, "b", b"bbb").await;
+        let refused = store.rename("t", &k("a"), &k("b"), false).await;
+        assert!(matches!(refused, Err(StorageError::Conflict(_))), "{refused:?}");
+        assert_eq!((get(&store, "a").await, get(&store, "b").await), (b"aaa".to_vec(), b"bbb".to_vec()));
+        store.rename("t", &k("a"), &k("c"), false).await.unwrap();
+        assert!(!store.object_path("t", &k("a")).exists());
+        store.rename("t", &k("c"), &k("b"), true).await.unwrap();
+        assert_eq!(get(&store, "b").await, b"aaa");
+        // A target that appears after the existence check is still not replaced.
+        put(&store, "d", b"ddd").await;
+        let (src, dst) = (store.object_path("t", &k("b")), store.object_path("t", &k("d")));
+        assert!(matches!(move_no_replace(&src, &dst), Err(StorageError::Conflict(_))));
+        assert_eq!((get(&store, "b").await, get(&store, "d").await), (b"aaa".to_vec(), b"ddd".to_vec()));
+        // Directories move whole, without replacing.
+        store.mkdir("t", &k("dir")).await.unwrap();
+        store.rename("t", &k("d"), &ObjectKey::home("dir/d").unwrap(), false).await.unwrap();
+        store.rename("t", &k("dir"), &k("moved"), false).await.unwrap();
+        assert_eq!(get(&store, "moved/d").await, b"ddd");
+        let onto_dir = store.rename("t", &k("b"), &k("moved"), true).await;
+        assert!(matches!(onto_dir, Err(StorageError::Conflict(_))), "{onto_dir:?}");
     }
 }

@@ -171,7 +171,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Remove the empty directory `key`.
     fn rmdir(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>>;
     /// Rename an object or directory within a tenant; `replace` allows an existing target
-    /// object to be replaced atomically.
+    /// object to be replaced atomically. Without it an existing object is never replaced,
+    /// not even one created concurrently (callers rely on this for authorisation).
     fn rename<'a>(
         &'a self,
         tenant: &'a str,
