@@ -187,7 +187,9 @@ pub struct SftpConfig {
     /// Host private keys, non-empty and without duplicates (default
     /// `data_dir/ssh/ssh_host_ed25519_key` and `data_dir/ssh/ssh_host_rsa_key`).
     pub host_keys: Vec<PathBuf>,
-    /// Algorithms offered to clients, in preference order.
+    /// Algorithms offered to clients, in preference order: the named `profile` (default
+    /// `strict`), with any explicit `kex`/`ciphers`/`macs`/`host_key_algorithms` list
+    /// replacing the profile's list for that category.
     pub algorithms: SshAlgorithms,
     /// Longest a client may take to authenticate after connecting (default 30s, more than 0).
     pub login_grace_time: Duration,
@@ -206,32 +208,108 @@ pub struct SftpConfig {
     pub connection_rate_per_source: u32,
 }
 
-/// SSH algorithm names offered to clients, each list in preference order.
+/// Named SSH algorithm profile of an `[sftp]` listener (`profile`), as AWS Transfer Family
+/// names its security policies: a choice operators can reason about, with explicit lists
+/// still able to override one category each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SshProfile {
+    /// AEAD ciphers only, ETM MACs, classical and hybrid post-quantum kex (the default).
+    Strict,
+    /// `strict` plus AES-CTR ciphers with SHA-2 HMACs (ETM first), for libssh2 before 1.11
+    /// (curl, PHP ssh2) and appliances; still no SHA-1, CBC, `ssh-rsa` or DH group 14-SHA1.
+    Compatible,
+    /// `strict` with the hybrid ML-KEM key exchange only (OpenSSH 9.9 and later).
+    PostQuantum,
+}
+
+impl SshProfile {
+    /// Every profile, in the order documented.
+    pub const ALL: [SshProfile; 3] = [SshProfile::Strict, SshProfile::Compatible, SshProfile::PostQuantum];
+
+    /// The name used in the configuration (`profile = "..."`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SshProfile::Strict => "strict",
+            SshProfile::Compatible => "compatible",
+            SshProfile::PostQuantum => "post-quantum",
+        }
+    }
+
+    /// The profile's own lists, none overridden.
+    pub fn algorithms(self) -> SshAlgorithms {
+        let owned = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+        SshAlgorithms {
+            profile: self,
+            kex: owned(ssh::KEX.defaults(self)),
+            ciphers: owned(ssh::CIPHERS.defaults(self)),
+            macs: owned(ssh::MACS.defaults(self)),
+            host_key_algorithms: owned(ssh::HOST_KEY_ALGORITHMS.defaults(self)),
+            explicit: ExplicitAlgorithms::default(),
+        }
+    }
+}
+
+impl fmt::Display for SshProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// SSH algorithm names offered to clients, each list in preference order: the profile's
+/// lists, except where `[sftp]` sets a list explicitly.
 ///
 /// Only names from a vetted allow-list are accepted, so no list can contain
 /// SHA-1, CBC, RC4, MD5 or `none`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshAlgorithms {
+    /// The profile the lists start from.
+    pub profile: SshProfile,
     /// Key-exchange methods (hybrid post-quantum ML-KEM first).
     pub kex: Vec<String>,
-    /// Ciphers (AEAD first; the `-ctr` ones are paired with an encrypt-then-MAC).
+    /// Ciphers (AEAD first; the `-ctr` ones are paired with a MAC).
     pub ciphers: Vec<String>,
     /// MACs, used only with non-AEAD ciphers.
     pub macs: Vec<String>,
     /// Signature algorithms the server proves its host key with.
     pub host_key_algorithms: Vec<String>,
+    /// Which lists were set explicitly, overriding the profile's.
+    pub explicit: ExplicitAlgorithms,
+}
+
+/// Which algorithm lists `[sftp]` sets itself (`true`) rather than taking from the profile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExplicitAlgorithms {
+    /// `kex` is set.
+    pub kex: bool,
+    /// `ciphers` is set.
+    pub ciphers: bool,
+    /// `macs` is set.
+    pub macs: bool,
+    /// `host_key_algorithms` is set.
+    pub host_key_algorithms: bool,
 }
 
 impl SshAlgorithms {
-    /// The default lists: post-quantum hybrid key exchange preferred, classical
-    /// Curve25519/large-group DH kept for clients older than OpenSSH 9.9.
+    /// The default lists (the `strict` profile): post-quantum hybrid key exchange
+    /// preferred, classical Curve25519/large-group DH kept for clients older than
+    /// OpenSSH 9.9.
     pub fn defaults() -> Self {
-        let owned = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+        SshProfile::Strict.algorithms()
+    }
+
+    /// What this listener would offer under `profile`, keeping the explicit lists: used to
+    /// tell an operator which profile would admit a client that failed to negotiate.
+    pub fn with_profile(&self, profile: SshProfile) -> SshAlgorithms {
+        let base = profile.algorithms();
+        let pick = |explicit: bool, own: &Vec<String>, other: Vec<String>| if explicit { own.clone() } else { other };
+        let e = self.explicit;
         SshAlgorithms {
-            kex: owned(ssh::KEX.defaults),
-            ciphers: owned(ssh::CIPHERS.defaults),
-            macs: owned(ssh::MACS.defaults),
-            host_key_algorithms: owned(ssh::HOST_KEY_ALGORITHMS.defaults),
+            profile,
+            kex: pick(e.kex, &self.kex, base.kex),
+            ciphers: pick(e.ciphers, &self.ciphers, base.ciphers),
+            macs: pick(e.macs, &self.macs, base.macs),
+            host_key_algorithms: pick(e.host_key_algorithms, &self.host_key_algorithms, base.host_key_algorithms),
+            explicit: e,
         }
     }
 }

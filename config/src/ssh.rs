@@ -1,20 +1,39 @@
 //! SSH-specific checks: algorithm allow-lists, `authorized_keys` lines and
 //! password hashes.
 
-/// One configurable SSH algorithm list: its key, what it holds, and the names
-/// accepted and offered by default (in preference order).
+use crate::SshProfile;
+
+/// One configurable SSH algorithm list: its key, what it holds, the names
+/// accepted, and the names each profile offers when the key is absent (in
+/// preference order).
 pub(crate) struct AlgorithmKind {
     /// TOML key in `[sftp]`.
     pub(crate) key: &'static str,
     /// What one entry is, for messages ("key exchange", "cipher", ...).
     pub(crate) what: &'static str,
-    /// Every accepted name; the defaults come first.
+    /// Every accepted name; the `compatible` list comes first.
     pub(crate) accepted: &'static [&'static str],
-    /// Names offered when the key is absent.
-    pub(crate) defaults: &'static [&'static str],
+    /// Offered by the `strict` profile (the default).
+    strict: &'static [&'static str],
+    /// Offered by the `compatible` profile.
+    compatible: &'static [&'static str],
+    /// Offered by the `post-quantum` profile.
+    post_quantum: &'static [&'static str],
 }
 
-/// Key exchanges: every accepted one is also offered by default.
+impl AlgorithmKind {
+    /// The names `profile` offers when the key is absent.
+    pub(crate) fn defaults(&self, profile: SshProfile) -> &'static [&'static str] {
+        match profile {
+            SshProfile::Strict => self.strict,
+            SshProfile::Compatible => self.compatible,
+            SshProfile::PostQuantum => self.post_quantum,
+        }
+    }
+}
+
+/// Key exchanges: hybrid post-quantum first, then the classical ones every
+/// profile but `post-quantum` keeps for clients older than OpenSSH 9.9.
 const KEX_NAMES: &[&str] = &[
     "mlkem768x25519-sha256",
     "curve25519-sha256",
@@ -23,35 +42,61 @@ const KEX_NAMES: &[&str] = &[
     "diffie-hellman-group18-sha512",
 ];
 
-pub(crate) const KEX: AlgorithmKind =
-    AlgorithmKind { key: "kex", what: "key exchange", accepted: KEX_NAMES, defaults: KEX_NAMES };
+pub(crate) const KEX: AlgorithmKind = AlgorithmKind {
+    key: "kex",
+    what: "key exchange",
+    accepted: KEX_NAMES,
+    strict: KEX_NAMES,
+    compatible: KEX_NAMES,
+    post_quantum: &["mlkem768x25519-sha256"],
+};
+
+/// AEAD ciphers: what `strict` and `post-quantum` offer.
+const AEAD_CIPHERS: &[&str] = &["aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"];
+/// AEAD first, then AES-CTR for clients without AEAD (libssh2 before 1.11).
+const CIPHER_NAMES: &[&str] = &[
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+];
 
 pub(crate) const CIPHERS: AlgorithmKind = AlgorithmKind {
     key: "ciphers",
     what: "cipher",
-    accepted: &[
-        "aes256-gcm@openssh.com",
-        "chacha20-poly1305@openssh.com",
-        "aes128-gcm@openssh.com",
-        "aes256-ctr",
-        "aes192-ctr",
-        "aes128-ctr",
-    ],
-    defaults: &["aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"],
+    accepted: CIPHER_NAMES,
+    strict: AEAD_CIPHERS,
+    compatible: CIPHER_NAMES,
+    post_quantum: AEAD_CIPHERS,
 };
+
+/// Encrypt-then-MAC only: what `strict` and `post-quantum` offer.
+const ETM_MACS: &[&str] = &["hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com"];
+/// Encrypt-then-MAC first, then the classic SHA-2 HMACs (libssh2 before 1.11 has no ETM).
+const MAC_NAMES: &[&str] =
+    &["hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com", "hmac-sha2-512", "hmac-sha2-256"];
 
 pub(crate) const MACS: AlgorithmKind = AlgorithmKind {
     key: "macs",
     what: "MAC",
-    accepted: &["hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com", "hmac-sha2-512", "hmac-sha2-256"],
-    defaults: &["hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com"],
+    accepted: MAC_NAMES,
+    strict: ETM_MACS,
+    compatible: MAC_NAMES,
+    post_quantum: ETM_MACS,
 };
+
+/// Host key signatures: the same in every profile (never `ssh-rsa`).
+const HOST_KEY_NAMES: &[&str] = &["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"];
 
 pub(crate) const HOST_KEY_ALGORITHMS: AlgorithmKind = AlgorithmKind {
     key: "host_key_algorithms",
     what: "host key algorithm",
-    accepted: &["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"],
-    defaults: &["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"],
+    accepted: HOST_KEY_NAMES,
+    strict: HOST_KEY_NAMES,
+    compatible: HOST_KEY_NAMES,
+    post_quantum: HOST_KEY_NAMES,
 };
 
 /// The four lists, in the order their keys are read.

@@ -70,6 +70,8 @@ fn production_example_parses_cleanly() {
         [Path::new("/etc/gateway/ssh/ssh_host_ed25519_key"), Path::new("/etc/gateway/ssh/ssh_host_rsa_key")]
     );
     assert_eq!(sftp.max_auth_attempts, 3);
+    assert_eq!(sftp.algorithms.profile, SshProfile::Strict);
+    assert_eq!(sftp.algorithms, SshAlgorithms::defaults());
     assert_eq!(config.users[0].authorized_keys.len(), 1);
     assert!(config.users[0].authorized_keys[0].starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"));
     assert!(config.users[1].authorized_keys.is_empty());
@@ -632,6 +634,117 @@ max_connections = 100000
 }
 
 #[test]
+fn sftp_profiles_choose_the_lists() {
+    let algorithms = |profile: &str| {
+        ok(&format!("mode = \"development\"\n[sftp]\nprofile = \"{profile}\"\n")).sftp.unwrap().algorithms
+    };
+    // strict is the default and what SshAlgorithms::defaults() means.
+    assert_eq!(algorithms("strict"), SshAlgorithms::defaults());
+    assert_eq!(SshAlgorithms::defaults().profile, SshProfile::Strict);
+    assert_eq!(ok("mode = \"development\"\n[sftp]\n").sftp.unwrap().algorithms.profile, SshProfile::Strict);
+
+    // compatible: strict plus AES-CTR with SHA-2 HMACs, ETM first; nothing else changes.
+    let strict = SshAlgorithms::defaults();
+    let c = algorithms("compatible");
+    assert_eq!(c.profile, SshProfile::Compatible);
+    assert_eq!(c.kex, strict.kex);
+    assert_eq!(
+        c.ciphers,
+        [
+            "aes256-gcm@openssh.com",
+            "chacha20-poly1305@openssh.com",
+            "aes128-gcm@openssh.com",
+            "aes256-ctr",
+            "aes192-ctr",
+            "aes128-ctr"
+        ]
+    );
+    assert_eq!(
+        c.macs,
+        ["hmac-sha2-512-etm@openssh.com", "hmac-sha2-256-etm@openssh.com", "hmac-sha2-512", "hmac-sha2-256"]
+    );
+    assert_eq!(c.host_key_algorithms, strict.host_key_algorithms);
+    assert_eq!(c.explicit, ExplicitAlgorithms::default());
+
+    // post-quantum: ML-KEM key exchange only.
+    let pq = algorithms("post-quantum");
+    assert_eq!(pq.profile, SshProfile::PostQuantum);
+    assert_eq!(pq.kex, ["mlkem768x25519-sha256"]);
+    assert_eq!(
+        (pq.ciphers, pq.macs, pq.host_key_algorithms),
+        (strict.ciphers, strict.macs, strict.host_key_algorithms)
+    );
+
+    // No profile ever offers a weak name: every list is within the allow-list.
+    for p in SshProfile::ALL {
+        let a = p.algorithms();
+        assert_eq!(algorithms(p.name()), a);
+        for (kind, list) in
+            crate::ssh::ALGORITHM_KINDS.iter().zip([&a.kex, &a.ciphers, &a.macs, &a.host_key_algorithms])
+        {
+            assert!(list.iter().all(|n| kind.accepted.contains(&n.as_str())), "{p}: {list:?}");
+        }
+    }
+}
+
+#[test]
+fn sftp_explicit_lists_override_the_profile_per_category() {
+    let a = ok(r#"
+mode = "development"
+[sftp]
+profile = "compatible"
+ciphers = ["aes128-ctr"]
+"#)
+    .sftp
+    .unwrap()
+    .algorithms;
+    assert_eq!(a.profile, SshProfile::Compatible);
+    assert_eq!(a.ciphers, ["aes128-ctr"]);
+    // The other categories still come from the profile.
+    assert_eq!(a.macs, SshProfile::Compatible.algorithms().macs);
+    assert_eq!(a.kex, SshProfile::Compatible.algorithms().kex);
+    assert_eq!(a.explicit, ExplicitAlgorithms { ciphers: true, ..ExplicitAlgorithms::default() });
+    // Another profile keeps the explicit list and swaps the rest.
+    let pq = a.with_profile(SshProfile::PostQuantum);
+    assert_eq!(pq.profile, SshProfile::PostQuantum);
+    assert_eq!(pq.ciphers, ["aes128-ctr"]);
+    assert_eq!(pq.kex, ["mlkem768x25519-sha256"]);
+    assert_eq!(pq.macs, SshProfile::PostQuantum.algorithms().macs);
+    assert_eq!(SshAlgorithms::defaults().with_profile(SshProfile::Compatible), SshProfile::Compatible.algorithms());
+
+    // An explicit kex wins over post-quantum's.
+    let a = ok("mode = \"development\"\n[sftp]\nprofile = \"post-quantum\"\nkex = [\"curve25519-sha256\"]\n")
+        .sftp
+        .unwrap()
+        .algorithms;
+    assert_eq!(a.kex, ["curve25519-sha256"]);
+    assert_eq!(a.ciphers, SshProfile::PostQuantum.algorithms().ciphers);
+    assert!(a.explicit.kex && !a.explicit.ciphers && !a.explicit.macs && !a.explicit.host_key_algorithms);
+}
+
+#[test]
+fn sftp_unknown_profile_is_reported_with_its_path() {
+    let got = errs("mode = \"development\"\n[sftp]\nprofile = \"legacy\"\nciphers = [\"aes256-cbc\"]\n");
+    assert!(
+        has(&got, "sftp.profile", "unknown profile \"legacy\" (accepted: strict, compatible, post-quantum)"),
+        "{got:#?}"
+    );
+    // Other problems are still reported alongside.
+    assert!(has(&got, "sftp.ciphers[0]", "CBC mode"), "{got:#?}");
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let got = errs("mode = \"development\"\n[sftp]\nprofile = 1\n");
+    assert!(has(&got, "sftp.profile", "expected a string, found an integer"), "{got:#?}");
+    // Names are exact: no case folding, no underscores.
+    for bad in ["Strict", "post_quantum", "postquantum", ""] {
+        let got = errs(&format!("mode = \"development\"\n[sftp]\nprofile = \"{bad}\"\n"));
+        assert!(has(&got, "sftp.profile", "unknown profile"), "{bad}: {got:#?}");
+    }
+    // The lenient result falls back to strict.
+    let (config, _) = parse("mode = \"development\"\n[sftp]\nprofile = \"legacy\"\n", "x");
+    assert_eq!(config.sftp.unwrap().algorithms, SshAlgorithms::defaults());
+}
+
+#[test]
 fn bad_algorithm_names_are_all_reported_with_reasons() {
     let got = errs(
         r#"
@@ -710,7 +823,11 @@ permit_root_login = true
     assert!(has(&got, "sftp.auth_rejection_delay", "expected a duration string"), "{got:#?}");
     assert!(has(&got, "sftp.idle_timeout", "greater than 0"), "{got:#?}");
     assert!(has(&got, "sftp.max_connections", "between 1 and 100000, found 100001"), "{got:#?}");
-    assert!(has(&got, "sftp.permit_root_login", "unknown key \"permit_root_login\" (accepted: listen, host_keys, kex"));
+    assert!(has(
+        &got,
+        "sftp.permit_root_login",
+        "unknown key \"permit_root_login\" (accepted: listen, host_keys, profile, kex"
+    ));
     assert_eq!(got.len(), 13, "{got:#?}");
 
     let got =

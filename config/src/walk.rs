@@ -12,8 +12,9 @@ use crate::duration::{parse_duration, DURATION_FORMAT};
 use crate::ssh::{self, AlgorithmKind};
 use crate::text::{check_name, normalize_home, parse_sha256};
 use crate::{
-    AuditConfig, Config, ConfigError, DevelopmentConfig, HttpsConfig, Mode, PasswordHash, Permissions, SftpConfig,
-    SshAlgorithms, StorageBackend, StorageConfig, TenantConfig, TlsProfile, TokenConfig, UserConfig,
+    AuditConfig, Config, ConfigError, DevelopmentConfig, ExplicitAlgorithms, HttpsConfig, Mode, PasswordHash,
+    Permissions, SftpConfig, SshAlgorithms, SshProfile, StorageBackend, StorageConfig, TenantConfig, TlsProfile,
+    TokenConfig, UserConfig,
 };
 
 const TOP_KEYS: &[&str] =
@@ -26,6 +27,7 @@ const TENANT_KEYS: &[&str] = &["name", "key_file"];
 const SFTP_KEYS: &[&str] = &[
     "listen",
     "host_keys",
+    "profile",
     "kex",
     "ciphers",
     "macs",
@@ -44,6 +46,11 @@ const DEVELOPMENT_KEYS: &[&str] = &["demo_user"];
 const MODES: &[(&str, Mode)] = &[("development", Mode::Development), ("production", Mode::Production)];
 const TLS_PROFILES: &[(&str, TlsProfile)] =
     &[("aes256", TlsProfile::Aes256), ("intermediate", TlsProfile::Intermediate)];
+const SSH_PROFILES: &[(&str, SshProfile)] = &[
+    ("strict", SshProfile::Strict),
+    ("compatible", SshProfile::Compatible),
+    ("post-quantum", SshProfile::PostQuantum),
+];
 
 /// Backend names, resolved before their backend-specific settings are read.
 #[derive(Clone, Copy)]
@@ -424,8 +431,16 @@ impl Ctx<'_> {
             let dir = data_dir.join("ssh");
             vec![dir.join("ssh_host_ed25519_key"), dir.join("ssh_host_rsa_key")]
         });
-        let [kex, ciphers, macs, host_key_algorithms] = ssh::ALGORITHM_KINDS.map(|kind| self.algorithms(t, P, kind));
-        let algorithms = SshAlgorithms { kex, ciphers, macs, host_key_algorithms };
+        let profile = self.choice(t, P, "profile", SSH_PROFILES).unwrap_or(SshProfile::Strict);
+        let [kex, ciphers, macs, host_key_algorithms] =
+            ssh::ALGORITHM_KINDS.map(|kind| self.algorithms(t, P, kind, profile));
+        let explicit = ExplicitAlgorithms {
+            kex: t.contains_key(ssh::KEX.key),
+            ciphers: t.contains_key(ssh::CIPHERS.key),
+            macs: t.contains_key(ssh::MACS.key),
+            host_key_algorithms: t.contains_key(ssh::HOST_KEY_ALGORITHMS.key),
+        };
+        let algorithms = SshAlgorithms { profile, kex, ciphers, macs, host_key_algorithms, explicit };
         let login_grace_time = self.positive_duration(t, P, "login_grace_time", Duration::from_secs(30));
         let max_auth_attempts =
             u32::try_from(self.bounded(t, P, "max_auth_attempts", (1, MAX_AUTH_ATTEMPTS), 6)).unwrap_or(6);
@@ -477,10 +492,10 @@ impl Ctx<'_> {
         (!keys.is_empty()).then_some(keys)
     }
 
-    /// One algorithm list checked against its allow-list; the defaults when
-    /// absent, and the valid entries (or the defaults if none) after errors.
-    fn algorithms(&mut self, t: &Table, path: &str, kind: &AlgorithmKind) -> Vec<String> {
-        let defaults = || kind.defaults.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    /// One algorithm list checked against its allow-list; the profile's list
+    /// when absent, and the valid entries (or the profile's if none) after errors.
+    fn algorithms(&mut self, t: &Table, path: &str, kind: &AlgorithmKind, profile: SshProfile) -> Vec<String> {
+        let defaults = || kind.defaults(profile).iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
         let here = child(path, kind.key);
         let accepted = kind.accepted.join(", ");
         let Some(entries) = self.strings(t, path, kind.key) else { return defaults() };

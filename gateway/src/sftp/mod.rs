@@ -8,6 +8,7 @@
 
 pub mod handler;
 pub mod keys;
+pub mod negotiation;
 pub mod session;
 pub mod wire;
 
@@ -146,11 +147,13 @@ impl SftpFrontend {
             async move {
                 let wire = Arc::new(wire::WireState::default());
                 let stream = wire::WireStream::new(tcp, grace_time, wire.clone());
+                let negotiation = negotiation::NegotiationReport::new(&shared, peer, &wire);
                 let conn = handler::SshConnection::new(shared, peer, wire);
                 let running = match tokio::time::timeout(grace_time, russh::server::run_stream(ssh, stream, conn)).await
                 {
                     Ok(Ok(r)) => r,
                     Ok(Err(e)) => {
+                        negotiation.report(&e).await;
                         tracing::debug!(%peer, error = %e, "SSH session failed to start");
                         return;
                     }
@@ -164,6 +167,7 @@ impl SftpFrontend {
                 tokio::select! {
                     r = &mut running => {
                         if let Err(e) = r {
+                            negotiation.report(&e).await;
                             tracing::debug!(%peer, error = %e, "SSH session ended with an error");
                         }
                     }
