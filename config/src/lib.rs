@@ -206,6 +206,12 @@ pub struct SftpConfig {
     /// against floods of expensive key exchanges (DHEat, CVE-2002-20001); 0 = unlimited
     /// (default 10, at most 10000).
     pub connection_rate_per_source: u32,
+    /// Bytes one connection may hold on the client's behalf: queued requests and writes
+    /// parked out of order (default 16MiB, at least 1MiB). When it is spent the connection's
+    /// sessions stop reading; parked writes that do not fit fail their handle.
+    pub max_buffer_per_connection: usize,
+    /// The same for all connections together (default: a quarter of the machine's memory).
+    pub max_buffer_total: Option<usize>,
 }
 
 /// Named SSH algorithm profile of an `[sftp]` listener (`profile`), as AWS Transfer Family

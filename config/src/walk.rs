@@ -38,6 +38,8 @@ const SFTP_KEYS: &[&str] = &[
     "idle_timeout",
     "max_connections",
     "connection_rate_per_source",
+    "max_buffer_per_connection",
+    "max_buffer_total",
 ];
 const USER_KEYS: &[&str] = &["name", "tenant", "home", "permissions", "tokens", "authorized_keys", "password_hash"];
 const TOKEN_KEYS: &[&str] = &["id", "sha256"];
@@ -450,6 +452,9 @@ impl Ctx<'_> {
             usize::try_from(self.bounded(t, P, "max_connections", (1, MAX_SFTP_CONNECTIONS), 256)).unwrap_or(256);
         let connection_rate_per_source =
             u32::try_from(self.bounded(t, P, "connection_rate_per_source", (0, 10_000), 10)).unwrap_or(10);
+        let max_buffer_per_connection = self.buffer_size(t, P, "max_buffer_per_connection", 16 << 20);
+        let max_buffer_total =
+            t.contains_key("max_buffer_total").then(|| self.buffer_size(t, P, "max_buffer_total", 1 << 30));
         SftpConfig {
             listen,
             host_keys,
@@ -460,7 +465,19 @@ impl Ctx<'_> {
             idle_timeout,
             max_connections,
             connection_rate_per_source,
+            max_buffer_per_connection,
+            max_buffer_total,
         }
+    }
+
+    /// A memory budget: a size of at least 1 MiB (a full SFTP packet must fit).
+    fn buffer_size(&mut self, t: &Table, path: &str, key: &str, default: usize) -> usize {
+        let n = self.size(t, path, key, default as u64);
+        if n < 1 << 20 {
+            self.err(&child(path, key), "must be at least 1MiB (one SFTP packet must fit)");
+            return default;
+        }
+        usize::try_from(n).unwrap_or(usize::MAX)
     }
 
     /// Explicit host key paths; `None` (use the defaults) when absent or unusable.

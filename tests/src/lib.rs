@@ -36,6 +36,7 @@ pub struct Builder {
     extra_keys: Vec<(&'static str, &'static str)>,
     https_extra: String,
     storage_extra: String,
+    passwords: Vec<(&'static str, String)>,
 }
 
 impl Default for Builder {
@@ -55,6 +56,7 @@ impl Default for Builder {
             https_extra: String::new(),
             storage_extra: String::new(),
             extra_keys: Vec::new(),
+            passwords: Vec::new(),
         }
     }
 }
@@ -110,6 +112,13 @@ impl Builder {
         self
     }
 
+    /// Let `user` also log in over SFTP with `password` (stored as a PBKDF2 hash).
+    pub fn password(mut self, user: &'static str, password: &str) -> Self {
+        self.sftp = true;
+        self.passwords.push((user, gateway::auth::hash_password(password).unwrap()));
+        self
+    }
+
     /// Serve these users instead of the default alice, reader and bob.
     pub fn users(mut self, users: Vec<UserSpec>) -> Self {
         self.users = users;
@@ -118,6 +127,74 @@ impl Builder {
 
     /// Write config and key material, start the gateway.
     pub async fn start(self) -> TestGateway {
+        let sftp = self.sftp;
+        let p = self.prepare();
+        let config = gateway_config::load(&p.config_path).unwrap_or_else(|e| panic!("{e}\n{}", p.text));
+        let gw = gateway::Gateway::new(&config, &gateway::DevMaterial::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sftp = if sftp { Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()) } else { None };
+        let sftp_addr = sftp.as_ref().map(|l| l.local_addr().unwrap());
+        let host_key_fingerprints = gw.host_key_fingerprints().to_vec();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(gw.run(gateway::Listeners { https: listener, sftp }, async move {
+            let _ = rx.await;
+        }));
+        TestGateway {
+            addr,
+            sftp_addr,
+            user_keys: p.user_keys,
+            host_key_fingerprints,
+            ca_pem: p.ca_pem,
+            tokens: p.tokens,
+            audit_path: config.audit.path.clone(),
+            audit_pub: p.dir.path().join("data/audit/checkpoint.pub"),
+            store_root: p.dir.path().join("data/store"),
+            config_path: p.config_path,
+            dir: p.dir,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Write config and key material, then run the `gateway serve` binary on it as its own
+    /// process (for signals and for measuring its memory).
+    pub fn spawn_process(self) -> GatewayProcess {
+        assert!(self.sftp, "spawn_process serves SFTP; call .sftp()");
+        let p = self.prepare();
+        let mut child = std::process::Command::new(gateway_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&p.config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("SFTP listening on ") {
+                    let addr: SocketAddr = rest.split(';').next().unwrap().parse().unwrap();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let sftp_addr = rx.recv_timeout(Duration::from_secs(30)).expect("gateway process did not start");
+        GatewayProcess {
+            child,
+            sftp_addr,
+            user_keys: p.user_keys,
+            audit_path: p.dir.path().join("data/audit/audit.jsonl"),
+            audit_pub: p.dir.path().join("data/audit/checkpoint.pub"),
+            dir: p.dir,
+        }
+    }
+
+    /// The configuration file and key material a gateway runs on.
+    fn prepare(self) -> Prepared {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         let pki = gateway_certs::dev::mint(&root.join("pki"), gateway_certs::dev::KeyKind::EcdsaP256).unwrap();
@@ -191,8 +268,11 @@ impl Builder {
                 .chain(extra)
                 .map(|k| format!("{:?}", std::fs::read_to_string(k.with_extension("pub")).unwrap().trim()))
                 .collect();
-            let keys =
+            let mut keys =
                 if lines.is_empty() { String::new() } else { format!("authorized_keys = [{}]\n", lines.join(", ")) };
+            for (_, hash) in self.passwords.iter().filter(|(n, _)| *n == u.name) {
+                keys.push_str(&format!("password_hash = {hash:?}\n"));
+            }
             text.push_str(&format!(
                 "[[users]]\nname = {:?}\ntenant = {:?}\nhome = {:?}\npermissions = [{}]\n{keys}[[users.tokens]]\nid = \"{}-1\"\nsha256 = \"{}\"\n\n",
                 u.name,
@@ -206,32 +286,60 @@ impl Builder {
         }
         let config_path = root.join("gateway.toml");
         std::fs::write(&config_path, &text).unwrap();
-        let config = gateway_config::load(&config_path).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let gw = gateway::Gateway::new(&config, &gateway::DevMaterial::default()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let sftp = if self.sftp { Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()) } else { None };
-        let sftp_addr = sftp.as_ref().map(|l| l.local_addr().unwrap());
-        let host_key_fingerprints = gw.host_key_fingerprints().to_vec();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(gw.run(gateway::Listeners { https: listener, sftp }, async move {
-            let _ = rx.await;
-        }));
-        TestGateway {
-            addr,
-            sftp_addr,
-            user_keys,
-            host_key_fingerprints,
-            ca_pem: pki.ca_cert,
-            tokens,
-            audit_path: config.audit.path.clone(),
-            audit_pub: root.join("data/audit/checkpoint.pub"),
-            store_root: root.join("data/store"),
-            config_path,
-            dir,
-            shutdown: Some(tx),
-            handle: Some(handle),
-        }
+        Prepared { dir, config_path, text, user_keys, tokens, ca_pem: pki.ca_cert }
+    }
+}
+
+struct Prepared {
+    dir: tempfile::TempDir,
+    config_path: PathBuf,
+    text: String,
+    user_keys: HashMap<String, PathBuf>,
+    tokens: HashMap<String, String>,
+    ca_pem: PathBuf,
+}
+
+/// A `gateway serve` process; killed when dropped.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub sftp_addr: SocketAddr,
+    pub user_keys: HashMap<String, PathBuf>,
+    pub audit_path: PathBuf,
+    pub audit_pub: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Peak and current resident set size of the process, in KiB (`VmHWM`, `VmRSS`).
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap()
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+
+    /// Send SIGTERM.
+    pub fn terminate(&self) {
+        let st = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        assert!(st.success());
+    }
+
+    /// Every audit record written so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use russh::keys::{Algorithm, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use tokio_util::sync::CancellationToken;
 
+use super::budget::Budget;
+use super::session::SessionLimits;
 use super::wire::WireState;
 use super::SftpShared;
 use crate::audit::{AuditEntry, AuditEvent};
@@ -38,12 +41,22 @@ pub struct SshConnection {
     principal: Option<Principal>,
     channels: HashMap<ChannelId, Channel<Msg>>,
     opened: usize,
+    /// Memory this connection's sessions may hold for the client.
+    budget: Budget,
+    /// Cancelled when the connection ends (or must end).
+    stop: CancellationToken,
 }
 
 impl SshConnection {
-    /// A handler for a connection from `peer`.
-    pub fn new(shared: Arc<SftpShared>, peer: SocketAddr, wire: Arc<WireState>) -> SshConnection {
-        SshConnection { shared, peer, wire, principal: None, channels: HashMap::new(), opened: 0 }
+    /// A handler for a connection from `peer`; `stop` ends the connection and its sessions.
+    pub fn new(
+        shared: Arc<SftpShared>,
+        peer: SocketAddr,
+        wire: Arc<WireState>,
+        stop: CancellationToken,
+    ) -> SshConnection {
+        let budget = Budget::new(shared.connection_budget, shared.global_budget.clone());
+        SshConnection { shared, peer, wire, principal: None, channels: HashMap::new(), opened: 0, budget, stop }
     }
 
     /// Connection details for the audit trail, from what the wire saw.
@@ -146,10 +159,17 @@ impl Handler for SshConnection {
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         let directory = self.shared.directory.clone();
         let (user_owned, pw) = (user.to_owned(), zeroize::Zeroizing::new(password.to_owned()));
-        // PBKDF2 is deliberately slow: keep it off the async workers.
+        // PBKDF2 is deliberately slow: keep it off the async workers, and compute only a few
+        // at once (known and unknown users alike) so guesses cannot take every core from
+        // transfers. A guess waits its turn; the watchdog's login grace still applies.
+        let busy = AuthFailure { credential_id: None, user: None, reason: "password check failed" };
+        let Ok(_turn) = self.shared.password_checks.clone().acquire_owned().await else {
+            self.audit_failure("password", busy).await;
+            return Ok(self.reject());
+        };
         let result = tokio::task::spawn_blocking(move || directory.authenticate_password(&user_owned, &pw))
             .await
-            .unwrap_or(Err(AuthFailure { credential_id: None, user: None, reason: "password check failed" }));
+            .unwrap_or(Err(busy));
         match result {
             Ok(who) => Ok(self.accept(who).await),
             Err(f) => {
@@ -186,7 +206,12 @@ impl Handler for SshConnection {
                 session.channel_success(id)?;
                 let client = self.client();
                 let shared = self.shared.clone();
-                self.shared.sessions.spawn(super::session::run(channel.into_stream(), shared, who, client));
+                let limits = SessionLimits {
+                    budget: self.budget.clone(),
+                    stall_timeout: self.shared.idle_timeout,
+                    stop: self.stop.clone(),
+                };
+                self.shared.sessions.spawn(super::session::run(channel, shared, who, client, limits));
             }
             _ => session.channel_failure(id)?,
         }

@@ -6,9 +6,12 @@
 //! run on a [`TaskTracker`] so shutdown can wait for them, and their `failed` records, before
 //! the audit trail is sealed.
 
+pub mod budget;
 pub mod handler;
+pub mod inflight;
 pub mod keys;
 pub mod negotiation;
+pub mod queue;
 pub mod session;
 pub mod wire;
 
@@ -39,6 +42,17 @@ pub struct SftpShared {
     pub passwords: bool,
     /// Running SFTP sessions.
     pub sessions: TaskTracker,
+    /// Uploads in progress, for `stat` of a file being written.
+    pub uploads: Arc<inflight::UploadsInProgress>,
+    /// The process-wide pool every connection's budget draws on.
+    pub global_budget: budget::GlobalBudget,
+    /// Bytes each connection may hold on the client's behalf.
+    pub connection_budget: usize,
+    /// Password hashes computed at once (PBKDF2 is deliberately slow: a few must not
+    /// crowd out everything else).
+    pub password_checks: Arc<tokio::sync::Semaphore>,
+    /// The session idle timeout, also the stall limit of a session whose budget is spent.
+    pub idle_timeout: Duration,
 }
 
 /// A configured SFTP frontend.
@@ -55,6 +69,47 @@ pub struct SftpFrontend {
 impl std::fmt::Debug for SftpFrontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SftpFrontend").field("host_keys", &self.host_key_lines).finish()
+    }
+}
+
+/// A quarter of the machine's memory (from `/proc/meminfo`), or 1 GiB where that cannot be
+/// read: the default for everything all SFTP connections together may hold buffered.
+pub fn default_total_budget() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+    });
+    total_kib.map(|kib| kib.saturating_mul(1024) / 4).unwrap_or(1 << 30)
+}
+
+/// Password hashes computed at once: half the cores, at least one, so guesses can never
+/// take every core from transfers.
+fn password_parallelism() -> usize {
+    std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1)
+}
+
+/// Resolves when a connection must be closed whatever russh is doing: not authenticated
+/// within the login grace time, or nothing read or written for the idle timeout. russh
+/// enforces both itself while its session loop runs; this also holds when that loop is held
+/// up (a handler waiting, a channel not drained).
+async fn watchdog(wire: &wire::WireState, grace: Duration, idle: Duration) -> &'static str {
+    let slack = Duration::from_secs(1);
+    loop {
+        let authenticated = wire.authenticated.load(std::sync::atomic::Ordering::Acquire);
+        let since_start = wire.since_start();
+        if !authenticated && since_start >= grace + slack {
+            return "login grace time exceeded";
+        }
+        let quiet = wire.since_activity();
+        if quiet >= idle + slack {
+            return "idle timeout";
+        }
+        let mut wait = (idle + slack).saturating_sub(quiet);
+        if !authenticated {
+            wait = wait.min((grace + slack).saturating_sub(since_start));
+        }
+        tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
     }
 }
 
@@ -128,6 +183,11 @@ impl SftpFrontend {
                 algorithms: config.algorithms.clone(),
                 passwords,
                 sessions: TaskTracker::new(),
+                uploads: Arc::default(),
+                global_budget: budget::GlobalBudget::new(config.max_buffer_total.unwrap_or_else(default_total_budget)),
+                connection_budget: config.max_buffer_per_connection,
+                password_checks: Arc::new(tokio::sync::Semaphore::new(password_parallelism())),
+                idle_timeout: config.idle_timeout,
             }),
             login_grace: config.login_grace_time,
             max_connections: config.max_connections,
@@ -145,10 +205,12 @@ impl SftpFrontend {
         let mut conns = crate::listener::accept_until(listener, self.max_connections, limit, shutdown, |tcp, peer| {
             let (ssh, shared, stop) = (ssh.clone(), shared.clone(), stop.clone());
             async move {
+                let conn_stop = stop.child_token();
                 let wire = Arc::new(wire::WireState::default());
                 let stream = wire::WireStream::new(tcp, grace_time, wire.clone());
                 let negotiation = negotiation::NegotiationReport::new(&shared, peer, &wire);
-                let conn = handler::SshConnection::new(shared, peer, wire);
+                let idle = shared.idle_timeout;
+                let conn = handler::SshConnection::new(shared.clone(), peer, wire.clone(), conn_stop.clone());
                 let running = match tokio::time::timeout(grace_time, russh::server::run_stream(ssh, stream, conn)).await
                 {
                     Ok(Ok(r)) => r,
@@ -164,6 +226,15 @@ impl SftpFrontend {
                 };
                 let handle = running.handle();
                 tokio::pin!(running);
+                let watchdog = watchdog(&wire, grace_time, idle);
+                tokio::pin!(watchdog);
+                let disconnect = |why: &'static str| {
+                    let handle = handle.clone();
+                    async move {
+                        let bye = handle.disconnect(russh::Disconnect::ByApplication, why.into(), "en".into());
+                        let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
+                    }
+                };
                 tokio::select! {
                     r = &mut running => {
                         if let Err(e) = r {
@@ -171,13 +242,31 @@ impl SftpFrontend {
                             tracing::debug!(%peer, error = %e, "SSH session ended with an error");
                         }
                     }
-                    () = stop.cancelled() => {
-                        let _ = handle
-                            .disconnect(russh::Disconnect::ByApplication, "server shutting down".into(), "en".into())
-                            .await;
-                        let _ = tokio::time::timeout(Duration::from_secs(5), &mut running).await;
+                    () = conn_stop.cancelled() => {
+                        disconnect("server closing the connection").await;
+                        let _ = tokio::time::timeout(Duration::from_secs(3), &mut running).await;
+                    }
+                    why = &mut watchdog => {
+                        tracing::warn!(%peer, reason = why, "closing an SSH connection that made no progress");
+                        let entry = crate::audit::AuditEntry {
+                            protocol: Some("sftp".into()),
+                            remote_addr: Some(peer.to_string()),
+                            operation: Some("connection".into()),
+                            result: Some("error".into()),
+                            error: Some(format!("closed by the server: {why}")),
+                            ..crate::audit::AuditEntry::new(crate::audit::AuditEvent::Operation)
+                        };
+                        if let Err(e) = shared.transfers.audit().append(entry, false).await {
+                            tracing::error!(error = %e, "could not audit a closed connection");
+                        }
+                        conn_stop.cancel();
+                        disconnect(why).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(3), &mut running).await;
                     }
                 }
+                // Whatever ended the connection ends its sessions (dropping `running` has
+                // closed the socket).
+                conn_stop.cancel();
             }
         })
         .await;

@@ -1,36 +1,55 @@
 //! The SFTP (protocol version 3) request loop, ours rather than russh-sftp's.
 //!
-//! russh-sftp's bundled loop awaits each handler before reading the next request, so a
-//! pipelining client (OpenSSH keeps 64 reads or writes in flight) waits a round trip per
-//! request. Here the reader only parses and dispatches:
+//! russh-sftp's bundled loop awaits each request before reading the next, so a pipelining
+//! client waits a round trip per request. Here one reader task drains the SSH channel and
+//! only frames, charges and dispatches:
 //!
-//! * requests on an open handle go, in arrival order, to that handle's own task (so writes
-//!   and reads of one file are processed in order, and different files in parallel);
-//! * path requests (stat, realpath, mkdir, …) run as their own tasks;
-//! * at most [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`] of request data are
-//!   outstanding per session, and the reply queue is bounded.
+//! * **The reader never waits on a reply.** russh hands channel data to us from its session
+//!   loop; if we stop taking it, that loop stops reading the socket and never sees the
+//!   client's window adjustments, while our replies wait for exactly those: both sides wait
+//!   forever (paramiko's `get()` sends a READ for every chunk of a file at once). So the
+//!   reader pushes into queues without awaiting their consumers, and what waits is bounded
+//!   by **bytes** charged to the connection's and the process's [`Budget`]: a request costs
+//!   its size plus [`REQUEST_OVERHEAD`], and consecutive READs of one handle (a prefetch)
+//!   fold into one entry. Only when the budget is spent does the reader wait; if no reply
+//!   goes out for the stall timeout meanwhile, the session cannot make progress and is
+//!   closed with a log line and an audit record.
+//! * Requests on an open handle go, in arrival order, to that handle's own task (writes and
+//!   reads of one file in order, different files in parallel); every other request (open,
+//!   stat, realpath, mkdir, …) goes to a small pool of path workers.
+//! * One writer task sends the replies, gathering small ones into one channel write; a
+//!   request's charge is released once its reply is written.
+//! * The session ends when the client closes the channel (exit status 0), on a framing
+//!   error, a stall or shutdown (exit status 1); it then sends EOF, `exit-status` and CLOSE,
+//!   as OpenSSH does, so `scp` and friends report success.
 //!
 //! Every operation goes through [`Transfers`]: permissions, confinement and audit are the
 //! same as over HTTPS. Uploads stream into storage without spooling; writes arriving out of
-//! order are reordered within [`REORDER_WINDOW`]; the object appears only on a successful
-//! `close`, whose status carries any storage failure.
+//! order are parked within [`REORDER_WINDOW`], each charged at least [`MIN_PARKED_CHARGE`]
+//! against the budget (a handle whose parked data would overdraw it fails); the object
+//! appears only on a successful `close`, whose status carries any storage failure.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use russh::server::Msg;
-use russh::ChannelStream;
+use russh::{Channel, ChannelMsg};
 use russh_sftp::extensions::LimitsExtension;
 use russh_sftp::protocol::{
     Attrs, ExtendedReply, File, FileAttributes, Handle, Name, OpenFlags, Packet, StatusCode, Version,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::SftpShared;
+use super::budget::{Budget, Charge, MIN_PARKED_CHARGE, REQUEST_OVERHEAD};
+use super::inflight::UploadsInProgress;
+use super::queue::WorkQueue;
+use crate::audit::{AuditEntry, AuditEvent};
 use crate::auth::Principal;
 use crate::path::{PathError, RelPath};
 use crate::storage::{EntryKind, ListEntry};
@@ -40,18 +59,53 @@ use crate::transfer::{ClientInfo, ReadSession, TransferError, Transfers, Upload}
 pub const MAX_PACKET: u32 = 256 * 1024;
 /// Largest read or write payload, advertised through `limits@openssh.com`.
 pub const MAX_IO: u32 = 255 * 1024;
-/// Requests outstanding per session.
-pub const MAX_IN_FLIGHT: usize = 64;
-/// Request bytes outstanding per session: with the reorder window, this bounds what one
-/// session holds in memory.
-pub const MAX_IN_FLIGHT_BYTES: usize = 8 * 1024 * 1024;
 /// Open handles per session.
 pub const MAX_HANDLES: usize = 64;
-/// How far ahead of the sequential position a write may land, and how many bytes of such
-/// writes are held per upload while waiting for the gap to fill.
+/// How far ahead of the sequential position a write may land and still be parked.
 pub const REORDER_WINDOW: usize = 8 * 1024 * 1024;
 /// Entries per `readdir` reply.
 const READDIR_BATCH: usize = 128;
+/// Path requests (open, stat, realpath, mkdir, …) served at once per session.
+const PATH_WORKERS: usize = 16;
+/// Packets at least this large are sliced out of the channel's buffer rather than copied;
+/// smaller ones are copied so that a parked 1-byte write cannot pin a 32 KiB buffer.
+const ZERO_COPY_MIN: usize = 8 * 1024;
+/// Reply frames queued for the writer (bounds what read tasks run ahead).
+const REPLY_QUEUE: usize = 32;
+/// Replies smaller than this are gathered into one channel write, up to [`REPLY_BATCH`].
+const SMALL_REPLY: usize = 4 * 1024;
+const REPLY_BATCH: usize = 32 * 1024;
+/// Time queued work and replies get to finish after the client closed the channel cleanly,
+/// and after a shutdown or stall.
+const DRAIN_CLEAN: Duration = Duration::from_secs(10);
+const DRAIN_ABANDONED: Duration = Duration::from_secs(2);
+/// Each of EOF, `exit-status` and CLOSE must reach the SSH layer within this.
+const CONTROL_DEADLINE: Duration = Duration::from_secs(2);
+
+/// What a session needs besides the shared frontend state.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// The connection's memory budget.
+    pub budget: Budget,
+    /// A session whose reader waits for budget while no reply goes out for this long is
+    /// closed.
+    pub stall_timeout: Duration,
+    /// Cancelled to end the connection (shutdown, idle watchdog, a stalled session).
+    pub stop: CancellationToken,
+}
+
+/// Why the reader stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client sent EOF or closed the channel.
+    ClientClosed,
+    /// A packet length out of bounds: the stream cannot be framed any more.
+    Framing,
+    /// No progress while the budget was spent.
+    Stalled,
+    /// Shutdown or the connection watchdog.
+    Stopped,
+}
 
 fn status(id: u32, code: StatusCode, message: &str) -> Packet {
     Packet::status(id, code, message, "en")
@@ -125,14 +179,34 @@ fn longname(e: &ListEntry, user: &str) -> String {
     format!("{perms}    1 {user:<8} {user:<8} {:>8} {date} {}", e.size, e.name)
 }
 
-/// A request for an open handle, with the in-flight slot it holds.
+/// A request for an open handle.
 enum HandleReq {
-    Read { id: u32, offset: u64, len: u32 },
-    Write { id: u32, offset: u64, data: Bytes },
-    Close { id: u32 },
-    Fstat { id: u32 },
-    Fsetstat { id: u32 },
-    Readdir { id: u32 },
+    /// `count` consecutive reads of `len` bytes: ids `id..id+count`, offsets `offset`,
+    /// `offset+len`, … (a prefetching client's requests, folded into one entry).
+    Read {
+        id: u32,
+        offset: u64,
+        len: u32,
+        count: u32,
+    },
+    Write {
+        id: u32,
+        offset: u64,
+        data: Bytes,
+    },
+    Close {
+        id: u32,
+    },
+    Fstat {
+        id: u32,
+    },
+    Fsetstat {
+        id: u32,
+        attrs: FileAttributes,
+    },
+    Readdir {
+        id: u32,
+    },
 }
 
 impl HandleReq {
@@ -142,21 +216,22 @@ impl HandleReq {
             | HandleReq::Write { id, .. }
             | HandleReq::Close { id }
             | HandleReq::Fstat { id }
-            | HandleReq::Fsetstat { id }
+            | HandleReq::Fsetstat { id, .. }
             | HandleReq::Readdir { id } => *id,
         }
     }
 }
 
-/// A request's claim on the session's budget: one request slot and its size in KiB.
-/// Released when the reply is queued for sending.
-struct Slot {
-    _request: OwnedSemaphorePermit,
-    _bytes: OwnedSemaphorePermit,
+type HandleQueue = WorkQueue<(HandleReq, Option<Charge>)>;
+
+/// Work for the path workers: a request, or a reply the reader decided on.
+enum Job {
+    Request(Packet),
+    Reply(Packet),
 }
 
-/// Encoded reply frames (length prefix included) and the in-flight slots they release.
-type Out = mpsc::Sender<(Bytes, Option<Slot>)>;
+/// Encoded reply frames (length prefix included) and the charges they release once sent.
+type Out = mpsc::Sender<(Bytes, Option<Charge>)>;
 
 /// Encode a reply; a packet that cannot be encoded becomes a plain failure status.
 fn encode(packet: Packet) -> Bytes {
@@ -164,6 +239,537 @@ fn encode(packet: Packet) -> Bytes {
     Bytes::try_from(packet)
         .or_else(|_| Bytes::try_from(status(id, StatusCode::Failure, "reply could not be encoded")))
         .unwrap_or_default()
+}
+
+/// Open handles of a session, shared by the reader (routing) and the path workers (open).
+#[derive(Default)]
+struct Handles {
+    map: HashMap<String, Arc<HandleQueue>>,
+    next: u64,
+}
+
+/// Everything a request task needs.
+#[derive(Clone)]
+struct Ctx {
+    transfers: Transfers,
+    who: Principal,
+    client: ClientInfo,
+    out: Out,
+    budget: Budget,
+    uploads: Arc<UploadsInProgress>,
+    handles: Arc<Mutex<Handles>>,
+    tasks: TaskTracker,
+}
+
+impl Ctx {
+    async fn reply(&self, packet: Packet, charge: Option<Charge>) {
+        self.reply_frame(encode(packet), charge).await;
+    }
+
+    async fn reply_frame(&self, frame: Bytes, charge: Option<Charge>) {
+        let _ = self.out.send((frame, charge)).await;
+    }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, Handles> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolve a path, auditing a refusal.
+    async fn path(&self, op: &str, raw: &str) -> Result<RelPath, TransferError> {
+        match resolve(raw) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                self.transfers.deny_path(&self.who, &self.client, op, raw, &e).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Size and start of an upload of `rel` in progress in any session of this tenant.
+    fn upload_in_progress(&self, rel: &RelPath) -> Option<(u64, SystemTime)> {
+        self.uploads.lookup(&self.who.tenant, &self.who.home.join(rel).to_string())
+    }
+
+    /// Start a task for a new handle; `None` when the session has too many open.
+    fn new_handle<F, Fut>(&self, task: F) -> Option<String>
+    where
+        F: FnOnce(Arc<HandleQueue>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let queue = Arc::new(HandleQueue::default());
+        let name = {
+            let mut handles = self.handles();
+            if handles.map.len() >= MAX_HANDLES {
+                return None;
+            }
+            handles.next += 1;
+            let name = format!("h{}", handles.next);
+            handles.map.insert(name.clone(), queue.clone());
+            name
+        };
+        self.tasks.spawn(task(queue));
+        Some(name)
+    }
+}
+
+/// Cuts the channel's byte stream into SFTP packets (without the length prefix).
+#[derive(Default)]
+struct Framer {
+    /// Unconsumed data of the last channel message.
+    pending: Bytes,
+    /// A packet spanning channel messages, being assembled (length prefix included).
+    partial: BytesMut,
+}
+
+/// A packet length the framer refuses.
+#[derive(Debug)]
+struct BadLength(u32);
+
+fn check_len(len: u32) -> Result<usize, BadLength> {
+    if len == 0 || len > MAX_PACKET + 1024 {
+        return Err(BadLength(len));
+    }
+    Ok(len as usize)
+}
+
+fn be_u32(b: &[u8]) -> Option<u32> {
+    b.get(..4)?.try_into().ok().map(u32::from_be_bytes)
+}
+
+impl Framer {
+    fn push(&mut self, data: Bytes) {
+        if self.pending.is_empty() {
+            self.pending = data;
+        } else {
+            // Only when the caller did not drain: keep order by copying.
+            let mut joined = BytesMut::with_capacity(self.pending.len() + data.len());
+            joined.extend_from_slice(&self.pending);
+            joined.extend_from_slice(&data);
+            self.pending = joined.freeze();
+        }
+    }
+
+    fn next_packet(&mut self) -> Result<Option<Bytes>, BadLength> {
+        if self.partial.is_empty() {
+            let Some(len) = be_u32(&self.pending) else {
+                self.partial.extend_from_slice(&self.pending);
+                self.pending.clear();
+                return Ok(None);
+            };
+            let total = 4 + check_len(len)?;
+            if self.pending.len() >= total {
+                let body = self.pending.slice(4..total);
+                self.pending.advance(total);
+                let body = if body.len() >= ZERO_COPY_MIN { body } else { Bytes::copy_from_slice(&body) };
+                return Ok(Some(body));
+            }
+            self.partial.reserve(total);
+        }
+        if self.partial.len() < 4 {
+            let take = (4 - self.partial.len()).min(self.pending.len());
+            self.partial.extend_from_slice(self.pending.get(..take).unwrap_or_default());
+            self.pending.advance(take);
+            let Some(len) = be_u32(&self.partial) else { return Ok(None) };
+            self.partial.reserve(check_len(len)?);
+        }
+        let total = 4 + be_u32(&self.partial).map(|l| l as usize).unwrap_or(0);
+        let take = (total - self.partial.len()).min(self.pending.len());
+        self.partial.extend_from_slice(self.pending.get(..take).unwrap_or_default());
+        self.pending.advance(take);
+        if self.partial.len() < total {
+            return Ok(None);
+        }
+        let mut packet = self.partial.split();
+        packet.advance(4);
+        Ok(Some(packet.freeze()))
+    }
+}
+
+/// `SSH_FXP_READ`: `u32 id, string handle, u64 offset, u32 len`.
+fn parse_read(packet: &[u8]) -> Option<(&str, u32, u64, u32)> {
+    const SSH_FXP_READ: u8 = 5;
+    if packet.first() != Some(&SSH_FXP_READ) {
+        return None;
+    }
+    let id = be_u32(packet.get(1..)?)?;
+    let handle_len = be_u32(packet.get(5..)?)? as usize;
+    let handle = std::str::from_utf8(packet.get(9..9 + handle_len)?).ok()?;
+    let rest = packet.get(9 + handle_len..)?;
+    if rest.len() != 12 {
+        return None;
+    }
+    let offset = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let len = be_u32(rest.get(8..)?)?;
+    Some((handle, id, offset, len))
+}
+
+/// The path workers of one session.
+#[derive(Default)]
+struct PathPool {
+    queue: WorkQueue<(Job, Charge)>,
+    active: AtomicUsize,
+}
+
+impl PathPool {
+    /// Count one more worker, if fewer than [`PATH_WORKERS`] run.
+    fn claim(&self) -> bool {
+        self.active.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < PATH_WORKERS).then_some(n + 1)).is_ok()
+    }
+}
+
+async fn path_worker(pool: Arc<PathPool>, ctx: Ctx) {
+    loop {
+        while let Some((job, charge)) = pool.queue.try_pop() {
+            let reply = match job {
+                Job::Reply(p) => p,
+                Job::Request(p) => path_request(&ctx, p).await,
+            };
+            ctx.reply(reply, Some(charge)).await;
+        }
+        pool.active.fetch_sub(1, Ordering::SeqCst);
+        // The reader pushes and then claims; if it saw the pool full just before this
+        // worker left, the job is still there for whoever re-claims.
+        if pool.queue.is_empty() || !pool.claim() {
+            return;
+        }
+    }
+}
+
+/// The reader's state.
+struct Reader {
+    ctx: Ctx,
+    pool: Arc<PathPool>,
+    framer: Framer,
+    progress: Arc<AtomicU64>,
+    limits: SessionLimits,
+}
+
+impl Reader {
+    async fn run(&mut self, rd: &mut russh::ChannelReadHalf) -> End {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                () = self.limits.stop.cancelled() => return End::Stopped,
+                m = rd.wait() => m,
+            };
+            match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    self.framer.push(data);
+                    loop {
+                        match self.framer.next_packet() {
+                            Ok(Some(packet)) => {
+                                if let Err(end) = self.on_packet(packet).await {
+                                    return end;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(BadLength(len)) => {
+                                tracing::warn!(len, user = %self.ctx.who.user, "SFTP packet length out of bounds; closing the session");
+                                return End::Framing;
+                            }
+                        }
+                    }
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return End::ClientClosed,
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Take `bytes` from the budget, waiting if it is spent; gives up when nothing has been
+    /// sent for the stall timeout while waiting, or on stop.
+    async fn charge(&self, bytes: usize) -> Result<Charge, End> {
+        if let Some(c) = self.ctx.budget.try_charge(bytes) {
+            return Ok(c);
+        }
+        let wait = self.ctx.budget.charge(bytes);
+        tokio::pin!(wait);
+        let mut seen = self.progress.load(Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                c = &mut wait => return Ok(c),
+                () = self.limits.stop.cancelled() => return Err(End::Stopped),
+                () = tokio::time::sleep(self.limits.stall_timeout) => {
+                    let now = self.progress.load(Ordering::Relaxed);
+                    if now == seen {
+                        return Err(End::Stalled);
+                    }
+                    seen = now;
+                }
+            }
+        }
+    }
+
+    async fn on_packet(&mut self, raw: Bytes) -> Result<(), End> {
+        let cost = raw.len() + 4 + REQUEST_OVERHEAD;
+        if let Some((handle, id, offset, len)) = parse_read(&raw) {
+            // A prefetching client's next READ usually extends the run queued last.
+            let queue = self.ctx.handles().map.get(handle).cloned();
+            if let Some(q) = &queue {
+                let folded = q.merge_into_last(|(last, _)| match last {
+                    HandleReq::Read { id: first, offset: start, len: l, count } => {
+                        let fits = *l == len
+                            && first.wrapping_add(*count) == id
+                            && u64::from(*count).checked_mul(u64::from(len)).and_then(|d| start.checked_add(d))
+                                == Some(offset)
+                            && *count < u32::MAX;
+                        if fits {
+                            *count += 1;
+                        }
+                        fits
+                    }
+                    _ => false,
+                });
+                if folded {
+                    return Ok(());
+                }
+            }
+            let handle = handle.to_owned();
+            let charge = self.charge(cost).await?;
+            self.route(&handle, HandleReq::Read { id, offset, len, count: 1 }, charge);
+            return Ok(());
+        }
+        let charge = self.charge(cost).await?;
+        // Writes, the bulk of an upload, are parsed here without copying their data.
+        if let Some((handle, req)) = parse_write(&raw) {
+            self.route(&handle, req, charge);
+            return Ok(());
+        }
+        let id = be_u32(raw.get(1..).unwrap_or_default()).unwrap_or(0);
+        let mut body = raw;
+        let packet = match Packet::try_from(&mut body) {
+            Ok(p) => p,
+            Err(_) => {
+                self.path_job(Job::Reply(status(id, StatusCode::OpUnsupported, "unsupported request")), charge);
+                return Ok(());
+            }
+        };
+        let routed = match packet {
+            Packet::Read(r) => (r.handle, HandleReq::Read { id: r.id, offset: r.offset, len: r.len, count: 1 }),
+            Packet::Write(w) => (w.handle, HandleReq::Write { id: w.id, offset: w.offset, data: Bytes::from(w.data) }),
+            Packet::Close(c) => (c.handle, HandleReq::Close { id: c.id }),
+            Packet::Fstat(f) => (f.handle, HandleReq::Fstat { id: f.id }),
+            Packet::FSetStat(f) => (f.handle, HandleReq::Fsetstat { id: f.id, attrs: f.attrs }),
+            Packet::ReadDir(r) => (r.handle, HandleReq::Readdir { id: r.id }),
+            other => {
+                self.path_job(Job::Request(other), charge);
+                return Ok(());
+            }
+        };
+        self.route(&routed.0, routed.1, charge);
+        Ok(())
+    }
+
+    fn path_job(&self, job: Job, charge: Charge) {
+        if self.pool.queue.push((job, charge)).is_ok() && self.pool.claim() {
+            self.ctx.tasks.spawn(path_worker(self.pool.clone(), self.ctx.clone()));
+        }
+    }
+
+    /// Queue a request on its handle's task (in arrival order), or answer for a bad handle.
+    fn route(&self, handle: &str, req: HandleReq, charge: Charge) {
+        let id = req.id();
+        let queue = {
+            let mut handles = self.ctx.handles();
+            if matches!(req, HandleReq::Close { .. }) {
+                handles.map.remove(handle)
+            } else {
+                handles.map.get(handle).cloned()
+            }
+        };
+        let refused = match queue {
+            Some(q) => match q.push((req, Some(charge))) {
+                Ok(()) => return,
+                Err((_, charge)) => (status(id, StatusCode::Failure, "handle is no longer usable"), charge),
+            },
+            None => (status(id, StatusCode::Failure, "invalid handle"), Some(charge)),
+        };
+        if let (reply, Some(charge)) = refused {
+            self.path_job(Job::Reply(reply), charge);
+        }
+    }
+}
+
+/// Send replies in order of arrival, gathering small ones into one channel write. Returns
+/// false if the channel refused a write.
+async fn write_replies(
+    mut wr: impl AsyncWrite + Unpin,
+    mut rx: mpsc::Receiver<(Bytes, Option<Charge>)>,
+    progress: Arc<AtomicU64>,
+) -> bool {
+    let mut small = BytesMut::new();
+    let mut held: Vec<Option<Charge>> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some((frame, charge)) = next.take() {
+            if frame.len() >= SMALL_REPLY {
+                if !flush(&mut wr, &mut small, &mut held, &progress).await || wr.write_all(&frame).await.is_err() {
+                    return false;
+                }
+                progress.fetch_add(1, Ordering::Relaxed);
+                drop(charge);
+            } else {
+                small.extend_from_slice(&frame);
+                held.push(charge);
+                if small.len() >= REPLY_BATCH && !flush(&mut wr, &mut small, &mut held, &progress).await {
+                    return false;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if !flush(&mut wr, &mut small, &mut held, &progress).await {
+            return false;
+        }
+    }
+    true
+}
+
+async fn flush(
+    wr: &mut (impl AsyncWrite + Unpin),
+    small: &mut BytesMut,
+    held: &mut Vec<Option<Charge>>,
+    progress: &AtomicU64,
+) -> bool {
+    if small.is_empty() {
+        return true;
+    }
+    if wr.write_all(small).await.is_err() {
+        return false;
+    }
+    small.clear();
+    progress.fetch_add(held.len() as u64, Ordering::Relaxed);
+    held.clear();
+    true
+}
+
+/// Serve one SFTP session until the client closes the channel, then end it the way
+/// OpenSSH does: EOF, `exit-status`, CLOSE.
+pub async fn run(
+    channel: Channel<Msg>,
+    shared: Arc<super::SftpShared>,
+    who: Principal,
+    client: ClientInfo,
+    limits: SessionLimits,
+) {
+    let (mut rd, wr) = channel.split();
+    let progress = Arc::new(AtomicU64::new(0));
+    let (out_tx, out_rx) = mpsc::channel(REPLY_QUEUE);
+    let mut writer = tokio::spawn(write_replies(wr.make_writer(), out_rx, progress.clone()));
+    let tasks = TaskTracker::new();
+    let ctx = Ctx {
+        transfers: shared.transfers.clone(),
+        who,
+        client,
+        out: out_tx,
+        budget: limits.budget.clone(),
+        uploads: shared.uploads.clone(),
+        handles: Arc::default(),
+        tasks: tasks.clone(),
+    };
+    let mut reader = Reader {
+        ctx: ctx.clone(),
+        pool: Arc::default(),
+        framer: Framer::default(),
+        progress: progress.clone(),
+        limits: limits.clone(),
+    };
+    let end = reader.run(&mut rd).await;
+    // From here on russh may deliver into a closed receiver rather than wait for us.
+    drop(rd);
+    let clean = end == End::ClientClosed;
+    let queues: Vec<Arc<HandleQueue>> = std::mem::take(&mut ctx.handles().map).into_values().collect();
+    for q in queues.iter().map(|q| q.as_ref()) {
+        if clean {
+            q.close();
+        } else {
+            q.abandon();
+        }
+    }
+    if clean {
+        reader.pool.queue.close();
+    } else {
+        reader.pool.queue.abandon();
+    }
+    drop(queues);
+    let Reader { ctx: reader_ctx, pool, .. } = reader;
+    drop((reader_ctx, pool));
+    // Unfinished uploads and downloads audit themselves as failed when their tasks end.
+    tasks.close();
+    let deadline = if clean { DRAIN_CLEAN } else { DRAIN_ABANDONED };
+    let who = ctx.who.clone();
+    let audit_ctx = (ctx.transfers.clone(), ctx.client.clone());
+    drop(ctx);
+    let flushed = tokio::time::timeout(deadline, async {
+        tasks.wait().await;
+        (&mut writer).await.unwrap_or(false)
+    })
+    .await;
+    let flushed = match flushed {
+        Ok(ok) => ok,
+        Err(_) => {
+            // The client stopped taking replies: drop them so the tasks can finish.
+            writer.abort();
+            tasks.wait().await;
+            false
+        }
+    };
+    if matches!(end, End::Stalled) {
+        let secs = limits.stall_timeout.as_secs();
+        tracing::warn!(user = %who.user, remote = %audit_ctx.1.remote_addr, secs, "SFTP session made no progress with its request budget spent; closing the connection");
+        let entry = AuditEntry {
+            user: Some(who.user.to_string()),
+            tenant: Some(who.tenant.to_string()),
+            auth_method: Some(who.auth_method.into()),
+            credential_id: Some(who.credential_id.clone()),
+            operation: Some("session".into()),
+            result: Some("error".into()),
+            error: Some(format!(
+                "closed: no reply could be sent for {secs}s while the client's queued requests filled the connection's budget"
+            )),
+            ..audit_ctx.1.entry(AuditEvent::Operation)
+        };
+        if let Err(e) = audit_ctx.0.audit().append(entry, false).await {
+            tracing::error!(error = %e, "could not audit a stalled session");
+        }
+    }
+    if flushed {
+        let code = if clean { 0 } else { 1 };
+        let _ = tokio::time::timeout(CONTROL_DEADLINE, wr.eof()).await;
+        let _ = tokio::time::timeout(CONTROL_DEADLINE, wr.exit_status(code)).await;
+    }
+    let _ = tokio::time::timeout(CONTROL_DEADLINE, wr.close()).await;
+    if !clean {
+        // A session that could not be ended cleanly takes its connection with it.
+        limits.stop.cancel();
+    }
+}
+
+/// `SSH_FXP_WRITE`: `u32 id, string handle, u64 offset, string data`, the data sliced out of
+/// the packet rather than copied. `None` for any other packet or a malformed one (which
+/// then takes the general path and gets its error status there).
+fn parse_write(packet: &Bytes) -> Option<(String, HandleReq)> {
+    const SSH_FXP_WRITE: u8 = 6;
+    let mut b = packet.clone();
+    if b.first() != Some(&SSH_FXP_WRITE) {
+        return None;
+    }
+    let take_u32 = |b: &mut Bytes| -> Option<u32> {
+        let v = be_u32(b)?;
+        b.advance(4);
+        Some(v)
+    };
+    b.advance(1);
+    let id = take_u32(&mut b)?;
+    let handle_len = take_u32(&mut b)? as usize;
+    let handle = std::str::from_utf8(b.get(..handle_len)?).ok()?.to_owned();
+    b.advance(handle_len);
+    let offset = b.get(..8)?.try_into().ok().map(u64::from_be_bytes)?;
+    b.advance(8);
+    let data_len = take_u32(&mut b)? as usize;
+    if b.len() != data_len {
+        return None;
+    }
+    Some((handle, HandleReq::Write { id, offset, data: b }))
 }
 
 /// An `SSH_FXP_DATA` frame built straight from the payload (one copy, instead of the two a
@@ -179,221 +785,8 @@ fn data_frame(id: u32, data: &[u8]) -> Bytes {
     frame.extend_from_slice(data);
     frame.freeze()
 }
-type HandleTx = mpsc::Sender<(HandleReq, Slot)>;
-type HandleRx = mpsc::Receiver<(HandleReq, Slot)>;
 
-/// Everything a request task needs.
-#[derive(Clone)]
-struct Ctx {
-    transfers: Transfers,
-    who: Principal,
-    client: ClientInfo,
-    out: Out,
-}
-
-impl Ctx {
-    async fn reply(&self, packet: Packet, permit: Slot) {
-        self.reply_frame(encode(packet), permit).await;
-    }
-
-    async fn reply_frame(&self, frame: Bytes, permit: Slot) {
-        let _ = self.out.send((frame, Some(permit))).await;
-    }
-
-    /// Resolve a path, auditing a refusal.
-    async fn path(&self, op: &str, raw: &str) -> Result<RelPath, TransferError> {
-        match resolve(raw) {
-            Ok(p) => Ok(p),
-            Err(e) => {
-                self.transfers.deny_path(&self.who, &self.client, op, raw, &e).await;
-                Err(e.into())
-            }
-        }
-    }
-}
-
-/// Serve one SFTP session until the client closes the channel.
-pub async fn run(stream: ChannelStream<Msg>, shared: Arc<SftpShared>, who: Principal, client: ClientInfo) {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let (out_tx, mut out_rx) = mpsc::channel::<(Bytes, Option<Slot>)>(32);
-    let writer = tokio::spawn(async move {
-        while let Some((bytes, permit)) = out_rx.recv().await {
-            if wr.write_all(&bytes).await.is_err() {
-                break;
-            }
-            drop(permit);
-        }
-        let _ = wr.shutdown().await;
-    });
-    let ctx = Ctx { transfers: shared.transfers.clone(), who, client, out: out_tx };
-    let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let kib = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES / 1024));
-    let mut handles: HashMap<String, HandleTx> = HashMap::new();
-    let mut next_handle = 0u64;
-    let mut tasks = JoinSet::new();
-    // The loop ends when the client closes the channel.
-    while let Ok(len) = rd.read_u32().await {
-        if len == 0 || len > MAX_PACKET + 1024 {
-            tracing::warn!(len, "SFTP packet length out of bounds; closing the session");
-            break;
-        }
-        // Read into spare capacity (no zero-filling), exactly `len` bytes.
-        let mut body = bytes::BytesMut::with_capacity(len as usize);
-        let mut limited = (&mut rd).take(u64::from(len));
-        while body.len() < len as usize {
-            match limited.read_buf(&mut body).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        if body.len() < len as usize {
-            break;
-        }
-        let mut raw = body.freeze();
-        let id = raw.get(1..5).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
-        // Writes, the bulk of an upload, are parsed here without copying their data.
-        if let Some((handle, req)) = parse_write(&raw) {
-            let Ok(request) = requests.clone().acquire_owned().await else { break };
-            let Ok(bytes) = kib.clone().acquire_many_owned(1 + len / 1024).await else { break };
-            route(handle, req, Slot { _request: request, _bytes: bytes }, &ctx, &mut handles).await;
-            continue;
-        }
-        let packet = match Packet::try_from(&mut raw) {
-            Ok(p) => p,
-            Err(_) => {
-                let _ =
-                    ctx.out.send((encode(status(id, StatusCode::OpUnsupported, "unsupported request")), None)).await;
-                continue;
-            }
-        };
-        let Ok(request) = requests.clone().acquire_owned().await else { break };
-        let Ok(bytes) = kib.clone().acquire_many_owned(1 + len / 1024).await else { break };
-        let permit = Slot { _request: request, _bytes: bytes };
-        while tasks.try_join_next().is_some() {}
-        dispatch(packet, permit, &ctx, &mut handles, &mut next_handle, &mut tasks).await;
-    }
-    // Closing the handle queues ends each handle task; unfinished uploads and downloads
-    // audit themselves as failed when dropped.
-    drop(handles);
-    while tasks.join_next().await.is_some() {}
-    drop(ctx);
-    let _ = writer.await;
-}
-
-async fn dispatch(
-    packet: Packet,
-    permit: Slot,
-    ctx: &Ctx,
-    handles: &mut HashMap<String, HandleTx>,
-    next_handle: &mut u64,
-    tasks: &mut JoinSet<()>,
-) {
-    let to_handle = |handle: &str, req: HandleReq| (handle.to_owned(), req);
-    let routed = match packet {
-        Packet::Init(init) => {
-            let mut v = Version::new();
-            v.version = init.version.min(russh_sftp::protocol::VERSION);
-            for (name, value) in [("limits@openssh.com", "1"), ("posix-rename@openssh.com", "1")] {
-                v.extensions.insert(name.into(), value.into());
-            }
-            ctx.reply(Packet::Version(v), permit).await;
-            return;
-        }
-        Packet::Read(r) => to_handle(&r.handle, HandleReq::Read { id: r.id, offset: r.offset, len: r.len }),
-        Packet::Write(w) => {
-            to_handle(&w.handle, HandleReq::Write { id: w.id, offset: w.offset, data: Bytes::from(w.data) })
-        }
-        Packet::Close(c) => to_handle(&c.handle, HandleReq::Close { id: c.id }),
-        Packet::Fstat(f) => to_handle(&f.handle, HandleReq::Fstat { id: f.id }),
-        Packet::FSetStat(f) => to_handle(&f.handle, HandleReq::Fsetstat { id: f.id }),
-        Packet::ReadDir(r) => to_handle(&r.handle, HandleReq::Readdir { id: r.id }),
-        Packet::Open(open) => {
-            let reply = open_file(ctx, open, handles, next_handle, tasks).await;
-            ctx.reply(reply, permit).await;
-            return;
-        }
-        Packet::OpenDir(od) => {
-            let reply = open_dir(ctx, od.id, &od.path, handles, next_handle, tasks).await;
-            ctx.reply(reply, permit).await;
-            return;
-        }
-        other => {
-            let ctx = ctx.clone();
-            tasks.spawn(async move {
-                let reply = path_request(&ctx, other).await;
-                ctx.reply(reply, permit).await;
-            });
-            return;
-        }
-    };
-    let (handle, req) = routed;
-    route(handle, req, permit, ctx, handles).await;
-}
-
-/// `SSH_FXP_WRITE`: `u32 id, string handle, u64 offset, string data`, the data sliced out of
-/// the packet rather than copied. `None` for any other packet or a malformed one (which
-/// then takes the general path and gets its error status there).
-fn parse_write(packet: &Bytes) -> Option<(String, HandleReq)> {
-    const SSH_FXP_WRITE: u8 = 6;
-    let mut b = packet.clone();
-    if b.first() != Some(&SSH_FXP_WRITE) {
-        return None;
-    }
-    let take_u32 = |b: &mut Bytes| -> Option<u32> {
-        let v = b.get(..4)?.try_into().ok().map(u32::from_be_bytes)?;
-        bytes::Buf::advance(b, 4);
-        Some(v)
-    };
-    bytes::Buf::advance(&mut b, 1);
-    let id = take_u32(&mut b)?;
-    let handle_len = take_u32(&mut b)? as usize;
-    let handle = std::str::from_utf8(b.get(..handle_len)?).ok()?.to_owned();
-    bytes::Buf::advance(&mut b, handle_len);
-    let offset = b.get(..8)?.try_into().ok().map(u64::from_be_bytes)?;
-    bytes::Buf::advance(&mut b, 8);
-    let data_len = take_u32(&mut b)? as usize;
-    if b.len() != data_len {
-        return None;
-    }
-    Some((handle, HandleReq::Write { id, offset, data: b }))
-}
-
-/// Queue a request on its handle's task (in arrival order), or answer for a bad handle.
-async fn route(handle: String, req: HandleReq, permit: Slot, ctx: &Ctx, handles: &mut HashMap<String, HandleTx>) {
-    let is_close = matches!(req, HandleReq::Close { .. });
-    let tx = if is_close { handles.remove(&handle) } else { handles.get(&handle).cloned() };
-    match tx {
-        Some(tx) => {
-            let id = req.id();
-            if let Err(mpsc::error::SendError((_, permit))) = tx.send((req, permit)).await {
-                ctx.reply(status(id, StatusCode::Failure, "handle is no longer usable"), permit).await;
-            }
-        }
-        None => ctx.reply(status(req.id(), StatusCode::Failure, "invalid handle"), permit).await,
-    }
-}
-
-fn new_handle(
-    handles: &mut HashMap<String, HandleTx>,
-    next_handle: &mut u64,
-) -> Result<(String, HandleRx), &'static str> {
-    if handles.len() >= MAX_HANDLES {
-        return Err("too many open handles");
-    }
-    *next_handle += 1;
-    let name = format!("h{}", *next_handle);
-    let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
-    handles.insert(name.clone(), tx);
-    Ok((name, rx))
-}
-
-async fn open_file(
-    ctx: &Ctx,
-    open: russh_sftp::protocol::Open,
-    handles: &mut HashMap<String, HandleTx>,
-    next_handle: &mut u64,
-    tasks: &mut JoinSet<()>,
-) -> Packet {
+async fn open_file(ctx: &Ctx, open: russh_sftp::protocol::Open) -> Packet {
     let id = open.id;
     let flags = open.pflags;
     let reading = flags.contains(OpenFlags::READ);
@@ -408,6 +801,9 @@ async fn open_file(
     }
     if flags.contains(OpenFlags::APPEND) {
         return status(id, StatusCode::OpUnsupported, "appending is not supported; files are written whole");
+    }
+    if ctx.handles().map.len() >= MAX_HANDLES {
+        return status(id, StatusCode::Failure, "too many open handles");
     }
     if writing {
         let existing = ctx.transfers.head(&ctx.who, &rel).await;
@@ -430,56 +826,72 @@ async fn open_file(
             Ok(u) => u,
             Err(e) => return error_status(id, &e),
         };
-        let (name, rx) = match new_handle(handles, next_handle) {
-            Ok(x) => x,
-            Err(m) => return status(id, StatusCode::Failure, m),
+        let listed = ctx.uploads.register(&ctx.who.tenant, &ctx.who.home.join(&rel).to_string());
+        let task_ctx = ctx.clone();
+        return match ctx.new_handle(move |q| upload_task(q, upload, listed, task_ctx)) {
+            Some(handle) => Packet::Handle(Handle { id, handle }),
+            // Raced with other opens past the limit: the upload task never ran, so the
+            // dropped upload records itself as failed.
+            None => status(id, StatusCode::Failure, "too many open handles"),
         };
-        tasks.spawn(upload_task(rx, upload, ctx.clone()));
-        return Packet::Handle(Handle { id, handle: name });
     }
     let reader = match ctx.transfers.open_read(&ctx.who, &ctx.client, &rel).await {
         Ok(r) => r,
         Err(e) => return error_status(id, &e),
     };
-    let (name, rx) = match new_handle(handles, next_handle) {
-        Ok(x) => x,
-        Err(m) => return status(id, StatusCode::Failure, m),
-    };
-    tasks.spawn(read_task(rx, reader, ctx.clone()));
-    Packet::Handle(Handle { id, handle: name })
+    let task_ctx = ctx.clone();
+    match ctx.new_handle(move |q| read_task(q, reader, task_ctx)) {
+        Some(handle) => Packet::Handle(Handle { id, handle }),
+        None => status(id, StatusCode::Failure, "too many open handles"),
+    }
 }
 
-async fn open_dir(
-    ctx: &Ctx,
-    id: u32,
-    raw: &str,
-    handles: &mut HashMap<String, HandleTx>,
-    next_handle: &mut u64,
-    tasks: &mut JoinSet<()>,
-) -> Packet {
+async fn open_dir(ctx: &Ctx, id: u32, raw: &str) -> Packet {
     let rel = match ctx.path("list", raw).await {
         Ok(p) => p,
         Err(e) => return error_status(id, &e),
     };
+    if ctx.handles().map.len() >= MAX_HANDLES {
+        return status(id, StatusCode::Failure, "too many open handles");
+    }
     // The first page is fetched (and audited) now, so a missing directory fails here.
     let first = match ctx.transfers.list(&ctx.who, &ctx.client, &rel, None, READDIR_BATCH).await {
         Ok(p) => p,
         Err(e) => return error_status(id, &e),
     };
-    let (name, rx) = match new_handle(handles, next_handle) {
-        Ok(x) => x,
-        Err(m) => return status(id, StatusCode::Failure, m),
-    };
-    tasks.spawn(dir_task(rx, rel, first, ctx.clone()));
-    Packet::Handle(Handle { id, handle: name })
+    let task_ctx = ctx.clone();
+    match ctx.new_handle(move |q| dir_task(q, rel, first, task_ctx)) {
+        Some(handle) => Packet::Handle(Handle { id, handle }),
+        None => status(id, StatusCode::Failure, "too many open handles"),
+    }
 }
 
-async fn upload_task(mut rx: HandleRx, mut upload: Upload, ctx: Ctx) {
+/// `setstat`/`fsetstat`: storage keeps no modes, owners or times, so those are accepted
+/// without effect; a size is accepted only where it is already the file's size (sshfs sets
+/// size 0 on a file it has just created), since nothing can be truncated or extended.
+fn set_attrs(id: u32, attrs: &FileAttributes, current_size: u64) -> Packet {
+    match attrs.size {
+        Some(size) if size != current_size => status(
+            id,
+            StatusCode::OpUnsupported,
+            "changing a file's size is not supported; upload the file whole instead",
+        ),
+        _ => ok(id),
+    }
+}
+
+/// A write parked in the reorder buffer, with its charge against the budget.
+struct Parked {
+    data: Bytes,
+    _charge: Charge,
+}
+
+async fn upload_task(q: Arc<HandleQueue>, mut upload: Upload, listed: super::inflight::Registration, ctx: Ctx) {
     let mut next = 0u64;
-    let mut pending: BTreeMap<u64, Bytes> = BTreeMap::new();
-    let mut pending_bytes = 0usize;
+    let mut parked: std::collections::BTreeMap<u64, Parked> = std::collections::BTreeMap::new();
+    let mut parked_bytes = 0usize;
     let mut failure: Option<String> = None;
-    while let Some((req, permit)) = rx.recv().await {
+    while let Some((req, charge)) = q.pop().await {
         let reply = match req {
             HandleReq::Write { id, offset, data } => {
                 if let Some(f) = &failure {
@@ -490,10 +902,11 @@ async fn upload_task(mut rx: HandleRx, mut upload: Upload, ctx: Ctx) {
                 } else if offset == next {
                     let mut result = write_at(&mut upload, &mut next, data).await;
                     while result.is_ok() {
-                        let Some(chunk) = pending.remove(&next) else { break };
-                        pending_bytes -= chunk.len();
-                        result = write_at(&mut upload, &mut next, chunk).await;
+                        let Some(p) = parked.remove(&next) else { break };
+                        parked_bytes -= p.data.len();
+                        result = write_at(&mut upload, &mut next, p.data).await;
                     }
+                    listed.state.set_bytes(next);
                     match result {
                         Ok(()) => ok(id),
                         Err(e) => {
@@ -503,12 +916,23 @@ async fn upload_task(mut rx: HandleRx, mut upload: Upload, ctx: Ctx) {
                     }
                 } else if offset > next
                     && offset - next <= REORDER_WINDOW as u64
-                    && pending_bytes + data.len() <= REORDER_WINDOW
-                    && !pending.contains_key(&offset)
+                    && parked_bytes + data.len() <= REORDER_WINDOW
+                    && !parked.contains_key(&offset)
                 {
-                    pending_bytes += data.len();
-                    pending.insert(offset, data);
-                    ok(id)
+                    let cost = data.len().max(MIN_PARKED_CHARGE) + REQUEST_OVERHEAD;
+                    match ctx.budget.try_charge(cost) {
+                        Some(parked_charge) => {
+                            parked_bytes += data.len();
+                            parked.insert(offset, Parked { data, _charge: parked_charge });
+                            ok(id)
+                        }
+                        None => {
+                            let why =
+                                "too much out-of-order data is buffered for this connection; write files sequentially";
+                            failure = Some(why.into());
+                            status(id, StatusCode::Failure, why)
+                        }
+                    }
                 } else {
                     let why = if offset < next {
                         "overlapping or repeated writes are not supported; files are written sequentially"
@@ -520,10 +944,11 @@ async fn upload_task(mut rx: HandleRx, mut upload: Upload, ctx: Ctx) {
                 }
             }
             HandleReq::Close { id } => {
+                let gap = !std::mem::take(&mut parked).is_empty();
                 let reply = if let Some(f) = failure.take() {
                     let e = upload.fail(TransferError::Client(f)).await;
                     error_status(id, &e)
-                } else if !pending.is_empty() {
+                } else if gap {
                     let e =
                         upload.fail(TransferError::Client("file has a gap: some writes never arrived".into())).await;
                     error_status(id, &e)
@@ -533,21 +958,25 @@ async fn upload_task(mut rx: HandleRx, mut upload: Upload, ctx: Ctx) {
                         Err(e) => error_status(id, &e),
                     }
                 };
-                ctx.reply(reply, permit).await;
+                drop(listed);
+                ctx.reply(reply, charge).await;
                 return;
             }
             HandleReq::Fstat { id } => {
                 let mut a = FileAttributes::empty();
                 a.size = Some(next);
                 a.permissions = Some(0o100_644);
+                let now = unix_secs(SystemTime::now());
+                a.mtime = Some(now);
+                a.atime = Some(now);
                 Packet::Attrs(Attrs { id, attrs: a })
             }
-            HandleReq::Fsetstat { id } => ok(id),
+            HandleReq::Fsetstat { id, attrs } => set_attrs(id, &attrs, next),
             HandleReq::Read { id, .. } | HandleReq::Readdir { id } => {
                 status(id, StatusCode::Failure, "handle is open for writing")
             }
         };
-        ctx.reply(reply, permit).await;
+        ctx.reply(reply, charge).await;
     }
     // Session ended without close: `upload` drops here and audits itself as failed.
 }
@@ -559,43 +988,57 @@ async fn write_at(upload: &mut Upload, next: &mut u64, data: Bytes) -> Result<()
     Ok(())
 }
 
-async fn read_task(mut rx: HandleRx, mut reader: ReadSession, ctx: Ctx) {
-    while let Some((req, permit)) = rx.recv().await {
+async fn read_task(q: Arc<HandleQueue>, mut reader: ReadSession, ctx: Ctx) {
+    while let Some((req, mut charge)) = q.pop().await {
         let reply = match req {
-            HandleReq::Read { id, offset, len } => match reader.read_at(offset, len.min(MAX_IO) as usize).await {
-                Ok(Some(data)) => {
-                    ctx.reply_frame(data_frame(id, &data), permit).await;
-                    continue;
+            HandleReq::Read { id, offset, len, count } => {
+                // Past the end once means past the end for every later offset of the run.
+                let mut at_end = false;
+                for i in 0..count {
+                    let rid = id.wrapping_add(i);
+                    let at = offset.saturating_add(u64::from(i) * u64::from(len));
+                    let held = if i + 1 == count { charge.take() } else { None };
+                    if at_end {
+                        ctx.reply(status(rid, StatusCode::Eof, "end of file"), held).await;
+                        continue;
+                    }
+                    match reader.read_at(at, len.min(MAX_IO) as usize).await {
+                        Ok(Some(data)) => ctx.reply_frame(data_frame(rid, &data), held).await,
+                        Ok(None) => {
+                            at_end = true;
+                            ctx.reply(status(rid, StatusCode::Eof, "end of file"), held).await;
+                        }
+                        Err(e) => ctx.reply(error_status(rid, &e), held).await,
+                    }
                 }
-                Ok(None) => status(id, StatusCode::Eof, "end of file"),
-                Err(e) => error_status(id, &e),
-            },
+                continue;
+            }
             HandleReq::Close { id } => {
                 let reply = match reader.close().await {
                     Ok(()) => ok(id),
                     Err(e) => error_status(id, &e),
                 };
-                ctx.reply(reply, permit).await;
+                ctx.reply(reply, charge).await;
                 return;
             }
             HandleReq::Fstat { id } => {
                 let m = reader.meta();
                 Packet::Attrs(Attrs { id, attrs: attrs_of(EntryKind::File, m.size, m.modified) })
             }
-            HandleReq::Fsetstat { id } => ok(id),
+            HandleReq::Fsetstat { id, attrs } => set_attrs(id, &attrs, reader.meta().size),
             HandleReq::Write { id, .. } | HandleReq::Readdir { id } => {
                 status(id, StatusCode::Failure, "handle is open for reading")
             }
         };
-        ctx.reply(reply, permit).await;
+        ctx.reply(reply, charge).await;
     }
 }
 
-async fn dir_task(mut rx: HandleRx, rel: RelPath, first: crate::storage::ListPage, ctx: Ctx) {
+async fn dir_task(q: Arc<HandleQueue>, rel: RelPath, first: crate::storage::ListPage, ctx: Ctx) {
     let mut page = Some(first);
     let mut after: Option<String> = None;
     let mut done = false;
-    while let Some((req, permit)) = rx.recv().await {
+    while let Some((req, charge)) = q.pop().await {
         let reply = match req {
             HandleReq::Readdir { id } => {
                 let current = match page.take() {
@@ -627,25 +1070,49 @@ async fn dir_task(mut rx: HandleRx, rel: RelPath, first: crate::storage::ListPag
                 }
             }
             HandleReq::Close { id } => {
-                ctx.reply(ok(id), permit).await;
+                ctx.reply(ok(id), charge).await;
                 return;
             }
             HandleReq::Fstat { id } => {
                 Packet::Attrs(Attrs { id, attrs: attrs_of(EntryKind::Dir, 0, SystemTime::UNIX_EPOCH) })
             }
-            HandleReq::Fsetstat { id } => ok(id),
+            HandleReq::Fsetstat { id, .. } => ok(id),
             HandleReq::Read { id, .. } | HandleReq::Write { id, .. } => {
                 status(id, StatusCode::Failure, "handle is a directory")
             }
         };
-        ctx.reply(reply, permit).await;
+        ctx.reply(reply, charge).await;
     }
 }
 
-/// Requests that name paths rather than handles.
+/// `stat`/`lstat`: an upload in progress answers as a regular file with the bytes received
+/// so far (the object itself appears only at close); otherwise what storage holds.
+async fn stat_path(ctx: &Ctx, rel: &RelPath) -> Result<FileAttributes, TransferError> {
+    let p = &ctx.who.permissions;
+    if !(p.list || p.read) {
+        return Err(TransferError::Forbidden("stat"));
+    }
+    if let Some((size, started)) = ctx.upload_in_progress(rel) {
+        return Ok(attrs_of(EntryKind::File, size, started));
+    }
+    let e = ctx.transfers.head(&ctx.who, rel).await?;
+    Ok(attrs_of(e.kind, e.size, e.modified))
+}
+
+/// Requests that name paths rather than handles (and open / opendir / init).
 async fn path_request(ctx: &Ctx, packet: Packet) -> Packet {
     let (t, who, client) = (&ctx.transfers, &ctx.who, &ctx.client);
     match packet {
+        Packet::Init(init) => {
+            let mut v = Version::new();
+            v.version = init.version.min(russh_sftp::protocol::VERSION);
+            for (name, value) in [("limits@openssh.com", "1"), ("posix-rename@openssh.com", "1")] {
+                v.extensions.insert(name.into(), value.into());
+            }
+            Packet::Version(v)
+        }
+        Packet::Open(open) => open_file(ctx, open).await,
+        Packet::OpenDir(od) => open_dir(ctx, od.id, &od.path).await,
         Packet::RealPath(r) => {
             let path = canonical(&r.path);
             Packet::Name(Name { id: r.id, files: vec![File::dummy(path)] })
@@ -653,18 +1120,17 @@ async fn path_request(ctx: &Ctx, packet: Packet) -> Packet {
         Packet::Stat(russh_sftp::protocol::Stat { id, path })
         | Packet::Lstat(russh_sftp::protocol::Lstat { id, path }) => {
             let result = match ctx.path("stat", &path).await {
-                Ok(rel) => t.head(who, &rel).await,
+                Ok(rel) => stat_path(ctx, &rel).await,
                 Err(e) => Err(e),
             };
             match result {
-                Ok(e) => Packet::Attrs(Attrs { id, attrs: attrs_of(e.kind, e.size, e.modified) }),
+                Ok(attrs) => Packet::Attrs(Attrs { id, attrs }),
                 Err(e) => error_status(id, &e),
             }
         }
         Packet::SetStat(s) => match ctx.path("setstat", &s.path).await {
-            // Attributes (mode, owner, times) are accepted and ignored: storage keeps none.
-            Ok(rel) => match t.head(who, &rel).await {
-                Ok(_) => ok(s.id),
+            Ok(rel) => match stat_path(ctx, &rel).await {
+                Ok(current) => set_attrs(s.id, &s.attrs, current.size.unwrap_or(0)),
                 Err(e) => error_status(s.id, &e),
             },
             Err(e) => error_status(s.id, &e),

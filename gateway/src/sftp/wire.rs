@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -97,14 +97,44 @@ pub fn parse_client_hello(buf: &[u8]) -> Option<ClientHello> {
 }
 
 /// Shared between the stream and the connection handler.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WireState {
     /// Set once authentication succeeded: disarms the grace deadline.
     pub authenticated: AtomicBool,
     hello: Mutex<Option<ClientHello>>,
+    start: std::time::Instant,
+    /// Milliseconds after `start` of the last byte read or written.
+    last_activity: AtomicU64,
+}
+
+impl Default for WireState {
+    fn default() -> Self {
+        WireState {
+            authenticated: AtomicBool::new(false),
+            hello: Mutex::new(None),
+            start: std::time::Instant::now(),
+            last_activity: AtomicU64::new(0),
+        }
+    }
 }
 
 impl WireState {
+    /// Time since the connection was accepted.
+    pub fn since_start(&self) -> std::time::Duration {
+        self.start.elapsed()
+    }
+
+    /// Time since the last byte went either way.
+    pub fn since_activity(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last_activity.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity.store(now, Ordering::Relaxed);
+    }
+
     /// The client's hello, once seen.
     pub fn hello(&self) -> Option<ClientHello> {
         self.hello.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -134,6 +164,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for WireStream<S> {
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.state.touch();
+        }
         if let (Poll::Ready(Ok(())), Some(sniff)) = (&result, this.sniff.as_mut()) {
             let fresh = buf.filled().get(before..).unwrap_or_default();
             let room = SNIFF_LIMIT.saturating_sub(sniff.len());
@@ -151,7 +184,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for WireStream<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for WireStream<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.touch();
+        }
+        result
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -164,7 +201,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WireStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.touch();
+        }
+        result
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
