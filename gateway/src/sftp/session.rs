@@ -738,8 +738,8 @@ pub async fn run(
         let _ = tokio::time::timeout(CONTROL_DEADLINE, wr.exit_status(code)).await;
     }
     let _ = tokio::time::timeout(CONTROL_DEADLINE, wr.close()).await;
-    if !clean {
-        // A session that could not be ended cleanly takes its connection with it.
+    if end == End::Stalled {
+        // The connection's SSH layer is wedged behind this session: close all of it.
         limits.stop.cancel();
     }
 }
