@@ -253,3 +253,41 @@ async fn scattered_out_of_order_writes_on_64_handles_stay_within_the_memory_budg
     assert!(refused > 0, "the connection budget refused parked data");
     assert!(!audit.iter().any(|r| r["event"] == "completed"), "nothing with a gap was stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_cannot_make_progress_is_closed_audited_and_frees_its_slot() {
+    // One connection allowed, a small budget and idle timeout: a client that floods writes
+    // and never reads a reply wedges its session, which must be closed rather than hold
+    // the only slot.
+    let gw = TestGateway::builder()
+        .sftp_settings("idle_timeout = \"3s\"\nmax_connections = 1\nmax_buffer_per_connection = \"1MiB\"")
+        .start()
+        .await;
+    let key = gw.user_keys["alice"].clone();
+    let mut flood = tokio::process::Command::new("python3")
+        .arg(fixture("sftp_flood.py"))
+        .args([&gw.sftp_port().to_string(), "alice", key.to_str().unwrap(), "1000000", "writes-noread"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    // Either the session notices that nothing moves while its budget is spent, or the
+    // connection watchdog that nothing crossed the socket for the idle timeout.
+    let closed = gw
+        .wait_audit("closing the wedged session", |r| {
+            (r["operation"] == "session" || r["operation"] == "connection") && r["result"] == "error"
+        })
+        .await;
+    eprintln!("wedged session closed after {:?}: {closed}", started.elapsed());
+    let why = closed["error"].as_str().unwrap();
+    assert!(why.contains("no reply could be sent for 3s") || why.contains("idle timeout"), "{closed}");
+    gw.wait_audit("the flood's upload failed", |r| r["event"] == "failed" && r["path"] == "flood.bin").await;
+    // The server dropped the connection: the only slot is free again while the flooding
+    // client still runs.
+    let (ok, text) = gw.sftp_batch("bob", "ls\n", &[]).await;
+    assert!(ok, "{text}");
+    assert!(flood.try_wait().unwrap().is_none(), "the client was still running");
+    let _ = flood.kill().await;
+}
