@@ -403,6 +403,18 @@ fn parse_read(packet: &[u8]) -> Option<(&str, u32, u64, u32)> {
     Some((handle, id, offset, len))
 }
 
+/// Fold a READ into `last` if it continues that run of reads (next id, next offset, same
+/// length), as a prefetching client's requests do.
+fn fold_read(last: &mut HandleReq, id: u32, offset: u64, len: u32) -> bool {
+    let HandleReq::Read { id: first, offset: start, len: run_len, count } = last else { return false };
+    let next_offset = u64::from(*count).checked_mul(u64::from(len)).and_then(|d| start.checked_add(d));
+    let fits = *run_len == len && first.wrapping_add(*count) == id && next_offset == Some(offset) && *count < u32::MAX;
+    if fits {
+        *count += 1;
+    }
+    fits
+}
+
 /// The path workers of one session.
 #[derive(Default)]
 struct PathPool {
@@ -506,20 +518,7 @@ impl Reader {
             // A prefetching client's next READ usually extends the run queued last.
             let queue = self.ctx.handles().map.get(handle).cloned();
             if let Some(q) = &queue {
-                let folded = q.merge_into_last(|(last, _)| match last {
-                    HandleReq::Read { id: first, offset: start, len: l, count } => {
-                        let fits = *l == len
-                            && first.wrapping_add(*count) == id
-                            && u64::from(*count).checked_mul(u64::from(len)).and_then(|d| start.checked_add(d))
-                                == Some(offset)
-                            && *count < u32::MAX;
-                        if fits {
-                            *count += 1;
-                        }
-                        fits
-                    }
-                    _ => false,
-                });
+                let folded = q.merge_into_last(|(last, _)| fold_read(last, id, offset, len));
                 if folded {
                     return Ok(());
                 }
@@ -1253,5 +1252,110 @@ mod write_tests {
         let mut lie = p.to_vec();
         lie[5..9].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(parse_write(&Bytes::from(lie)).is_none());
+    }
+}
+
+#[cfg(test)]
+mod framing_tests {
+    use super::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn read_packet(id: u32, handle: &str, offset: u64, len: u32) -> Vec<u8> {
+        let mut p = vec![5u8];
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&(handle.len() as u32).to_be_bytes());
+        p.extend_from_slice(handle.as_bytes());
+        p.extend_from_slice(&offset.to_be_bytes());
+        p.extend_from_slice(&len.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn packets_split_anywhere_across_channel_messages_come_out_whole() {
+        let small = b"\x01\x00\x00\x00\x03".to_vec();
+        let big = vec![7u8; ZERO_COPY_MIN + 100];
+        let mut stream = frame(&small);
+        stream.extend(frame(&big));
+        stream.extend(frame(&small));
+        for cut_a in [1, 3, 4, 5, 9, 20, stream.len() - 7] {
+            for cut_b in [cut_a + 1, cut_a + 4, stream.len()] {
+                let cut_b = cut_b.min(stream.len());
+                let mut f = Framer::default();
+                let mut out = Vec::new();
+                for chunk in [&stream[..cut_a], &stream[cut_a..cut_b], &stream[cut_b..]] {
+                    f.push(Bytes::copy_from_slice(chunk));
+                    while let Some(p) = f.next_packet().unwrap() {
+                        out.push(p);
+                    }
+                }
+                assert_eq!(out.len(), 3, "cuts {cut_a} {cut_b}");
+                assert_eq!((&out[0][..], &out[1][..], &out[2][..]), (&small[..], &big[..], &small[..]));
+            }
+        }
+    }
+
+    #[test]
+    fn large_packets_inside_one_message_are_slices_and_small_ones_copies() {
+        let big = vec![9u8; ZERO_COPY_MIN];
+        let mut stream = frame(&big);
+        stream.extend(frame(b"\x01abc"));
+        let chunk = Bytes::from(stream);
+        let mut f = Framer::default();
+        f.push(chunk.clone());
+        let first = f.next_packet().unwrap().unwrap();
+        assert_eq!(first.as_ptr(), chunk[4..].as_ptr(), "sliced, not copied");
+        let second = f.next_packet().unwrap().unwrap();
+        assert_eq!(&second[..], b"\x01abc");
+        assert_ne!(second.as_ptr(), chunk[chunk.len() - 4..].as_ptr(), "copied: must not pin the message");
+        assert!(f.next_packet().unwrap().is_none());
+    }
+
+    #[test]
+    fn lengths_out_of_bounds_are_refused() {
+        for len in [0u32, MAX_PACKET + 1025, u32::MAX] {
+            let mut f = Framer::default();
+            f.push(Bytes::copy_from_slice(&len.to_be_bytes()));
+            assert!(f.next_packet().is_err(), "{len}");
+        }
+        // Also when the length arrives in pieces.
+        let mut f = Framer::default();
+        f.push(Bytes::from_static(&[0xff, 0xff]));
+        assert!(f.next_packet().unwrap().is_none());
+        f.push(Bytes::from_static(&[0xff, 0xff]));
+        assert!(f.next_packet().is_err());
+    }
+
+    #[test]
+    fn reads_parse_and_anything_else_does_not() {
+        let p = read_packet(9, "h12", 1 << 33, 32768);
+        assert_eq!(parse_read(&p), Some(("h12", 9, 1 << 33, 32768)));
+        for cut in 0..p.len() {
+            assert_eq!(parse_read(&p[..cut]), None, "cut {cut}");
+        }
+        let mut longer = p.clone();
+        longer.push(0);
+        assert_eq!(parse_read(&longer), None);
+        let mut write = p.clone();
+        write[0] = 6;
+        assert_eq!(parse_read(&write), None);
+    }
+
+    #[tokio::test]
+    async fn consecutive_reads_fold_into_one_run_and_others_do_not() {
+        let q = HandleQueue::default();
+        let fold = |q: &HandleQueue, id, offset, len| q.merge_into_last(|(last, _)| fold_read(last, id, offset, len));
+        q.push((HandleReq::Read { id: 10, offset: 0, len: 100, count: 1 }, None)).ok();
+        assert!(fold(&q, 11, 100, 100));
+        assert!(fold(&q, 12, 200, 100));
+        assert!(!fold(&q, 14, 300, 100), "id gap");
+        assert!(!fold(&q, 13, 350, 100), "offset gap");
+        assert!(!fold(&q, 13, 300, 50), "other length");
+        let Some((HandleReq::Read { id, offset, len, count }, _)) = q.try_pop() else { panic!("a run") };
+        assert_eq!((id, offset, len, count), (10, 0, 100, 3));
     }
 }
