@@ -575,6 +575,8 @@ fn sftp_defaults() {
     assert_eq!(sftp.idle_timeout, Duration::from_secs(600));
     assert_eq!(sftp.max_connections, 256);
     assert_eq!(sftp.connection_rate_per_source, 10);
+    assert_eq!(sftp.max_buffer_per_connection, 16 << 20);
+    assert_eq!(sftp.max_buffer_total, None, "a quarter of the machine's memory, decided at start");
     assert_eq!(sftp.algorithms, SshAlgorithms::defaults());
     // The defaults, in preference order.
     let d = SshAlgorithms::defaults();
@@ -1043,4 +1045,17 @@ fn ssh_rules_unit() {
     assert_eq!(refusal_reason(&KEX, "ecdh-sha2-nistp256"), "not allowed");
     assert_eq!(refusal_reason(&CIPHERS, "rijndael-cbc@lysator.liu.se"), "CBC mode");
     assert_eq!(refusal_reason(&CIPHERS, "aes128-cbc"), "CBC mode");
+}
+
+#[test]
+fn sftp_buffer_budgets_parse_and_refuse_what_cannot_hold_a_packet() {
+    let config =
+        ok("mode = \"development\"\n[sftp]\nmax_buffer_per_connection = \"64MiB\"\nmax_buffer_total = \"2GiB\"\n");
+    let sftp = config.sftp.unwrap();
+    assert_eq!((sftp.max_buffer_per_connection, sftp.max_buffer_total), (64 << 20, Some(2 << 30)));
+    let got =
+        errs("mode = \"development\"\n[sftp]\nmax_buffer_per_connection = \"512KiB\"\nmax_buffer_total = \"lots\"\n");
+    assert!(has(&got, "sftp.max_buffer_per_connection", "at least 1MiB"), "{got:#?}");
+    assert!(has(&got, "sftp.max_buffer_total", ""), "{got:#?}");
+    assert_eq!(got.len(), 2, "{got:#?}");
 }
