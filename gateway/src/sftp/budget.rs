@@ -21,6 +21,11 @@ pub const MIN_PARKED_CHARGE: usize = 4 * 1024;
 /// Largest single charge: a semaphore hands out at most `u32::MAX` permits at once.
 const MAX_CHARGE: usize = u32::MAX as usize;
 
+/// Read data one connection may have read from storage and not yet sent: enough to keep a
+/// client's SSH window (OpenSSH: 2 MiB) full, little enough that many connections cannot
+/// pile up replies a slow client does not take.
+pub const REPLY_BYTES_PER_CONNECTION: usize = 4 * 1024 * 1024;
+
 /// The process-wide pool every connection's budget draws from as well.
 #[derive(Debug, Clone)]
 pub struct GlobalBudget {
@@ -52,20 +57,31 @@ pub struct Budget {
     conn: Arc<Semaphore>,
     conn_limit: usize,
     global: GlobalBudget,
+    replies: Arc<Semaphore>,
 }
 
-/// Bytes held against a connection's and the process's budget until dropped.
+/// Bytes held against a connection's and the process's budget (or, for read data on its
+/// way out, against the connection's reply allowance) until dropped.
 #[derive(Debug)]
 pub struct Charge {
-    _conn: OwnedSemaphorePermit,
-    _global: OwnedSemaphorePermit,
+    _first: OwnedSemaphorePermit,
+    _second: Option<OwnedSemaphorePermit>,
 }
 
 impl Budget {
     /// A budget of `limit` bytes for one connection.
     pub fn new(limit: usize, global: GlobalBudget) -> Budget {
         let conn_limit = limit.clamp(1, Semaphore::MAX_PERMITS);
-        Budget { conn: Arc::new(Semaphore::new(conn_limit)), conn_limit, global }
+        let replies = Arc::new(Semaphore::new(REPLY_BYTES_PER_CONNECTION));
+        Budget { conn: Arc::new(Semaphore::new(conn_limit)), conn_limit, global, replies }
+    }
+
+    /// Wait until `bytes` of read data may be in flight to the client (released when the
+    /// reply is written). Needs no request budget, so replies never wait on requests.
+    pub async fn reply_charge(&self, bytes: usize) -> Option<Charge> {
+        let n = u32::try_from(bytes.clamp(1, REPLY_BYTES_PER_CONNECTION)).unwrap_or(1);
+        let permit = self.replies.clone().acquire_many_owned(n).await.ok()?;
+        Some(Charge { _first: permit, _second: None })
     }
 
     fn clamp(&self, bytes: usize) -> u32 {
@@ -78,7 +94,7 @@ impl Budget {
         let n = self.clamp(bytes);
         let conn = self.conn.clone().try_acquire_many_owned(n).ok()?;
         let global = self.global.sem.clone().try_acquire_many_owned(n).ok()?;
-        Some(Charge { _conn: conn, _global: global })
+        Some(Charge { _first: conn, _second: Some(global) })
     }
 
     /// Wait until `bytes` can be taken. A charge larger than either budget is clamped to it,
@@ -95,7 +111,7 @@ impl Budget {
             Ok(p) => p,
             Err(_) => std::future::pending().await,
         };
-        Charge { _conn: conn, _global: global }
+        Charge { _first: conn, _second: Some(global) }
     }
 
     /// Bytes this connection has charged.
@@ -142,6 +158,11 @@ mod tests {
         // Larger than the whole budget: takes all of it instead of waiting forever.
         let all = tokio::time::timeout(std::time::Duration::from_secs(1), budget.charge(1 << 30)).await.unwrap();
         assert_eq!(budget.in_use(), 4_096);
-        drop(all);
+        // Reply data has its own allowance: it never waits on spent request budget.
+        let reply = budget.reply_charge(1 << 20).await.unwrap();
+        let rest = budget.replies.available_permits();
+        assert_eq!(rest, REPLY_BYTES_PER_CONNECTION - (1 << 20));
+        drop((all, reply));
+        assert_eq!(budget.replies.available_permits(), REPLY_BYTES_PER_CONNECTION);
     }
 }

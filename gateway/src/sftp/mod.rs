@@ -170,7 +170,9 @@ impl SftpFrontend {
             keepalive_interval: None,
             window_size: 16 * 1024 * 1024,
             maximum_packet_size: 64 * 1024,
-            channel_buffer_size: 256,
+            // The session reader drains its channel at once; a short buffer bounds what
+            // russh holds per channel when a session's budget is spent (64 × 32 KiB).
+            channel_buffer_size: 64,
             nodelay: true,
             preferred: preferred(&config.algorithms)?,
             ..Default::default()

@@ -16,7 +16,9 @@
 //!   closed with a log line and an audit record.
 //! * Requests on an open handle go, in arrival order, to that handle's own task (writes and
 //!   reads of one file in order, different files in parallel); every other request (open,
-//!   stat, realpath, mkdir, …) goes to a small pool of path workers.
+//!   stat, realpath, mkdir, …) goes to one of a few lanes chosen by the path it names, each
+//!   served in order (requests about one path are processed in order, as the protocol
+//!   requires; sshfs relies on it).
 //! * One writer task sends the replies, gathering small ones into one channel write; a
 //!   request's charge is released once its reply is written.
 //! * The session ends when the client closes the channel (exit status 0), on a framing
@@ -30,7 +32,7 @@
 //! appears only on a successful `close`, whose status carries any storage failure.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -65,8 +67,9 @@ pub const MAX_HANDLES: usize = 64;
 pub const REORDER_WINDOW: usize = 8 * 1024 * 1024;
 /// Entries per `readdir` reply.
 const READDIR_BATCH: usize = 128;
-/// Path requests (open, stat, realpath, mkdir, …) served at once per session.
-const PATH_WORKERS: usize = 16;
+/// Lanes for path requests (open, stat, realpath, mkdir, …): up to this many are served at
+/// once per session, requests about one path in order.
+const PATH_LANES: usize = 16;
 /// Packets at least this large are sliced out of the channel's buffer rather than copied;
 /// smaller ones are copied so that a parked 1-byte write cannot pin a 32 KiB buffer.
 const ZERO_COPY_MIN: usize = 8 * 1024;
@@ -415,33 +418,85 @@ fn fold_read(last: &mut HandleReq, id: u32, offset: u64, len: u32) -> bool {
     fits
 }
 
-/// The path workers of one session.
-#[derive(Default)]
+/// The path workers of one session: [`PATH_LANES`] FIFO lanes, each served in order by at
+/// most one worker. A request goes to the lane of the path it names, so requests about one
+/// path are processed in the order they arrived (sshfs sends an OPEN that creates a file
+/// and, without waiting, an LSTAT of it), while different paths proceed in parallel.
 struct PathPool {
-    queue: WorkQueue<(Job, Charge)>,
-    active: AtomicUsize,
+    lanes: Vec<Lane>,
 }
 
-impl PathPool {
-    /// Count one more worker, if fewer than [`PATH_WORKERS`] run.
-    fn claim(&self) -> bool {
-        self.active.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < PATH_WORKERS).then_some(n + 1)).is_ok()
+#[derive(Default)]
+struct Lane {
+    queue: WorkQueue<(Job, Charge)>,
+    busy: std::sync::atomic::AtomicBool,
+}
+
+impl Default for PathPool {
+    fn default() -> Self {
+        PathPool { lanes: (0..PATH_LANES).map(|_| Lane::default()).collect() }
     }
 }
 
-async fn path_worker(pool: Arc<PathPool>, ctx: Ctx) {
+impl Lane {
+    /// Become this lane's worker, unless it has one.
+    fn claim(&self) -> bool {
+        !self.busy.swap(true, Ordering::SeqCst)
+    }
+}
+
+impl PathPool {
+    fn lane(&self, i: usize) -> Option<&Lane> {
+        self.lanes.get(i % PATH_LANES)
+    }
+
+    fn close(&self, abandon: bool) {
+        for lane in &self.lanes {
+            if abandon {
+                lane.queue.abandon();
+            } else {
+                lane.queue.close();
+            }
+        }
+    }
+}
+
+/// The lane of a request: by the path it names (as `realpath` would spell it), so that
+/// `/a/b`, `a/b` and `a//b` meet in one lane.
+fn lane_of(packet: &Packet) -> usize {
+    let path = match packet {
+        Packet::Open(o) => o.filename.as_str(),
+        Packet::OpenDir(o) => o.path.as_str(),
+        Packet::Stat(x) => x.path.as_str(),
+        Packet::Lstat(x) => x.path.as_str(),
+        Packet::SetStat(x) => x.path.as_str(),
+        Packet::MkDir(x) => x.path.as_str(),
+        Packet::RmDir(x) => x.path.as_str(),
+        Packet::Remove(x) => x.filename.as_str(),
+        Packet::Rename(x) => x.oldpath.as_str(),
+        Packet::RealPath(x) => x.path.as_str(),
+        _ => return 0,
+    };
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    canonical(path).hash(&mut h);
+    usize::try_from(h.finish() % PATH_LANES as u64).unwrap_or(0)
+}
+
+async fn lane_worker(pool: Arc<PathPool>, lane: usize, ctx: Ctx) {
+    let Some(this) = pool.lane(lane) else { return };
     loop {
-        while let Some((job, charge)) = pool.queue.try_pop() {
+        while let Some((job, charge)) = this.queue.try_pop() {
             let reply = match job {
                 Job::Reply(p) => p,
                 Job::Request(p) => path_request(&ctx, p).await,
             };
             ctx.reply(reply, Some(charge)).await;
         }
-        pool.active.fetch_sub(1, Ordering::SeqCst);
-        // The reader pushes and then claims; if it saw the pool full just before this
-        // worker left, the job is still there for whoever re-claims.
-        if pool.queue.is_empty() || !pool.claim() {
+        this.busy.store(false, Ordering::SeqCst);
+        // The reader pushes and then claims; if it found the lane busy just before this
+        // worker left, the job is still there for whoever claims next.
+        if this.queue.is_empty() || !this.claim() {
             return;
         }
     }
@@ -539,7 +594,7 @@ impl Reader {
         let packet = match Packet::try_from(&mut body) {
             Ok(p) => p,
             Err(_) => {
-                self.path_job(Job::Reply(status(id, StatusCode::OpUnsupported, "unsupported request")), charge);
+                self.path_job(0, Job::Reply(status(id, StatusCode::OpUnsupported, "unsupported request")), charge);
                 return Ok(());
             }
         };
@@ -551,7 +606,7 @@ impl Reader {
             Packet::FSetStat(f) => (f.handle, HandleReq::Fsetstat { id: f.id, attrs: f.attrs }),
             Packet::ReadDir(r) => (r.handle, HandleReq::Readdir { id: r.id }),
             other => {
-                self.path_job(Job::Request(other), charge);
+                self.path_job(lane_of(&other), Job::Request(other), charge);
                 return Ok(());
             }
         };
@@ -559,9 +614,10 @@ impl Reader {
         Ok(())
     }
 
-    fn path_job(&self, job: Job, charge: Charge) {
-        if self.pool.queue.push((job, charge)).is_ok() && self.pool.claim() {
-            self.ctx.tasks.spawn(path_worker(self.pool.clone(), self.ctx.clone()));
+    fn path_job(&self, lane: usize, job: Job, charge: Charge) {
+        let Some(l) = self.pool.lane(lane) else { return };
+        if l.queue.push((job, charge)).is_ok() && l.claim() {
+            self.ctx.tasks.spawn(lane_worker(self.pool.clone(), lane, self.ctx.clone()));
         }
     }
 
@@ -584,7 +640,7 @@ impl Reader {
             None => (status(id, StatusCode::Failure, "invalid handle"), Some(charge)),
         };
         if let (reply, Some(charge)) = refused {
-            self.path_job(Job::Reply(reply), charge);
+            self.path_job(0, Job::Reply(reply), charge);
         }
     }
 }
@@ -684,11 +740,7 @@ pub async fn run(
             q.abandon();
         }
     }
-    if clean {
-        reader.pool.queue.close();
-    } else {
-        reader.pool.queue.abandon();
-    }
+    reader.pool.close(!clean);
     drop(queues);
     let Reader { ctx: reader_ctx, pool, .. } = reader;
     drop((reader_ctx, pool));
@@ -991,17 +1043,21 @@ async fn read_task(q: Arc<HandleQueue>, mut reader: ReadSession, ctx: Ctx) {
     while let Some((req, mut charge)) = q.pop().await {
         let reply = match req {
             HandleReq::Read { id, offset, len, count } => {
+                // The request's charge covers it while queued; once read, the data is
+                // charged to the connection's reply allowance until it is sent.
+                let _request = charge.take();
                 // Past the end once means past the end for every later offset of the run.
                 let mut at_end = false;
                 for i in 0..count {
                     let rid = id.wrapping_add(i);
                     let at = offset.saturating_add(u64::from(i) * u64::from(len));
-                    let held = if i + 1 == count { charge.take() } else { None };
                     if at_end {
-                        ctx.reply(status(rid, StatusCode::Eof, "end of file"), held).await;
+                        ctx.reply(status(rid, StatusCode::Eof, "end of file"), None).await;
                         continue;
                     }
-                    match reader.read_at(at, len.min(MAX_IO) as usize).await {
+                    let want = len.min(MAX_IO) as usize;
+                    let held = ctx.budget.reply_charge(want + 13).await;
+                    match reader.read_at(at, want).await {
                         Ok(Some(data)) => ctx.reply_frame(data_frame(rid, &data), held).await,
                         Ok(None) => {
                             at_end = true;
