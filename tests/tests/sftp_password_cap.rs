@@ -40,20 +40,27 @@ async fn put_file(port: u16, key: &Path, dir: &Path, size: usize, remote: &str) 
 }
 
 const PASSWORD_GUESSES: &str = r#"
-import sys, threading, paramiko
-port, n = int(sys.argv[1]), int(sys.argv[2])
+import sys, threading, time, paramiko
+port, n, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+deadline = time.time() + seconds
 refused = []
 def guess(i):
-    t = paramiko.Transport(("127.0.0.1", port))
-    try:
-        t.connect()
-        t.auth_password("alice", "wrong-%d" % i)
-    except paramiko.AuthenticationException:
-        refused.append(i)
-    except Exception as e:
-        print("error", e, file=sys.stderr)
-    finally:
-        t.close()
+    # One password per connection until the deadline (russh does not answer the second
+    # service request paramiko sends to retry on the same connection). Classical kex:
+    # paramiko's ML-KEM is slow in Python and would throttle the guessing.
+    k = 0
+    while time.time() < deadline:
+        k += 1
+        t = paramiko.Transport(("127.0.0.1", port), disabled_algorithms={"kex": ["mlkem768x25519-sha256"]})
+        try:
+            t.connect()
+            t.auth_password("alice", "wrong-%d-%d" % (i, k))
+        except paramiko.AuthenticationException:
+            refused.append(i)
+        except Exception:
+            pass
+        finally:
+            t.close()
 threads = [threading.Thread(target=guess, args=(i,)) for i in range(n)]
 for t in threads: t.start()
 for t in threads: t.join()
@@ -88,20 +95,28 @@ async fn fifty_parallel_password_guesses_do_not_starve_a_download() {
         out.trim().parse::<f64>().unwrap()
     };
     let alone = timed(get.clone(), port.clone(), key.clone(), dest.clone()).await;
-    let guessing = {
-        let (guesses, port) = (guesses.clone(), port.clone());
-        tokio::spawn(async move { python(&[guesses.to_str().unwrap(), &port, "50"], Duration::from_secs(300)).await })
-    };
-    // Let the guesses pile up in front of the password check first.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // 50 connections guess for 8 seconds, from 5 processes (one Python process could not
+    // keep 50 attempts outstanding); the download runs in the middle of it.
+    let guessing: Vec<_> = (0..5)
+        .map(|_| {
+            let (guesses, port) = (guesses.clone(), port.clone());
+            tokio::spawn(async move {
+                python(&[guesses.to_str().unwrap(), &port, "10", "8"], Duration::from_secs(300)).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let contended = timed(get, port, key, dest).await;
-    let refused: usize = guessing.await.unwrap().trim().parse().unwrap();
-    eprintln!("download alone {alone:.2}s, during 50 password guesses {contended:.2}s");
-    assert_eq!(refused, 50, "every guess was refused");
+    let mut refused = 0usize;
+    for g in guessing {
+        refused += g.await.unwrap().trim().parse::<usize>().unwrap();
+    }
+    eprintln!("download alone {alone:.2}s, during 50 password guesses {contended:.2}s ({refused} guesses refused)");
+    assert!(refused >= 50, "guesses kept coming and were refused ({refused})");
     let failures = gw.audit().iter().filter(|r| r["event"] == "auth_failure" && r["auth_method"] == "password").count();
-    assert!(failures >= 50, "each guess audited ({failures})");
-    // Stated factor: password hashing runs on at most half the cores, so a download keeps
-    // the rest; 3x (plus half a second) allows for this 2-core machine's noise. Without
-    // the cap, 50 hashes at once take both cores and the download waits for all of them.
-    assert!(contended < alone * 3.0 + 0.5, "download took {contended:.2}s with guessing vs {alone:.2}s alone");
+    assert!(failures >= refused, "each guess audited ({failures} records, {refused} refusals)");
+    // Stated factor: at most 2x (plus 0.3 s of noise). Password hashing runs on at most
+    // half the cores, so the download keeps the rest (measured here: 1.1x to 1.8x). Without the
+    // cap the same guessing took 3x.
+    assert!(contended < alone * 2.0 + 0.3, "download took {contended:.2}s with guessing vs {alone:.2}s alone");
 }
