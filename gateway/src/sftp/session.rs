@@ -100,7 +100,10 @@ pub struct SessionLimits {
 /// Why the reader stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The client sent EOF or closed the channel.
+    /// The client sent EOF: what it sent is still processed and answered.
+    ClientEof,
+    /// The client closed the channel: what it sent is still processed, reads stop early
+    /// (nobody can receive their data).
     ClientClosed,
     /// A packet length out of bounds: the stream cannot be framed any more.
     Framing,
@@ -249,6 +252,8 @@ fn encode(packet: Packet) -> Bytes {
 struct Handles {
     map: HashMap<String, Arc<HandleQueue>>,
     next: u64,
+    /// Set when the session ends: no new handle after that.
+    closed: bool,
 }
 
 /// Everything a request task needs.
@@ -262,6 +267,7 @@ struct Ctx {
     uploads: Arc<UploadsInProgress>,
     handles: Arc<Mutex<Handles>>,
     tasks: TaskTracker,
+    gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Ctx {
@@ -269,8 +275,14 @@ impl Ctx {
         self.reply_frame(encode(packet), charge).await;
     }
 
-    async fn reply_frame(&self, frame: Bytes, charge: Option<Charge>) {
-        let _ = self.out.send((frame, charge)).await;
+    /// Queue a reply frame; false once nobody will send it any more.
+    async fn reply_frame(&self, frame: Bytes, charge: Option<Charge>) -> bool {
+        self.out.send((frame, charge)).await.is_ok()
+    }
+
+    /// True once the client closed the channel: replies can no longer reach it.
+    fn client_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
     }
 
     fn handles(&self) -> std::sync::MutexGuard<'_, Handles> {
@@ -302,7 +314,7 @@ impl Ctx {
         let queue = Arc::new(HandleQueue::default());
         let name = {
             let mut handles = self.handles();
-            if handles.map.len() >= MAX_HANDLES {
+            if handles.closed || handles.map.len() >= MAX_HANDLES {
                 return None;
             }
             handles.next += 1;
@@ -537,7 +549,8 @@ impl Reader {
                         }
                     }
                 }
-                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return End::ClientClosed,
+                Some(ChannelMsg::Eof) => return End::ClientEof,
+                Some(ChannelMsg::Close) | None => return End::ClientClosed,
                 Some(_) => {}
             }
         }
@@ -720,6 +733,7 @@ pub async fn run(
         uploads: shared.uploads.clone(),
         handles: Arc::default(),
         tasks: tasks.clone(),
+        gone: Arc::default(),
     };
     let mut reader = Reader {
         ctx: ctx.clone(),
@@ -731,8 +745,15 @@ pub async fn run(
     let end = reader.run(&mut rd).await;
     // From here on russh may deliver into a closed receiver rather than wait for us.
     drop(rd);
-    let clean = end == End::ClientClosed;
-    let queues: Vec<Arc<HandleQueue>> = std::mem::take(&mut ctx.handles().map).into_values().collect();
+    let clean = matches!(end, End::ClientEof | End::ClientClosed);
+    if end != End::ClientEof {
+        ctx.gone.store(true, Ordering::Relaxed);
+    }
+    let queues: Vec<Arc<HandleQueue>> = {
+        let mut handles = ctx.handles();
+        handles.closed = true;
+        std::mem::take(&mut handles.map).into_values().collect()
+    };
     for q in queues.iter().map(|q| q.as_ref()) {
         if clean {
             q.close();
@@ -1049,6 +1070,9 @@ async fn read_task(q: Arc<HandleQueue>, mut reader: ReadSession, ctx: Ctx) {
                 // Past the end once means past the end for every later offset of the run.
                 let mut at_end = false;
                 for i in 0..count {
+                    if ctx.client_gone() {
+                        break;
+                    }
                     let rid = id.wrapping_add(i);
                     let at = offset.saturating_add(u64::from(i) * u64::from(len));
                     if at_end {
@@ -1058,7 +1082,11 @@ async fn read_task(q: Arc<HandleQueue>, mut reader: ReadSession, ctx: Ctx) {
                     let want = len.min(MAX_IO) as usize;
                     let held = ctx.budget.reply_charge(want + 13).await;
                     match reader.read_at(at, want).await {
-                        Ok(Some(data)) => ctx.reply_frame(data_frame(rid, &data), held).await,
+                        Ok(Some(data)) => {
+                            if !ctx.reply_frame(data_frame(rid, &data), held).await {
+                                break;
+                            }
+                        }
                         Ok(None) => {
                             at_end = true;
                             ctx.reply(status(rid, StatusCode::Eof, "end of file"), held).await;
