@@ -571,7 +571,9 @@ impl Reader {
                 () = self.limits.stop.cancelled() => return Err(End::Stopped),
                 () = tokio::time::sleep(self.limits.stall_timeout) => {
                     let now = self.progress.load(Ordering::Relaxed);
-                    if now == seen {
+                    // Stalled only if this connection holds budget that is not moving; waiting
+                    // on the process-wide pool alone is someone else's doing.
+                    if now == seen && self.ctx.budget.in_use() > 0 {
                         return Err(End::Stalled);
                     }
                     seen = now;
