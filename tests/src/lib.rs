@@ -563,6 +563,56 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(gateway::digest::sha256(data))
 }
 
+/// Write `n` random bytes to `path`; returns their hex SHA-256.
+pub fn write_random(path: &Path, n: usize) -> String {
+    let data = random_bytes(n);
+    std::fs::write(path, &data).unwrap();
+    sha256_hex(&data)
+}
+
+/// Hex SHA-256 of a file.
+pub fn sha_file(path: &Path) -> String {
+    sha256_hex(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// Run `python3 args…` within `limit`; returns its stdout, panics with its output on failure
+/// or when it runs too long (the process is killed then).
+pub async fn python(args: &[&str], limit: Duration) -> String {
+    let child = tokio::process::Command::new("python3")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is installed");
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("python {args:?} did not finish within {limit:?}"))
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "python {args:?} failed:\n{stdout}\n{stderr}");
+    stdout.into_owned()
+}
+
+const PARAMIKO_PUT: &str = r#"
+import sys, paramiko
+port, key, local, remote = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+t = paramiko.Transport(("127.0.0.1", port))
+t.connect(username="alice", pkey=paramiko.Ed25519Key.from_private_key_file(key))
+paramiko.SFTPClient.from_transport(t).put(local, remote)
+"#;
+
+/// Upload `size` random bytes as `remote` with paramiko (user alice, key `key`), using
+/// `dir` for the local file and script.
+pub async fn paramiko_put(port: u16, key: &Path, dir: &Path, size: usize, remote: &str) {
+    let local = dir.join("put-src");
+    std::fs::write(&local, random_bytes(size)).unwrap();
+    let script = dir.join("put.py");
+    std::fs::write(&script, PARAMIKO_PUT).unwrap();
+    let args = [script.to_str().unwrap(), &port.to_string(), key.to_str().unwrap(), local.to_str().unwrap(), remote];
+    python(&args, Duration::from_secs(120)).await;
+}
+
 /// Path of the `gateway` binary next to the test executable's target dir.
 pub fn gateway_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

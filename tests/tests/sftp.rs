@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_e2e::{random_bytes, sha256_hex, ssh_keygen, TestGateway};
+use gateway_e2e::{random_bytes, sha256_hex, sha_file, ssh_keygen, write_random, TestGateway};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
@@ -16,17 +16,6 @@ const MIB: usize = 1024 * 1024;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
 // ------------------------------------------------------------------------------ helpers
-
-/// Write `n` random bytes to `path`; returns their SHA-256.
-fn write_random(path: &Path, n: usize) -> String {
-    let data = random_bytes(n);
-    std::fs::write(path, &data).unwrap();
-    sha256_hex(&data)
-}
-
-fn sha_file(path: &Path) -> String {
-    sha256_hex(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-}
 
 /// `SHA256:…` of a public key file, as `ssh-keygen -lf` prints it.
 async fn fingerprint(public_key: &Path) -> String {

@@ -3,41 +3,12 @@
 //! and shares the machine with no other test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use gateway_e2e::{random_bytes, TestGateway};
+use gateway_e2e::{paramiko_put, python, TestGateway};
 
 const MIB: usize = 1024 * 1024;
-
-/// Run `python3 args…` with a time limit; returns stdout, panics with stderr on failure.
-async fn python(args: &[&str], limit: Duration) -> String {
-    let out =
-        tokio::time::timeout(limit, tokio::process::Command::new("python3").args(args).kill_on_drop(true).output())
-            .await
-            .unwrap_or_else(|_| panic!("python {args:?} did not finish within {limit:?}"))
-            .expect("python3 is installed");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "python {args:?} failed:\n{stdout}\n{stderr}");
-    stdout.into_owned()
-}
-
-const PARAMIKO_PUT: &str = r#"
-import sys, paramiko
-port, key, local, remote = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-t = paramiko.Transport(("127.0.0.1", port))
-t.connect(username="alice", pkey=paramiko.Ed25519Key.from_private_key_file(key))
-paramiko.SFTPClient.from_transport(t).put(local, remote)
-"#;
-
-async fn put_file(port: u16, key: &Path, dir: &Path, size: usize, remote: &str) {
-    let local = dir.join("put-src");
-    std::fs::write(&local, random_bytes(size)).unwrap();
-    let script = dir.join("put.py");
-    std::fs::write(&script, PARAMIKO_PUT).unwrap();
-    let args = [script.to_str().unwrap(), &port.to_string(), key.to_str().unwrap(), local.to_str().unwrap(), remote];
-    python(&args, Duration::from_secs(120)).await;
-}
 
 const PASSWORD_GUESSES: &str = r#"
 import sys, threading, time, paramiko
@@ -83,7 +54,7 @@ async fn fifty_parallel_password_guesses_do_not_starve_a_download() {
     let gw = TestGateway::builder().password("alice", "correct horse battery staple").sftp().start().await;
     let dir = tempfile::tempdir().unwrap();
     let key = gw.user_keys["alice"].clone();
-    put_file(gw.sftp_port(), &key, dir.path(), 64 * MIB, "/dl.bin").await;
+    paramiko_put(gw.sftp_port(), &key, dir.path(), 64 * MIB, "/dl.bin").await;
     let get = dir.path().join("get.py");
     std::fs::write(&get, TIMED_GET).unwrap();
     let guesses = dir.path().join("guess.py");

@@ -6,31 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gateway_e2e::{random_bytes, sha256_hex, TestGateway};
+use gateway_e2e::{paramiko_put, python, random_bytes, sha256_hex, TestGateway};
 use serde_json::Value;
 
 const MIB: usize = 1024 * 1024;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
-}
-
-/// Run `python3 args…` with a time limit; returns stdout, panics with stderr on failure.
-async fn python(args: &[&str], limit: Duration) -> String {
-    let child = tokio::process::Command::new("python3")
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 is installed");
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("python {args:?} did not finish within {limit:?}"))
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "python {args:?} failed:\n{stdout}\n{stderr}");
-    stdout.into_owned()
 }
 
 fn last_json(out: &str) -> Value {
@@ -98,33 +80,12 @@ async fn paramiko_get_and_getfo_with_default_prefetch_finish_for_256_mib() {
     }
 }
 
-const PARAMIKO_PUT: &str = r#"
-import sys, paramiko
-port, key, local, remote = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-t = paramiko.Transport(("127.0.0.1", port))
-t.connect(username="alice", pkey=paramiko.Ed25519Key.from_private_key_file(key))
-paramiko.SFTPClient.from_transport(t).put(local, remote)
-print("ok")
-"#;
-
-async fn put_file(port: u16, key: &Path, dir: &Path, size: usize, remote: &str) {
-    let local = dir.join("put-src");
-    std::fs::write(&local, random_bytes(size)).unwrap();
-    let script = dir.join("put.py");
-    std::fs::write(&script, PARAMIKO_PUT).unwrap();
-    python(
-        &[script.to_str().unwrap(), &port.to_string(), key.to_str().unwrap(), local.to_str().unwrap(), remote],
-        Duration::from_secs(120),
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_100k_small_requests_sent_before_any_reply_is_read_is_answered_in_full() {
     let gw = TestGateway::builder().sftp().spawn_process();
     let dir = tempfile::tempdir().unwrap();
     let key = gw.user_keys["alice"].clone();
-    put_file(gw.sftp_addr.port(), &key, dir.path(), MIB, "/src.bin").await;
+    paramiko_put(gw.sftp_addr.port(), &key, dir.path(), MIB, "/src.bin").await;
     let (peak_before, _) = gw.rss_kib();
     let out = python(
         &[

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use gateway_e2e::{random_bytes, sha256_hex, TestGateway};
+use gateway_e2e::{sha256_hex, sha_file, write_random, TestGateway};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
@@ -18,17 +18,6 @@ const MIB: usize = 1024 * 1024;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 
 // ------------------------------------------------------------------------------ helpers
-
-/// Write `n` random bytes to `path`; returns their SHA-256.
-fn write_random(path: &Path, n: usize) -> String {
-    let data = random_bytes(n);
-    std::fs::write(path, &data).unwrap();
-    sha256_hex(&data)
-}
-
-fn sha_file(path: &Path) -> String {
-    sha256_hex(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-}
 
 /// What a finished client process reported.
 struct Output {
