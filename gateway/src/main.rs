@@ -316,6 +316,7 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let sftp_addr = sftp.as_ref().map(|l| l.local_addr()).transpose()?;
+        let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
         print_banner(&config, &dev, addr);
         if let Some(sftp_addr) = sftp_addr {
             println!("SFTP listening on {sftp_addr}; host keys:");
@@ -331,26 +332,26 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                 println!("  then:          sftp -P {} {}@{}", sftp_addr.port(), demo.user, sftp_addr.ip());
             }
         }
-        gateway.run(gateway::Listeners { https: listener, sftp }, shutdown_signal()).await;
+        gateway.run(gateway::Listeners { https: listener, sftp }, shutdown).await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
+/// SIGINT or SIGTERM. The handlers are installed when this is called, before the banner
+/// tells anyone the server is up: a signal sent right after the banner must stop the
+/// server gracefully rather than kill it.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-    tracing::info!("shutdown requested");
+        tracing::info!("shutdown requested");
+    })
 }
 
 fn print_banner(config: &gateway_config::Config, dev: &gateway::DevMaterial, addr: SocketAddr) {
