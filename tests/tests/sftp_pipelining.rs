@@ -252,10 +252,9 @@ async fn a_session_that_cannot_make_progress_is_closed_audited_and_frees_its_slo
     let why = closed["error"].as_str().unwrap();
     assert!(why.contains("no reply could be sent for 3s") || why.contains("idle timeout"), "{closed}");
     gw.wait_audit("the flood's upload failed", |r| r["event"] == "failed" && r["path"] == "flood.bin").await;
-    // The server dropped the connection: the only slot is free again while the flooding
-    // client still runs.
+    // The server dropped the connection: the only slot is free again (the flooding client
+    // may still be running, or may have given up when its connection went).
     let (ok, text) = gw.sftp_batch("bob", "ls\n", &[]).await;
     assert!(ok, "{text}");
-    assert!(flood.try_wait().unwrap().is_none(), "the client was still running");
     let _ = flood.kill().await;
 }

@@ -58,14 +58,14 @@ pub struct Budget {
     conn_limit: usize,
     global: GlobalBudget,
     replies: Arc<Semaphore>,
+    parked: Arc<Semaphore>,
 }
 
 /// Bytes held against a connection's and the process's budget (or, for read data on its
 /// way out, against the connection's reply allowance) until dropped.
 #[derive(Debug)]
 pub struct Charge {
-    _first: OwnedSemaphorePermit,
-    _second: Option<OwnedSemaphorePermit>,
+    _permits: Vec<OwnedSemaphorePermit>,
 }
 
 impl Budget {
@@ -73,7 +73,20 @@ impl Budget {
     pub fn new(limit: usize, global: GlobalBudget) -> Budget {
         let conn_limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         let replies = Arc::new(Semaphore::new(REPLY_BYTES_PER_CONNECTION));
-        Budget { conn: Arc::new(Semaphore::new(conn_limit)), conn_limit, global, replies }
+        let parked = Arc::new(Semaphore::new(conn_limit / 2));
+        Budget { conn: Arc::new(Semaphore::new(conn_limit)), conn_limit, global, replies, parked }
+    }
+
+    /// Take `bytes` now for data parked out of order, or `None`. Parked data is given back
+    /// only when its gap fills or its handle closes, and both need requests to be read, so
+    /// it may hold at most half of the connection's budget: the other half always remains
+    /// for requests, which are answered (and so give their bytes back) whatever happens.
+    pub fn try_charge_parked(&self, bytes: usize) -> Option<Charge> {
+        let n = self.clamp(bytes);
+        let parked = self.parked.clone().try_acquire_many_owned(n).ok()?;
+        let mut charge = self.try_charge(bytes)?;
+        charge._permits.push(parked);
+        Some(charge)
     }
 
     /// Wait until `bytes` of read data may be in flight to the client (released when the
@@ -81,7 +94,7 @@ impl Budget {
     pub async fn reply_charge(&self, bytes: usize) -> Option<Charge> {
         let n = u32::try_from(bytes.clamp(1, REPLY_BYTES_PER_CONNECTION)).unwrap_or(1);
         let permit = self.replies.clone().acquire_many_owned(n).await.ok()?;
-        Some(Charge { _first: permit, _second: None })
+        Some(Charge { _permits: vec![permit] })
     }
 
     fn clamp(&self, bytes: usize) -> u32 {
@@ -94,7 +107,7 @@ impl Budget {
         let n = self.clamp(bytes);
         let conn = self.conn.clone().try_acquire_many_owned(n).ok()?;
         let global = self.global.sem.clone().try_acquire_many_owned(n).ok()?;
-        Some(Charge { _first: conn, _second: Some(global) })
+        Some(Charge { _permits: vec![conn, global] })
     }
 
     /// Wait until `bytes` can be taken. A charge larger than either budget is clamped to it,
@@ -111,7 +124,7 @@ impl Budget {
             Ok(p) => p,
             Err(_) => std::future::pending().await,
         };
-        Charge { _first: conn, _second: Some(global) }
+        Charge { _permits: vec![conn, global] }
     }
 
     /// Bytes this connection has charged.
@@ -164,5 +177,17 @@ mod tests {
         assert_eq!(rest, REPLY_BYTES_PER_CONNECTION - (1 << 20));
         drop((all, reply));
         assert_eq!(budget.replies.available_permits(), REPLY_BYTES_PER_CONNECTION);
+    }
+
+    #[test]
+    fn parked_data_leaves_half_the_budget_to_requests() {
+        let budget = Budget::new(8_192, GlobalBudget::new(1 << 20));
+        let parked = budget.try_charge_parked(4_000).unwrap();
+        assert!(budget.try_charge_parked(200).is_none(), "parking is capped at half the budget");
+        let request = budget.try_charge(4_000).unwrap();
+        assert_eq!(budget.in_use(), 8_000);
+        drop((parked, request));
+        assert_eq!(budget.in_use(), 0);
+        assert!(budget.try_charge_parked(4_096).is_some(), "given back on drop");
     }
 }

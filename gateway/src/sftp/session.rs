@@ -994,7 +994,7 @@ async fn upload_task(q: Arc<HandleQueue>, mut upload: Upload, listed: super::inf
                     && !parked.contains_key(&offset)
                 {
                     let cost = data.len().max(MIN_PARKED_CHARGE) + REQUEST_OVERHEAD;
-                    match ctx.budget.try_charge(cost) {
+                    match ctx.budget.try_charge_parked(cost) {
                         Some(parked_charge) => {
                             parked_bytes += data.len();
                             parked.insert(offset, Parked { data, _charge: parked_charge });
