@@ -75,8 +75,11 @@ async fn paramiko_get_and_getfo_with_default_prefetch_finish_for_256_mib() {
         .filter(|r| r["event"] == "completed" && r["operation"] == "download" && r["path"] == "big.bin")
         .collect();
     assert_eq!(downloads.len(), 2, "two audited downloads");
+    // At least the whole file each time. paramiko's prefetch can decide too early that it is
+    // done (a race between its request thread and the replies; its PR #2519) and then read
+    // the rest again with plain READs, so a record may count some bytes twice.
     for d in downloads {
-        assert_eq!(d["bytes"], 256 * MIB as u64, "{d}");
+        assert!(d["bytes"].as_u64().unwrap() >= 256 * MIB as u64, "{d}");
     }
 }
 
