@@ -79,6 +79,7 @@ async fn paramiko_get_and_getfo_with_default_prefetch_finish_for_256_mib() {
     // done (a race between its request thread and the replies; its PR #2519) and then read
     // the rest again with plain READs, so a record may count some bytes twice.
     for d in downloads {
+        eprintln!("download record: {} bytes", d["bytes"]);
         assert!(d["bytes"].as_u64().unwrap() >= 256 * MIB as u64, "{d}");
     }
 }
