@@ -249,7 +249,7 @@ async fn a_session_that_cannot_make_progress_is_closed_audited_and_frees_its_slo
         if let Some(r) = found {
             break r;
         }
-        assert!(started.elapsed() < Duration::from_secs(90), "the wedged session was never closed");
+        assert!(started.elapsed() < Duration::from_secs(90), "the wedged session was never closed: {:#?}", gw.audit());
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     eprintln!("wedged session closed after {:?}: {closed}", started.elapsed());

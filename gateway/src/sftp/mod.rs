@@ -89,6 +89,22 @@ fn password_parallelism() -> usize {
     std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1)
 }
 
+/// Log and audit that the server closed a connection (`why`: idle, login grace).
+async fn close_audited(shared: &SftpShared, peer: std::net::SocketAddr, why: &str) {
+    tracing::warn!(%peer, reason = why, "closing an SSH connection that made no progress");
+    let entry = crate::audit::AuditEntry {
+        protocol: Some("sftp".into()),
+        remote_addr: Some(peer.to_string()),
+        operation: Some("connection".into()),
+        result: Some("error".into()),
+        error: Some(format!("closed by the server: {why}")),
+        ..crate::audit::AuditEntry::new(crate::audit::AuditEvent::Operation)
+    };
+    if let Err(e) = shared.transfers.audit().append(entry, false).await {
+        tracing::error!(error = %e, "could not audit a closed connection");
+    }
+}
+
 /// Resolves when a connection must be closed whatever russh is doing: not authenticated
 /// within the login grace time, or nothing read or written for the idle timeout. russh
 /// enforces both itself while its session loop runs; this also holds when that loop is held
@@ -239,9 +255,14 @@ impl SftpFrontend {
                 };
                 tokio::select! {
                     r = &mut running => {
-                        if let Err(e) = r {
-                            negotiation.report(&e).await;
-                            tracing::debug!(%peer, error = %e, "SSH session ended with an error");
+                        match r {
+                            // russh's own idle limit (its loop was free to notice).
+                            Err(russh::Error::InactivityTimeout) => close_audited(&shared, peer, "idle timeout").await,
+                            Err(e) => {
+                                negotiation.report(&e).await;
+                                tracing::debug!(%peer, error = %e, "SSH session ended with an error");
+                            }
+                            Ok(()) => {}
                         }
                     }
                     () = conn_stop.cancelled() => {
@@ -249,18 +270,7 @@ impl SftpFrontend {
                         let _ = tokio::time::timeout(Duration::from_secs(3), &mut running).await;
                     }
                     why = &mut watchdog => {
-                        tracing::warn!(%peer, reason = why, "closing an SSH connection that made no progress");
-                        let entry = crate::audit::AuditEntry {
-                            protocol: Some("sftp".into()),
-                            remote_addr: Some(peer.to_string()),
-                            operation: Some("connection".into()),
-                            result: Some("error".into()),
-                            error: Some(format!("closed by the server: {why}")),
-                            ..crate::audit::AuditEntry::new(crate::audit::AuditEvent::Operation)
-                        };
-                        if let Err(e) = shared.transfers.audit().append(entry, false).await {
-                            tracing::error!(error = %e, "could not audit a closed connection");
-                        }
+                        close_audited(&shared, peer, why).await;
                         conn_stop.cancel();
                         disconnect(why).await;
                         let _ = tokio::time::timeout(Duration::from_secs(3), &mut running).await;
