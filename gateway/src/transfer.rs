@@ -80,6 +80,17 @@ impl ClientInfo {
         }
     }
 
+    /// An audit entry carrying the connection's fields and who is logged in on it.
+    pub fn user_entry(&self, event: AuditEvent, who: &Principal) -> AuditEntry {
+        AuditEntry {
+            user: Some(who.user.to_string()),
+            tenant: Some(who.tenant.to_string()),
+            auth_method: Some(who.auth_method.into()),
+            credential_id: Some(who.credential_id.clone()),
+            ..self.entry(event)
+        }
+    }
+
     /// An audit entry carrying the connection's fields.
     pub fn entry(&self, event: AuditEvent) -> AuditEntry {
         AuditEntry {
@@ -263,14 +274,10 @@ impl Transfers {
 
     fn entry(&self, event: AuditEvent, who: &Principal, client: &ClientInfo, op: &str, rel: &RelPath) -> AuditEntry {
         AuditEntry {
-            user: Some(who.user.to_string()),
-            tenant: Some(who.tenant.to_string()),
-            auth_method: Some(who.auth_method.into()),
-            credential_id: Some(who.credential_id.clone()),
             operation: Some(op.into()),
             path: Some(rel.display()),
             object_key: Some(who.home.join(rel).to_string()),
-            ..client.entry(event)
+            ..client.user_entry(event, who)
         }
     }
 
@@ -301,15 +308,11 @@ impl Transfers {
     /// (a malformed path, say).
     pub async fn deny_path(&self, who: &Principal, client: &ClientInfo, op: &str, raw: &str, why: &PathError) {
         let entry = AuditEntry {
-            user: Some(who.user.to_string()),
-            tenant: Some(who.tenant.to_string()),
-            auth_method: Some(who.auth_method.into()),
-            credential_id: Some(who.credential_id.clone()),
             operation: Some(op.into()),
             path: Some(raw.chars().filter(|c| !c.is_control()).take(1024).collect()),
             result: Some("denied".into()),
             error: Some(why.to_string()),
-            ..client.entry(AuditEvent::Denied)
+            ..client.user_entry(AuditEvent::Denied, who)
         };
         if let Err(e) = self.audit.append(entry, false).await {
             tracing::error!(error = %e, "could not audit a refused path");

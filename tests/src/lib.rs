@@ -563,6 +563,16 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(gateway::digest::sha256(data))
 }
 
+/// The algorithm names listed in one section (`kex`, `enc`, …) of an ssh-audit JSON report.
+pub fn ssh_audit_names(report: &serde_json::Value, section: &str) -> Vec<String> {
+    report[section]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| a["algorithm"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// Write `n` random bytes to `path`; returns their hex SHA-256.
 pub fn write_random(path: &Path, n: usize) -> String {
     let data = random_bytes(n);

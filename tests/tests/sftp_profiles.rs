@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use gateway_config::SshProfile;
-use gateway_e2e::{random_bytes, sha256_hex, TestGateway};
+use gateway_e2e::{random_bytes, sha256_hex, ssh_audit_names, TestGateway};
 use serde_json::Value;
 
 const MIB: usize = 1024 * 1024;
@@ -210,15 +210,6 @@ async fn ssh_audit_json(gw: &TestGateway) -> (i32, Value) {
     (out.status.code().unwrap_or(-1), report)
 }
 
-fn names(report: &Value, section: &str) -> Vec<String> {
-    report[section]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| a["algorithm"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
 /// `(section, algorithm, level, note)` for every `fail` and `warn` note.
 fn findings(report: &Value) -> Vec<(String, String, String, String)> {
     let mut found = Vec::new();
@@ -262,9 +253,9 @@ async fn ssh_audit_finds_no_failure_in_any_profile() {
         let a = profile.algorithms();
         let mut kex = a.kex.clone();
         kex.extend(["ext-info-s".to_owned(), STRICT_KEX.to_owned()]);
-        assert_eq!(names(&report, "kex"), kex, "{profile}\n{pretty}");
-        assert_eq!(names(&report, "enc"), a.ciphers, "{profile}\n{pretty}");
-        assert_eq!(names(&report, "mac"), a.macs, "{profile}\n{pretty}");
+        assert_eq!(ssh_audit_names(&report, "kex"), kex, "{profile}\n{pretty}");
+        assert_eq!(ssh_audit_names(&report, "enc"), a.ciphers, "{profile}\n{pretty}");
+        assert_eq!(ssh_audit_names(&report, "mac"), a.macs, "{profile}\n{pretty}");
 
         // The warnings are the ones README's profile table documents.
         let mut warned: Vec<String> =

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use gateway_config::SshAlgorithms;
-use gateway_e2e::TestGateway;
+use gateway_e2e::{ssh_audit_names, TestGateway};
 use serde_json::Value;
 
 /// The one warning accepted: classical key exchanges (kept for OpenSSH < 9.9, see README).
@@ -73,15 +73,6 @@ fn problems(report: &Value) -> Vec<String> {
     found
 }
 
-fn names(report: &Value, section: &str) -> Vec<String> {
-    report[section]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| a["algorithm"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_audit_finds_no_failures_and_only_the_pq_warning() {
     // The product default rate limit (10 new connections per second per source), which
@@ -90,7 +81,7 @@ async fn ssh_audit_finds_no_failures_and_only_the_pq_warning() {
     let (report, pretty) = audit_json(&gw).await;
     let found = problems(&report);
     assert!(found.is_empty(), "ssh-audit findings:\n  {}\n\nfull report:\n{pretty}", found.join("\n  "));
-    let kex = names(&report, "kex");
+    let kex = ssh_audit_names(&report, "kex");
     assert!(kex.iter().any(|k| k == STRICT_KEX), "strict kex not offered: {kex:?}\n{pretty}");
     assert!(kex.iter().any(|k| k == "mlkem768x25519-sha256"), "{kex:?}");
     // The warnings that remain are exactly the classical kexes the README documents.
@@ -129,7 +120,7 @@ async fn ssh_audit_finds_no_failures_and_only_the_pq_warning() {
     let found = problems(&report);
     assert!(found.is_empty(), "PQ-only findings:\n  {}\n\n{pretty}", found.join("\n  "));
     assert!(report["kex"].as_array().unwrap().iter().all(|a| a["notes"].get("warn").is_none()), "{pretty}");
-    assert_eq!(names(&report, "kex"), ["mlkem768x25519-sha256", "ext-info-s", STRICT_KEX], "{pretty}");
+    assert_eq!(ssh_audit_names(&report, "kex"), ["mlkem768x25519-sha256", "ext-info-s", STRICT_KEX], "{pretty}");
 }
 
 /// `key = a, b, c` lines of the policy fixture.

@@ -209,12 +209,8 @@ impl Api {
                 };
                 if first_use {
                     let entry = crate::audit::AuditEntry {
-                        user: Some(who.user.to_string()),
-                        tenant: Some(who.tenant.to_string()),
-                        auth_method: Some(who.auth_method.into()),
-                        credential_id: Some(who.credential_id.clone()),
                         result: Some("ok".into()),
-                        ..conn.client.entry(AuditEvent::AuthSuccess)
+                        ..conn.client.user_entry(AuditEvent::AuthSuccess, &who)
                     };
                     self.transfers.audit().append(entry, false).await.map_err(TransferError::from)?;
                 }

@@ -44,11 +44,6 @@ impl GlobalBudget {
     pub fn in_use(&self) -> usize {
         self.limit - self.sem.available_permits()
     }
-
-    /// The pool's size.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
 }
 
 /// One connection's budget, drawing on the global pool too.

@@ -92,14 +92,7 @@ impl SshConnection {
 
     /// Record the success; refuses the login if the audit trail cannot take it.
     async fn accept(&mut self, who: Principal) -> Auth {
-        let entry = AuditEntry {
-            user: Some(who.user.to_string()),
-            tenant: Some(who.tenant.to_string()),
-            auth_method: Some(who.auth_method.into()),
-            credential_id: Some(who.credential_id.clone()),
-            result: Some("ok".into()),
-            ..self.client().entry(AuditEvent::AuthSuccess)
-        };
+        let entry = AuditEntry { result: Some("ok".into()), ..self.client().user_entry(AuditEvent::AuthSuccess, &who) };
         match self.shared.transfers.audit().append(entry, false).await {
             Ok(_) => {
                 self.principal = Some(who);

@@ -791,16 +791,12 @@ pub async fn run(
         let secs = limits.stall_timeout.as_secs();
         tracing::warn!(user = %who.user, remote = %audit_ctx.1.remote_addr, secs, "SFTP session made no progress with its request budget spent; closing the connection");
         let entry = AuditEntry {
-            user: Some(who.user.to_string()),
-            tenant: Some(who.tenant.to_string()),
-            auth_method: Some(who.auth_method.into()),
-            credential_id: Some(who.credential_id.clone()),
             operation: Some("session".into()),
             result: Some("error".into()),
             error: Some(format!(
                 "closed: no reply could be sent for {secs}s while the client's queued requests filled the connection's budget"
             )),
-            ..audit_ctx.1.entry(AuditEvent::Operation)
+            ..audit_ctx.1.user_entry(AuditEvent::Operation, &who)
         };
         if let Err(e) = audit_ctx.0.audit().append(entry, false).await {
             tracing::error!(error = %e, "could not audit a stalled session");
