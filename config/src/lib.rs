@@ -128,6 +128,8 @@ pub struct Config {
     pub https: HttpsConfig,
     /// Where and how file contents are stored.
     pub storage: StorageConfig,
+    /// Named remote stores (`[[storages]]`) that tenants may live on instead of the local one.
+    pub storages: Vec<NamedStorage>,
     /// The tamper-evident audit trail.
     pub audit: AuditConfig,
     /// Isolated storage namespaces, each with its own key.
@@ -353,6 +355,100 @@ pub struct AuditConfig {
     pub checkpoint_every_records: u64,
     /// Also write a checkpoint at least this often (default 60s, more than 0).
     pub checkpoint_interval: Duration,
+    /// Longest a request waits for its audit record to be written (default 10s, more than
+    /// 0); past it the request fails (HTTPS 503, SFTP failure) and nothing is changed.
+    pub append_timeout: Duration,
+}
+
+/// One `[[storages]]` entry: a remote store tenants can name.
+#[derive(Debug, Clone)]
+pub struct NamedStorage {
+    /// The name tenants refer to (`tenants[].storage`).
+    pub name: String,
+    /// Its settings.
+    pub s3: S3Storage,
+}
+
+/// An S3 (or S3-compatible) bucket.
+#[derive(Debug, Clone)]
+pub struct S3Storage {
+    /// Bucket name (3 to 63 lowercase letters, digits, `-` and `.`).
+    pub bucket: String,
+    /// Signing region (e.g. `eu-west-1`; Garage: `garage`).
+    pub region: String,
+    /// Endpoint of an S3-compatible store; `https://` (plain `http://` only to a loopback
+    /// address). `None` for AWS itself.
+    pub endpoint_url: Option<String>,
+    /// Address buckets in the path (`host/bucket/key`) rather than as a subdomain.
+    pub force_path_style: bool,
+    /// Where the credentials come from.
+    pub credentials: S3Credentials,
+    /// Bytes per multipart part (default 16MiB, 5MiB to 5GiB); also the single-PUT threshold.
+    /// Grows per upload when an object would need more than 10,000 parts.
+    pub part_size: u64,
+    /// Parts uploaded concurrently per upload (default 4, 1 to 64): an upload holds at most
+    /// `part_size × parts_in_flight` bytes.
+    pub parts_in_flight: usize,
+    /// Longest a TCP/TLS connect to the store may take (default 5s).
+    pub connect_timeout: Duration,
+    /// Longest one request attempt may take (default 60s): a stalled store fails the transfer.
+    pub request_timeout: Duration,
+    /// Attempts for idempotent requests (default 3, 1 to 10); uploads of a part are retried,
+    /// a commit is never blindly repeated.
+    pub max_attempts: u32,
+    /// Multipart uploads of the gateway's older than this are aborted at start (default 24h).
+    pub orphan_upload_age: Duration,
+}
+
+/// S3 credentials: the standard AWS chain, or files holding the secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum S3Credentials {
+    /// Environment, shared profile, web identity, container and instance metadata.
+    Chain,
+    /// `access_key_id_file` and `secret_access_key_file` (and `session_token_file`).
+    Files {
+        /// File holding the access key id.
+        access_key_id: PathBuf,
+        /// File holding the secret access key (must not be readable by group or others).
+        secret_access_key: PathBuf,
+        /// File holding a session token, for temporary credentials.
+        session_token: Option<PathBuf>,
+    },
+}
+
+/// Where a tenant's objects live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantStorage {
+    /// The local store of `[storage]`, sealed with the tenant's key.
+    Local,
+    /// A `[[storages]]` bucket under a key prefix, encrypted by the store.
+    S3 {
+        /// The `[[storages]]` name.
+        storage: String,
+        /// Key prefix of the tenant's objects, ending in `/` (default `<tenant>/`).
+        prefix: String,
+        /// Server-side encryption of every object.
+        sse: Sse,
+    },
+}
+
+/// Server-side encryption modes for S3 tenants (there is no unencrypted mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    /// `AES256`: keys managed by the store (the default).
+    S3,
+    /// `aws:kms` under the tenant's own KMS key.
+    Kms {
+        /// KMS key id or ARN.
+        key_id: String,
+        /// Use an S3 bucket key (fewer KMS calls).
+        bucket_key: bool,
+    },
+    /// SSE-C: a 256-bit key of the tenant's, sent with every request, never stored by S3.
+    C {
+        /// File holding the key: 32 raw bytes or their base64 (mode 0600).
+        key_file: PathBuf,
+    },
 }
 
 /// One tenant: an isolated namespace encrypted under its own key.
@@ -362,6 +458,8 @@ pub struct TenantConfig {
     pub name: String,
     /// Key file of the tenant (default `keys_dir/<name>.key`).
     pub key_file: PathBuf,
+    /// Where the tenant's objects live (default: the local store).
+    pub storage: TenantStorage,
 }
 
 /// One user account and what it may do.

@@ -193,7 +193,7 @@ permissions = ["all"]
     // Display formats.
     assert_eq!(
         errors[0].to_string(),
-        "bad.toml: colour: unknown key \"colour\" (accepted: mode, data_dir, shutdown_grace, https, sftp, storage, audit, tenants, users, development)"
+        "bad.toml: colour: unknown key \"colour\" (accepted: mode, data_dir, shutdown_grace, https, sftp, storage, storages, audit, tenants, users, development)"
     );
     let all = ConfigErrors(errors).to_string();
     assert_eq!(all.lines().count(), 7);
@@ -1058,4 +1058,168 @@ fn sftp_buffer_budgets_parse_and_refuse_what_cannot_hold_a_packet() {
     assert!(has(&got, "sftp.max_buffer_per_connection", "at least 1MiB"), "{got:#?}");
     assert!(has(&got, "sftp.max_buffer_total", ""), "{got:#?}");
     assert_eq!(got.len(), 2, "{got:#?}");
+}
+
+const S3_OK: &str = r#"
+mode = "production"
+[[storages]]
+name = "main"
+backend = "s3"
+bucket = "partner-drop"
+region = "eu-west-1"
+part_size = "32MiB"
+parts_in_flight = 8
+request_timeout = "20s"
+
+[[storages]]
+name = "garage"
+backend = "s3"
+bucket = "gw-test"
+region = "garage"
+endpoint_url = "http://127.0.0.1:3900"
+force_path_style = true
+access_key_id_file = "/run/secrets/s3-id"
+secret_access_key_file = "/run/secrets/s3-secret"
+
+[[tenants]]
+name = "acme"
+storage = "main"
+sse = "sse-kms"
+kms_key_id = "arn:aws:kms:eu-west-1:111122223333:key/abc"
+bucket_key = true
+
+[[tenants]]
+name = "globex"
+storage = "main"
+prefix = "/customers/globex"
+sse = "sse-c"
+sse_c_key_file = "/etc/gateway/globex.ssec"
+
+[[tenants]]
+name = "initech"
+storage = "garage"
+
+[[tenants]]
+name = "local"
+"#;
+
+#[test]
+fn storages_and_tenant_placement_parse() {
+    let config = ok(S3_OK);
+    assert_eq!(config.storages.len(), 2);
+    let main = &config.storages[0].s3;
+    assert_eq!((main.bucket.as_str(), main.region.as_str()), ("partner-drop", "eu-west-1"));
+    assert_eq!((main.part_size, main.parts_in_flight, main.max_attempts), (32 << 20, 8, 3));
+    assert_eq!(main.request_timeout, Duration::from_secs(20));
+    assert_eq!(main.credentials, S3Credentials::Chain);
+    assert_eq!(main.endpoint_url, None);
+    let garage = &config.storages[1].s3;
+    assert!(garage.force_path_style);
+    assert!(matches!(garage.credentials, S3Credentials::Files { session_token: None, .. }));
+    let placement: Vec<&TenantStorage> = config.tenants.iter().map(|t| &t.storage).collect();
+    assert_eq!(
+        placement[0],
+        &TenantStorage::S3 {
+            storage: "main".into(),
+            prefix: "acme/".into(),
+            sse: Sse::Kms { key_id: "arn:aws:kms:eu-west-1:111122223333:key/abc".into(), bucket_key: true },
+        }
+    );
+    assert_eq!(
+        placement[1],
+        &TenantStorage::S3 {
+            storage: "main".into(),
+            prefix: "customers/globex/".into(),
+            sse: Sse::C { key_file: "/etc/gateway/globex.ssec".into() },
+        }
+    );
+    assert!(matches!(placement[2], TenantStorage::S3 { sse: Sse::S3, prefix, .. } if prefix == "initech/"));
+    assert_eq!(placement[3], &TenantStorage::Local);
+}
+
+#[test]
+fn storage_problems_are_all_reported_with_their_paths() {
+    let text = r#"
+mode = "production"
+[[storages]]
+name = "s"
+backend = "gcs"
+bucket = "Bad_Bucket"
+region = "eu west"
+endpoint_url = "http://s3.example.com"
+part_size = "1MiB"
+parts_in_flight = 0
+access_key_id_file = "/id"
+
+[[storages]]
+name = "s"
+backend = "s3"
+bucket = "ok-bucket"
+region = "r"
+
+[[tenants]]
+name = "a"
+storage = "nowhere"
+sse = "none"
+
+[[tenants]]
+name = "b"
+storage = "s"
+prefix = "shared"
+sse = "sse-kms"
+
+[[tenants]]
+name = "c"
+storage = "s"
+prefix = "shared/c"
+sse = "sse-c"
+kms_key_id = "k"
+
+[[tenants]]
+name = "d"
+sse = "sse-s3"
+"#;
+    let e = errs(text);
+    let expect = [
+        ("storages[0].backend", "unknown backend \"gcs\""),
+        ("storages[0].bucket", "only lowercase letters"),
+        ("storages[0].region", "letters, digits"),
+        ("storages[0].endpoint_url", "only allowed to a loopback"),
+        ("storages[0].part_size", "between 5MiB and 5GiB"),
+        ("storages[0].parts_in_flight", "between 1 and 64"),
+        ("storages[0]", "go together"),
+        ("storages[1].name", "duplicate storage name"),
+        ("tenants[0].storage", "unknown storage \"nowhere\""),
+        ("tenants[0].sse", "always encrypted"),
+        ("tenants[1].kms_key_id", "missing required key"),
+        ("tenants[2].prefix", "overlaps \"shared/\""),
+        ("tenants[2].sse_c_key_file", "missing required key"),
+        ("tenants[2].kms_key_id", "only applies with sse = \"sse-kms\""),
+        ("tenants[3].sse", "only applies to a tenant on a [[storages]] entry"),
+    ];
+    for (path, needle) in expect {
+        assert!(has(&e, path, needle), "no {path}: {needle} in {e:#?}");
+    }
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+}
+
+#[test]
+fn endpoints_buckets_and_prefixes() {
+    use crate::text::{check_bucket, check_endpoint, normalize_prefix};
+    assert!(check_endpoint("https://s3.eu-west-1.amazonaws.com").is_ok());
+    assert!(check_endpoint("http://127.0.0.1:3900").is_ok());
+    assert!(check_endpoint("http://[::1]:3900/").is_ok());
+    assert!(check_endpoint("http://localhost:9000").is_ok());
+    assert!(check_endpoint("http://10.0.0.5:9000").is_err());
+    assert!(check_endpoint("https://user:pw@host").is_err());
+    assert!(check_endpoint("https://host/path").is_err());
+    assert!(check_endpoint("ftp://host").is_err());
+    assert!(check_bucket("my.bucket-1").is_ok());
+    assert!(check_bucket("ab").is_err());
+    assert!(check_bucket("-ab").is_err());
+    assert!(check_bucket("a..b").is_err());
+    assert_eq!(normalize_prefix("/a/b/").unwrap(), "a/b/");
+    assert!(normalize_prefix("/").is_err());
+    assert!(normalize_prefix("a/../b").is_err());
+    assert!(normalize_prefix("a/.gateway").is_err());
 }

@@ -56,6 +56,63 @@ pub(crate) fn normalize_home(home: &str) -> Result<String, String> {
     Ok(inner.to_owned())
 }
 
+/// Normalises a tenant's key prefix in a bucket (`"/acme"` -> `"acme/"`): the same rules as
+/// a home, and never empty (a tenant must not own the whole bucket's namespace by accident).
+pub(crate) fn normalize_prefix(prefix: &str) -> Result<String, String> {
+    let inner = normalize_home(prefix)?;
+    if inner.is_empty() {
+        return Err("must name a directory (e.g. \"acme/\"); the bucket root is shared".to_owned());
+    }
+    if inner.split('/').any(|seg| seg.starts_with(".gateway")) {
+        return Err("\".gateway\" segments are reserved for the gateway's own objects".to_owned());
+    }
+    Ok(format!("{inner}/"))
+}
+
+/// Checks an S3 bucket name (the rules every S3 implementation accepts).
+pub(crate) fn check_bucket(name: &str) -> Result<(), String> {
+    if !(3..=63).contains(&name.len()) {
+        return Err("must be 3 to 63 characters".to_owned());
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))) {
+        return Err(format!("contains {c:?}; only lowercase letters, digits, '-' and '.' are allowed"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) || !name.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err("must start and end with a letter or digit".to_owned());
+    }
+    if name.contains("..") {
+        return Err("must not contain \"..\"".to_owned());
+    }
+    Ok(())
+}
+
+/// Checks an S3 endpoint URL: `https://host[:port][/]`, or `http://` to a loopback address
+/// only (object data must not cross a network in clear).
+pub(crate) fn check_endpoint(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url.split_once("://").ok_or("expected a URL such as \"https://s3.example.com\"")?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) || authority.chars().any(char::is_whitespace) {
+        return Err("expected scheme://host[:port] without a path, query or credentials".to_owned());
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split_once(']').map(|(h, _)| h).ok_or("unclosed '[' in an IPv6 address")?
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    match scheme {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err("plain http:// is only allowed to a loopback address; use https://".to_owned())
+            }
+        }
+        _ => Err(format!("unsupported scheme {scheme:?}; use https://")),
+    }
+}
+
 /// Decodes a SHA-256 digest written as exactly 64 hex digits (either case).
 /// The value itself is never echoed, matching the redacted `Debug` output.
 pub(crate) fn parse_sha256(s: &str) -> Result<[u8; 32], String> {

@@ -12,18 +12,52 @@ use crate::duration::{parse_duration, DURATION_FORMAT};
 use crate::ssh::{self, AlgorithmKind};
 use crate::text::{check_name, normalize_home, parse_sha256};
 use crate::{
-    AuditConfig, Config, ConfigError, DevelopmentConfig, ExplicitAlgorithms, HttpsConfig, Mode, PasswordHash,
-    Permissions, SftpConfig, SshAlgorithms, SshProfile, StorageBackend, StorageConfig, TenantConfig, TlsProfile,
-    TokenConfig, UserConfig,
+    AuditConfig, Config, ConfigError, DevelopmentConfig, ExplicitAlgorithms, HttpsConfig, Mode, NamedStorage,
+    PasswordHash, Permissions, S3Credentials, S3Storage, SftpConfig, Sse, SshAlgorithms, SshProfile, StorageBackend,
+    StorageConfig, TenantConfig, TenantStorage, TlsProfile, TokenConfig, UserConfig,
 };
 
-const TOP_KEYS: &[&str] =
-    &["mode", "data_dir", "shutdown_grace", "https", "sftp", "storage", "audit", "tenants", "users", "development"];
+const TOP_KEYS: &[&str] = &[
+    "mode",
+    "data_dir",
+    "shutdown_grace",
+    "https",
+    "sftp",
+    "storage",
+    "storages",
+    "audit",
+    "tenants",
+    "users",
+    "development",
+];
 const HTTPS_KEYS: &[&str] =
     &["listen", "tls_profile", "cert", "key", "handshake_timeout", "idle_timeout", "max_connections", "hsts_max_age"];
 const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir", "max_object_size"];
-const AUDIT_KEYS: &[&str] = &["path", "signing_key", "checkpoint_every_records", "checkpoint_interval"];
-const TENANT_KEYS: &[&str] = &["name", "key_file"];
+const AUDIT_KEYS: &[&str] =
+    &["path", "signing_key", "checkpoint_every_records", "checkpoint_interval", "append_timeout"];
+const TENANT_KEYS: &[&str] =
+    &["name", "key_file", "storage", "prefix", "sse", "kms_key_id", "bucket_key", "sse_c_key_file"];
+const STORAGES_KEYS: &[&str] = &[
+    "name",
+    "backend",
+    "bucket",
+    "region",
+    "endpoint_url",
+    "force_path_style",
+    "access_key_id_file",
+    "secret_access_key_file",
+    "session_token_file",
+    "part_size",
+    "parts_in_flight",
+    "connect_timeout",
+    "request_timeout",
+    "max_attempts",
+    "orphan_upload_age",
+];
+const SSE_MODES: &[&str] = &["sse-s3", "sse-kms", "sse-c"];
+/// S3's own limits on a part.
+const MIN_PART: u64 = 5 << 20;
+const MAX_PART: u64 = 5 << 30;
 const SFTP_KEYS: &[&str] = &[
     "listen",
     "host_keys",
@@ -380,8 +414,10 @@ impl Ctx<'_> {
         let audit = self.audit(audit_table, &data_dir);
         let sftp = self.table(root, "", "sftp").map(|t| self.sftp(t, &data_dir, https.listen));
 
+        let storage_entries = self.tables(root, "", "storages");
+        let storages = self.storages(&storage_entries);
         let tenant_entries = self.tables(root, "", "tenants");
-        let (tenants, tenant_names) = self.tenants(&tenant_entries, &storage.keys_dir);
+        let (tenants, tenant_names) = self.tenants(&tenant_entries, &storage.keys_dir, &storages);
         let user_entries = self.tables(root, "", "users");
         let (users, user_names) = self.users(&user_entries, &tenant_names);
 
@@ -396,6 +432,7 @@ impl Ctx<'_> {
             shutdown_grace,
             https,
             storage,
+            storages,
             audit,
             tenants,
             users,
@@ -571,7 +608,8 @@ impl Ctx<'_> {
             },
         };
         let checkpoint_interval = self.positive_duration(t, P, "checkpoint_interval", Duration::from_secs(60));
-        AuditConfig { path, signing_key, checkpoint_every_records, checkpoint_interval }
+        let append_timeout = self.positive_duration(t, P, "append_timeout", Duration::from_secs(10));
+        AuditConfig { path, signing_key, checkpoint_every_records, checkpoint_interval, append_timeout }
     }
 
     /// Reads and validates a name field; `None` if missing or invalid.
@@ -592,7 +630,10 @@ impl Ctx<'_> {
         &mut self,
         entries: &[(String, &Table)],
         keys_dir: &std::path::Path,
+        storages: &[NamedStorage],
     ) -> (Vec<TenantConfig>, BTreeMap<String, String>) {
+        // (storage, prefix) -> where it was defined, to refuse overlapping namespaces.
+        let mut prefixes: Vec<(String, String, String)> = Vec::new();
         let mut tenants = Vec::new();
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         let mut key_files: BTreeMap<PathBuf, String> = BTreeMap::new();
@@ -618,9 +659,194 @@ impl Ctx<'_> {
             } else {
                 key_files.insert(key_file.clone(), at.clone());
             }
-            tenants.push(TenantConfig { name: name.to_owned(), key_file });
+            let storage = self.tenant_storage(t, at, name, storages, &mut prefixes);
+            tenants.push(TenantConfig { name: name.to_owned(), key_file, storage });
         }
         (tenants, names)
+    }
+
+    /// `storage`, `prefix` and the `sse` settings of one tenant.
+    fn tenant_storage(
+        &mut self,
+        t: &Table,
+        at: &str,
+        tenant: &str,
+        storages: &[NamedStorage],
+        prefixes: &mut Vec<(String, String, String)>,
+    ) -> TenantStorage {
+        let s3_only = ["prefix", "sse", "kms_key_id", "bucket_key", "sse_c_key_file"];
+        let Some(storage) = self.string(t, at, "storage") else {
+            for key in s3_only.iter().filter(|k| t.contains_key(**k)) {
+                self.err(&child(at, key), "only applies to a tenant on a [[storages]] entry (set `storage`)");
+            }
+            return TenantStorage::Local;
+        };
+        if !storages.iter().any(|s| s.name == storage) {
+            let configured = if storages.is_empty() {
+                "no [[storages]] are configured".to_owned()
+            } else {
+                format!("configured: {}", storages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))
+            };
+            self.err(&child(at, "storage"), format!("unknown storage {storage:?} ({configured})"));
+        }
+        let prefix = match self.string(t, at, "prefix") {
+            None => format!("{tenant}/"),
+            Some(p) => match crate::text::normalize_prefix(p) {
+                Ok(p) => p,
+                Err(why) => {
+                    self.err(&child(at, "prefix"), format!("invalid prefix {p:?}: {why}"));
+                    format!("{tenant}/")
+                }
+            },
+        };
+        for (other_storage, other_prefix, other_at) in prefixes.iter() {
+            if other_storage == storage && (prefix.starts_with(other_prefix) || other_prefix.starts_with(&prefix)) {
+                self.err(
+                    &child(at, "prefix"),
+                    format!(
+                        "prefix {prefix:?} overlaps {other_prefix:?} of {other_at} on the same storage; \
+                         each tenant needs its own namespace"
+                    ),
+                );
+            }
+        }
+        prefixes.push((storage.to_owned(), prefix.clone(), at.to_owned()));
+        let mode = self.string(t, at, "sse").unwrap_or("sse-s3");
+        let sse = match mode {
+            "sse-s3" => Sse::S3,
+            "sse-kms" => {
+                let key_id = self.required_string(t, at, "kms_key_id", " (the tenant's KMS key id or ARN)");
+                let bucket_key = match t.get("bucket_key") {
+                    None => false,
+                    Some(Value::Boolean(b)) => *b,
+                    Some(other) => {
+                        self.wrong_type(&child(at, "bucket_key"), "true or false", other);
+                        false
+                    }
+                };
+                if key_id.is_some_and(|k| k.is_empty() || k.len() > 2048 || k.chars().any(char::is_control)) {
+                    self.err(&child(at, "kms_key_id"), "must be a non-empty key id or ARN without control characters");
+                }
+                Sse::Kms { key_id: key_id.unwrap_or_default().to_owned(), bucket_key }
+            }
+            "sse-c" => {
+                let key_file = if t.contains_key("sse_c_key_file") {
+                    self.path(t, at, "sse_c_key_file")
+                } else {
+                    self.missing(at, "sse_c_key_file", " (a file holding the tenant's 256-bit key, mode 0600)");
+                    None
+                };
+                Sse::C { key_file: key_file.unwrap_or_default() }
+            }
+            other => {
+                let hint = if other == "none" { "; objects on S3 are always encrypted" } else { "" };
+                self.err(
+                    &child(at, "sse"),
+                    format!("unknown sse {other:?} (accepted: {}){hint}", SSE_MODES.join(", ")),
+                );
+                Sse::S3
+            }
+        };
+        if !matches!(sse, Sse::Kms { .. }) {
+            for key in ["kms_key_id", "bucket_key"].iter().filter(|k| t.contains_key(**k)) {
+                self.err(&child(at, key), "only applies with sse = \"sse-kms\"");
+            }
+        }
+        if !matches!(sse, Sse::C { .. }) && t.contains_key("sse_c_key_file") {
+            self.err(&child(at, "sse_c_key_file"), "only applies with sse = \"sse-c\"");
+        }
+        TenantStorage::S3 { storage: storage.to_owned(), prefix, sse }
+    }
+
+    /// The `[[storages]]` entries.
+    fn storages(&mut self, entries: &[(String, &Table)]) -> Vec<NamedStorage> {
+        let mut out: Vec<NamedStorage> = Vec::new();
+        for (at, t) in entries {
+            self.check_keys(t, at, STORAGES_KEYS);
+            let name = self.name(t, at, "name");
+            match self.required_string(t, at, "backend", " (accepted: s3)") {
+                Some("s3") | None => {}
+                Some(other) => self.err(&child(at, "backend"), format!("unknown backend {other:?} (accepted: s3)")),
+            }
+            let bucket = self.required_string(t, at, "bucket", "");
+            if let Some(b) = bucket {
+                if let Err(why) = crate::text::check_bucket(b) {
+                    self.err(&child(at, "bucket"), format!("invalid bucket name {b:?}: {why}"));
+                }
+            }
+            let region = self.required_string(t, at, "region", " (e.g. \"eu-west-1\"; Garage: \"garage\")");
+            if region.is_some_and(|r| r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
+                self.err(&child(at, "region"), "must be letters, digits and '-'");
+            }
+            let endpoint_url = self.string(t, at, "endpoint_url");
+            if let Some(url) = endpoint_url {
+                if let Err(why) = crate::text::check_endpoint(url) {
+                    self.err(&child(at, "endpoint_url"), format!("{url:?}: {why}"));
+                }
+            }
+            let force_path_style = match t.get("force_path_style") {
+                None => false,
+                Some(Value::Boolean(b)) => *b,
+                Some(other) => {
+                    self.wrong_type(&child(at, "force_path_style"), "true or false", other);
+                    false
+                }
+            };
+            let key_id = self.path(t, at, "access_key_id_file");
+            let secret = self.path(t, at, "secret_access_key_file");
+            let token = self.path(t, at, "session_token_file");
+            let credentials = match (key_id, secret) {
+                (Some(access_key_id), Some(secret_access_key)) => {
+                    S3Credentials::Files { access_key_id, secret_access_key, session_token: token }
+                }
+                (None, None) if token.is_none() => S3Credentials::Chain,
+                _ => {
+                    self.err(
+                        at,
+                        "access_key_id_file and secret_access_key_file go together (or leave all credential \
+                         files out to use the AWS credential chain)",
+                    );
+                    S3Credentials::Chain
+                }
+            };
+            let part_size = self.size(t, at, "part_size", 16 << 20);
+            let part_size = if (MIN_PART..=MAX_PART).contains(&part_size) {
+                part_size
+            } else {
+                self.err(&child(at, "part_size"), "must be between 5MiB and 5GiB (S3's limits on a part)");
+                16 << 20
+            };
+            let parts_in_flight = usize::try_from(self.bounded(t, at, "parts_in_flight", (1, 64), 4)).unwrap_or(4);
+            let connect_timeout = self.positive_duration(t, at, "connect_timeout", Duration::from_secs(5));
+            let request_timeout = self.positive_duration(t, at, "request_timeout", Duration::from_secs(60));
+            let max_attempts = u32::try_from(self.bounded(t, at, "max_attempts", (1, 10), 3)).unwrap_or(3);
+            let orphan_upload_age = self.positive_duration(t, at, "orphan_upload_age", Duration::from_secs(24 * 3600));
+            let Some(name) = name else { continue };
+            if let Some(first) = out.iter().position(|s| s.name == name) {
+                self.err(
+                    &child(at, "name"),
+                    format!("duplicate storage name {name:?} (first defined at storages[{first}])"),
+                );
+                continue;
+            }
+            out.push(NamedStorage {
+                name: name.to_owned(),
+                s3: S3Storage {
+                    bucket: bucket.unwrap_or_default().to_owned(),
+                    region: region.unwrap_or_default().to_owned(),
+                    endpoint_url: endpoint_url.map(str::to_owned),
+                    force_path_style,
+                    credentials,
+                    part_size,
+                    parts_in_flight,
+                    connect_timeout,
+                    request_timeout,
+                    max_attempts,
+                    orphan_upload_age,
+                },
+            });
+        }
+        out
     }
 
     fn users(
