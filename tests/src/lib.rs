@@ -3,6 +3,8 @@
 //! small HTTPS client (hyper over tokio-rustls) trusting the test CA.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
 
+pub mod fault_proxy;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
