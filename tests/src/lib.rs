@@ -1,11 +1,18 @@
 //! Test harness: a real gateway on `127.0.0.1:0` in production mode, with key material
 //! minted per test (rcgen certificates, fresh tenant and audit keys, minted tokens), and a
 //! small HTTPS client (hyper over tokio-rustls) trusting the test CA.
+//!
+//! Storage: tenants live in the local store, or, with [`Builder::s3`] or
+//! `GATEWAY_TEST_STORAGE=s3` in the environment, in a fresh bucket of a real S3 store
+//! ([`s3::Garage`]). Tests that look at the local store's files call [`Builder::local_only`];
+//! [`TestGateway::object_exists`], [`TestGateway::stored_objects`] and
+//! [`TestGateway::pending_uploads`] work on both.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
 
 pub mod fault_proxy;
+pub mod s3;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +46,48 @@ pub struct Builder {
     https_extra: String,
     storage_extra: String,
     passwords: Vec<(&'static str, String)>,
+    /// `None`: as `GATEWAY_TEST_STORAGE` says.
+    storage: Option<StorageKind>,
+    s3_extra: String,
+    tenant_extra: Vec<(String, String)>,
+}
+
+/// Where a test gateway keeps its tenants' objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageKind {
+    /// The encrypted local store under the test's directory.
+    Local,
+    /// A fresh bucket on the test binary's Garage node.
+    S3,
+}
+
+impl StorageKind {
+    /// `GATEWAY_TEST_STORAGE`: unset, empty or `local` → local; `s3` → S3.
+    pub fn from_env() -> StorageKind {
+        match std::env::var("GATEWAY_TEST_STORAGE").as_deref() {
+            Err(_) | Ok("") | Ok("local") => StorageKind::Local,
+            Ok("s3") => StorageKind::S3,
+            Ok(other) => panic!("GATEWAY_TEST_STORAGE={other:?}: expected \"local\" or \"s3\""),
+        }
+    }
+}
+
+/// Keys set by TOML `lines` (`key = value`, one per line).
+fn toml_keys(lines: &str) -> Vec<String> {
+    lines
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim().to_owned()))
+        .collect()
+}
+
+/// The string value of `key` in TOML `lines`, if set there.
+fn toml_string(lines: &str, key: &str) -> Option<String> {
+    lines.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+    })
 }
 
 impl Default for Builder {
@@ -59,6 +108,9 @@ impl Default for Builder {
             storage_extra: String::new(),
             extra_keys: Vec::new(),
             passwords: Vec::new(),
+            storage: None,
+            s3_extra: String::new(),
+            tenant_extra: Vec::new(),
         }
     }
 }
@@ -121,6 +173,39 @@ impl Builder {
         self
     }
 
+    /// Keep every tenant on a fresh bucket of the test S3 store (Garage), whatever
+    /// `GATEWAY_TEST_STORAGE` says. Each tenant gets `storage = "s3"`, `prefix = "<name>/"` and
+    /// SSE-C with its own key (Garage implements SSE-C only), unless
+    /// [`Builder::tenant_settings`] sets those keys.
+    pub fn s3(mut self) -> Self {
+        self.storage = Some(StorageKind::S3);
+        self
+    }
+
+    /// Keep every tenant in the local store, whatever `GATEWAY_TEST_STORAGE` says: for tests
+    /// that inspect the store's files ([`TestGateway::stored_file`],
+    /// [`TestGateway::staging_files`]).
+    pub fn local_only(mut self) -> Self {
+        self.storage = Some(StorageKind::Local);
+        self
+    }
+
+    /// Extra lines for the `[[storages]]` entry of the S3 store; a key set here replaces the
+    /// harness's value (e.g. `endpoint_url = "http://127.0.0.1:<proxy port>"`). Only used on S3.
+    pub fn s3_settings(mut self, lines: &str) -> Self {
+        self.s3_extra.push_str(lines);
+        self.s3_extra.push('\n');
+        self
+    }
+
+    /// Extra lines for `tenant`'s `[[tenants]]` entry (e.g. `sse = "none"`); a key set here
+    /// replaces the harness's value. An `sse_c_key_file` named here is read for
+    /// [`TestGateway::s3`]'s `sse_c_keys`.
+    pub fn tenant_settings(mut self, tenant: &str, lines: &str) -> Self {
+        self.tenant_extra.push((tenant.to_owned(), format!("{lines}\n")));
+        self
+    }
+
     /// Serve these users instead of the default alice, reader and bob.
     pub fn users(mut self, users: Vec<UserSpec>) -> Self {
         self.users = users;
@@ -153,6 +238,7 @@ impl Builder {
             audit_pub: p.dir.path().join("data/audit/checkpoint.pub"),
             store_root: p.dir.path().join("data/store"),
             config_path: p.config_path,
+            s3: p.s3,
             dir: p.dir,
             shutdown: Some(tx),
             handle: Some(handle),
@@ -191,8 +277,17 @@ impl Builder {
             user_keys: p.user_keys,
             audit_path: p.dir.path().join("data/audit/audit.jsonl"),
             audit_pub: p.dir.path().join("data/audit/checkpoint.pub"),
+            store_root: p.dir.path().join("data/store"),
+            s3: p.s3,
             dir: p.dir,
         }
+    }
+
+    /// Write the configuration and key material without starting anything (to look at the
+    /// configuration a test gateway would get).
+    pub fn write_config(self) -> WrittenConfig {
+        let p = self.prepare();
+        WrittenConfig { path: p.config_path, text: p.text, s3: p.s3, dir: p.dir }
     }
 
     /// The configuration file and key material a gateway runs on.
@@ -216,10 +311,73 @@ impl Builder {
             self.storage_extra,
             self.checkpoint_every,
         );
+        let kind = self.storage.unwrap_or_else(StorageKind::from_env);
+        let mut s3 = None;
+        if kind == StorageKind::S3 {
+            let garage = s3::Garage::get();
+            let bucket = garage.create_bucket();
+            let id_file = root.join("s3/access_key_id");
+            let secret_file = root.join("s3/secret_access_key");
+            s3::write_private(&id_file, garage.access_key_id.as_bytes()).unwrap();
+            s3::write_private(&secret_file, garage.secret_access_key.as_bytes()).unwrap();
+            let defaults = [
+                ("bucket", format!("{:?}", bucket.name)),
+                ("region", format!("{:?}", garage.region)),
+                ("endpoint_url", format!("{:?}", garage.endpoint)),
+                ("force_path_style", "true".to_owned()),
+                ("access_key_id_file", format!("{id_file:?}")),
+                ("secret_access_key_file", format!("{secret_file:?}")),
+                ("part_size", "\"5MiB\"".to_owned()),
+                ("parts_in_flight", "4".to_owned()),
+                ("connect_timeout", "\"5s\"".to_owned()),
+                ("request_timeout", "\"30s\"".to_owned()),
+                ("max_attempts", "3".to_owned()),
+            ];
+            let overridden = toml_keys(&self.s3_extra);
+            text.push_str("[[storages]]\nname = \"s3\"\nbackend = \"s3\"\n");
+            for (k, v) in defaults.iter().filter(|(k, _)| !overridden.iter().any(|o| o == k)) {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            text.push_str(&self.s3_extra);
+            text.push('\n');
+            s3 = Some(s3::S3Tenants { bucket, prefixes: BTreeMap::new(), sse_c_keys: BTreeMap::new() });
+        }
         for t in &tenants {
             let key = root.join(format!("data/keys/{t}.key"));
             TenantKey::generate().unwrap().save(&key).unwrap();
-            text.push_str(&format!("[[tenants]]\nname = {t:?}\nkey_file = {key:?}\n\n"));
+            text.push_str(&format!("[[tenants]]\nname = {t:?}\nkey_file = {key:?}\n"));
+            let extra: String =
+                self.tenant_extra.iter().filter(|(n, _)| n == t).map(|(_, lines)| lines.as_str()).collect();
+            if let Some(s3) = &mut s3 {
+                let set = toml_keys(&extra);
+                let has = |k: &str| set.iter().any(|s| s == k);
+                if !has("storage") {
+                    text.push_str("storage = \"s3\"\n");
+                }
+                let prefix = toml_string(&extra, "prefix").unwrap_or_else(|| format!("{t}/"));
+                if !has("prefix") {
+                    text.push_str(&format!("prefix = {prefix:?}\n"));
+                }
+                s3.prefixes.insert((*t).to_owned(), prefix);
+                if !has("sse") && !has("sse_c_key_file") {
+                    let file = root.join(format!("data/keys/{t}.sse-c"));
+                    s3::write_private(&file, &random_bytes(32)).unwrap();
+                    text.push_str(&format!("sse = \"sse-c\"\nsse_c_key_file = {file:?}\n"));
+                }
+                let sse = toml_string(&extra, "sse").unwrap_or_else(|| "sse-c".into());
+                let key_file = toml_string(&extra, "sse_c_key_file")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| root.join(format!("data/keys/{t}.sse-c")));
+                if sse == "sse-c" {
+                    if let Ok(k) = std::fs::read(&key_file) {
+                        if let Ok(k) = <[u8; 32]>::try_from(k.as_slice()) {
+                            s3.sse_c_keys.insert((*t).to_owned(), k);
+                        }
+                    }
+                }
+            }
+            text.push_str(&extra);
+            text.push('\n');
         }
         gateway::audit::CheckpointKey::generate(&root.join("data/audit/checkpoint.key")).unwrap();
         let mut user_keys = HashMap::new();
@@ -288,8 +446,20 @@ impl Builder {
         }
         let config_path = root.join("gateway.toml");
         std::fs::write(&config_path, &text).unwrap();
-        Prepared { dir, config_path, text, user_keys, tokens, ca_pem: pki.ca_cert }
+        Prepared { dir, config_path, text, user_keys, tokens, ca_pem: pki.ca_cert, s3 }
     }
+}
+
+/// What [`Builder::write_config`] wrote.
+pub struct WrittenConfig {
+    /// The configuration file.
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
+    /// Where the tenants live when on S3.
+    pub s3: Option<s3::S3Tenants>,
+    /// The directory holding it and the key material.
+    pub dir: tempfile::TempDir,
 }
 
 struct Prepared {
@@ -299,6 +469,7 @@ struct Prepared {
     user_keys: HashMap<String, PathBuf>,
     tokens: HashMap<String, String>,
     ca_pem: PathBuf,
+    s3: Option<s3::S3Tenants>,
 }
 
 /// A `gateway serve` process; killed when dropped.
@@ -308,6 +479,9 @@ pub struct GatewayProcess {
     pub user_keys: HashMap<String, PathBuf>,
     pub audit_path: PathBuf,
     pub audit_pub: PathBuf,
+    pub store_root: PathBuf,
+    /// Where the tenants live when on S3.
+    pub s3: Option<s3::S3Tenants>,
     pub dir: tempfile::TempDir,
 }
 
@@ -360,6 +534,8 @@ pub struct TestGateway {
     pub audit_pub: PathBuf,
     pub store_root: PathBuf,
     pub config_path: PathBuf,
+    /// Where the tenants live when on S3 ([`Builder::s3`]).
+    pub s3: Option<s3::S3Tenants>,
     pub dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
@@ -440,14 +616,117 @@ impl TestGateway {
         panic!("no audit record {what}; trail:\n{:#?}", self.audit());
     }
 
-    /// Path of a stored (sealed) object on disk.
+    /// Path of a stored (sealed) object on disk. Local store only: a test using it calls
+    /// [`Builder::local_only`] (or uses [`TestGateway::object_exists`]).
     pub fn stored_file(&self, tenant: &str, key: &str) -> PathBuf {
+        self.assert_local("stored_file");
         self.store_root.join("objects").join(tenant).join(key)
     }
 
-    /// Files currently in the upload staging area.
+    /// Files currently in the upload staging area. Local store only (see
+    /// [`TestGateway::pending_uploads`]).
     pub fn staging_files(&self) -> usize {
-        std::fs::read_dir(self.store_root.join("staging")).map(|d| d.count()).unwrap_or(0)
+        self.assert_local("staging_files");
+        local_staging_files(&self.store_root)
+    }
+
+    fn assert_local(&self, what: &str) {
+        assert!(
+            self.s3.is_none(),
+            "{what} looks at the local store but this gateway keeps its tenants on S3: call \
+             .local_only() on the builder, or use object_exists / stored_objects / pending_uploads"
+        );
+    }
+
+    /// Whether the tenants live on S3.
+    pub fn is_s3(&self) -> bool {
+        self.s3.is_some()
+    }
+
+    /// Where the tenants live on S3; panics for a local gateway.
+    pub fn s3(&self) -> &s3::S3Tenants {
+        self.s3.as_ref().expect("this test gateway keeps its tenants in the local store")
+    }
+
+    /// Whether an object is stored at `key` for `tenant` (a file in the local store, or an
+    /// object in the bucket).
+    pub async fn object_exists(&self, tenant: &str, key: &str) -> bool {
+        match &self.s3 {
+            None => self.store_root.join("objects").join(tenant).join(key).is_file(),
+            Some(s3) => s3.bucket.exists(&s3.key(tenant, key)).await,
+        }
+    }
+
+    /// Every stored object as `tenant/key`, sorted (on S3: `?/key` for a bucket key under no
+    /// tenant's prefix).
+    pub async fn stored_objects(&self) -> Vec<String> {
+        match &self.s3 {
+            None => {
+                let base = self.store_root.join("objects");
+                let mut out: Vec<String> = walk_files(&base)
+                    .into_iter()
+                    .map(|p| p.strip_prefix(&base).unwrap().to_string_lossy().into_owned())
+                    .collect();
+                out.sort();
+                out
+            }
+            Some(s3) => s3.objects().await,
+        }
+    }
+
+    /// Uploads in progress or left behind: files in the local staging area plus, on S3,
+    /// incomplete multipart uploads in the bucket.
+    pub async fn pending_uploads(&self) -> usize {
+        let local = local_staging_files(&self.store_root);
+        match &self.s3 {
+            None => local,
+            Some(s3) => local + s3.bucket.multipart_uploads("").await.len(),
+        }
+    }
+
+    /// Check that the object stored for `tenant` at `key` (holding `plaintext`) is encrypted
+    /// at rest: in the local store, the sealed file is larger and holds no 64-byte run of the
+    /// plaintext; on S3, the object is SSE-C encrypted with the tenant's key and the store
+    /// refuses to serve it without that key (for a tenant without SSE-C: it exists).
+    pub async fn assert_sealed(&self, tenant: &str, key: &str, plaintext: &[u8]) {
+        match &self.s3 {
+            None => {
+                let path = self.store_root.join("objects").join(tenant).join(key);
+                let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(stored.len() > plaintext.len(), "sealed object is larger than the plaintext");
+                let mid = plaintext.len() / 2;
+                let needle = &plaintext[mid..(mid + 64).min(plaintext.len())];
+                assert!(!stored.windows(needle.len()).any(|w| w == needle), "plaintext found in the store");
+            }
+            Some(s3) => {
+                let bucket_key = s3.key(tenant, key);
+                match s3.sse_c_key(tenant) {
+                    Some(sse) => {
+                        let head = s3
+                            .bucket
+                            .head(&bucket_key, Some(sse))
+                            .await
+                            .unwrap_or_else(|e| panic!("{bucket_key} with the SSE-C key of {tenant}: {e:?}"));
+                        assert_eq!(head.sse_customer_algorithm.as_deref(), Some("AES256"), "{bucket_key}: {head:?}");
+                        let plain = s3.bucket.get(&bucket_key, None).await;
+                        assert!(plain.is_err(), "{bucket_key} was served without its SSE-C key");
+                    }
+                    None => assert!(s3.bucket.exists(&bucket_key).await, "{bucket_key} is not in the bucket"),
+                }
+            }
+        }
+    }
+
+    /// Poll [`TestGateway::pending_uploads`] until it is 0 or `within` is over; the last count.
+    pub async fn wait_pending_uploads_gone(&self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let n = self.pending_uploads().await;
+            if n == 0 || tokio::time::Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(if self.is_s3() { 200 } else { 20 })).await;
+        }
     }
 
     /// A rustls client config trusting the test CA, restricted to `alpn`.
@@ -552,6 +831,25 @@ impl Drop for TestGateway {
     }
 }
 
+fn local_staging_files(store_root: &Path) -> usize {
+    std::fs::read_dir(store_root.join("staging")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Every file under `dir`, recursively (nothing when it does not exist).
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Random bytes for test files.
 pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
@@ -590,8 +888,14 @@ pub fn sha_file(path: &Path) -> String {
 /// Run `python3 args…` within `limit`; returns its stdout, panics with its output on failure
 /// or when it runs too long (the process is killed then).
 pub async fn python(args: &[&str], limit: Duration) -> String {
+    python_env(args, &[], limit).await
+}
+
+/// [`python`] with extra environment variables.
+pub async fn python_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> String {
     let child = tokio::process::Command::new("python3")
         .args(args)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
