@@ -49,10 +49,8 @@ async fn round_trip_over_h2_and_http1_with_audit() {
         })
         .await;
     }
-    // The stored object is encrypted: the plaintext does not appear on disk.
-    let stored = std::fs::read(gw.stored_file("acme", "partners/alice/in/h2.bin")).unwrap();
-    assert!(stored.len() > data.len());
-    assert!(!stored.windows(64).any(|w| w == &data[1000..1064]));
+    // The stored object is encrypted at rest (sealed on disk, or SSE-C on S3).
+    gw.assert_sealed("acme", "partners/alice/in/h2.bin", &data).await;
     // No token ever reaches the trail.
     let trail = std::fs::read_to_string(&gw.audit_path).unwrap();
     for t in gw.tokens.values() {
@@ -174,7 +172,7 @@ async fn unauthenticated_and_forbidden() {
     // Tenants are isolated: bob (globex, home "/") does not see acme's objects.
     assert_eq!(gw.call("bob", "GET", "/v1/files/partners/alice/a.txt", Bytes::new()).await.status, 404);
     // Nothing was stored for the refused write.
-    assert!(!gw.stored_file("acme", "partners/alice/b.txt").exists());
+    assert!(!gw.object_exists("acme", "partners/alice/b.txt").await);
 }
 
 #[tokio::test]
@@ -222,25 +220,7 @@ async fn path_traversal_corpus_is_refused() {
     gw.wait_audit("denied path", |r| r["event"] == "denied" && r["error"].as_str().is_some_and(|e| e.contains("'..'")))
         .await;
     // Nothing was written anywhere but alice's own file and bob's secret.
-    let mut files = Vec::new();
-    for entry in walk(&gw.store_root.join("objects")) {
-        files.push(entry.strip_prefix(gw.store_root.join("objects")).unwrap().to_string_lossy().into_owned());
-    }
-    files.sort();
-    assert_eq!(files, ["acme/partners/alice/ok.txt", "globex/secret.txt"]);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
+    assert_eq!(gw.stored_objects().await, ["acme/partners/alice/ok.txt", "globex/secret.txt"]);
 }
 
 #[tokio::test]
@@ -257,7 +237,7 @@ async fn digest_mismatch_stores_nothing() {
     assert_eq!(r.json()["error"], "digest_mismatch");
     assert_eq!(gw.call("alice", "GET", "/v1/files/d.bin", Bytes::new()).await.status, 404);
     gw.wait_audit("digest failure", |r| r["event"] == "failed" && r["path"] == "d.bin").await;
-    assert_eq!(gw.staging_files(), 0);
+    assert_eq!(gw.wait_pending_uploads_gone(Duration::from_secs(10)).await, 0);
     let r = gw
         .request(false, "PUT", "/v1/files/d.bin", Some(&token), &[("repr-digest", &right)], Bytes::from(data.clone()))
         .await;
@@ -278,7 +258,8 @@ async fn digest_mismatch_stores_nothing() {
 
 #[tokio::test]
 async fn tampered_object_is_detected_not_served() {
-    let gw = TestGateway::start().await;
+    // Flips bytes in the local store's sealed files.
+    let gw = TestGateway::builder().local_only().start().await;
     let data = random_bytes(MIB * 3);
     assert_eq!(gw.call("alice", "PUT", "/v1/files/t.bin", Bytes::from(data.clone())).await.status, 201);
     let path = gw.stored_file("acme", "partners/alice/t.bin");
@@ -337,14 +318,8 @@ async fn client_disconnect_mid_upload_leaves_nothing() {
     assert!(rec["bytes"].as_u64().unwrap() > 0, "{rec}");
     assert!(rec["bytes"].as_u64().unwrap() < (10 * MIB) as u64);
     assert_eq!(gw.call("alice", "GET", "/v1/files/partial.bin", Bytes::new()).await.status, 404);
-    assert!(!gw.stored_file("acme", "partners/alice/partial.bin").exists());
-    for _ in 0..50 {
-        if gw.staging_files() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(gw.staging_files(), 0);
+    assert!(!gw.object_exists("acme", "partners/alice/partial.bin").await);
+    assert_eq!(gw.wait_pending_uploads_gone(Duration::from_secs(10)).await, 0, "upload left behind");
 }
 
 #[tokio::test]
@@ -400,6 +375,6 @@ async fn grace_period_over_fails_the_upload_with_a_record() {
     assert_eq!(failed["bytes"], 1000);
     assert_eq!(trail.last().unwrap()["event"], "checkpoint");
     gateway::audit::verify::verify_trail(&gw.audit_path, &Default::default()).unwrap();
-    assert!(!gw.stored_file("acme", "partners/alice/stuck.bin").exists());
+    assert!(!gw.object_exists("acme", "partners/alice/stuck.bin").await);
     drop(tls);
 }

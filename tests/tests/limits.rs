@@ -196,7 +196,7 @@ async fn uploads_larger_than_max_object_size_are_refused() {
         let rec = gw.wait_audit("too large", |r| r["event"] == "failed" && r["path"] == name).await;
         assert!(rec["error"].as_str().unwrap().contains("larger than the maximum"), "{rec}");
     }
-    assert_eq!(gw.staging_files(), 0);
+    assert_eq!(gw.pending_uploads().await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,24 +128,10 @@ fn assert_openssh_client(r: &Value, fp: &str) {
     assert!(r.get("tls_version").is_none_or(Value::is_null), "{r:#}");
 }
 
-/// Relative paths of every stored file under `objects/<tenant>`.
-fn stored_paths(gw: &TestGateway, tenant: &str) -> Vec<String> {
-    fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, base, out);
-            } else {
-                out.push(p.strip_prefix(base).unwrap().display().to_string());
-            }
-        }
-    }
-    let base = gw.store_root.join("objects").join(tenant);
-    let mut out = Vec::new();
-    walk(&base, &base, &mut out);
-    out.sort();
-    out
+/// Keys of every object stored for `tenant`, sorted.
+async fn stored_paths(gw: &TestGateway, tenant: &str) -> Vec<String> {
+    let prefix = format!("{tenant}/");
+    gw.stored_objects().await.into_iter().filter_map(|o| o.strip_prefix(&prefix).map(str::to_owned)).collect()
 }
 
 /// Names printed by `ls -1` in sftp batch output (command echo lines dropped).
@@ -189,10 +175,7 @@ async fn openssh_batch_operations_round_trip_and_audit() {
     assert_eq!(sha256_hex(&get.body), b_sum);
     assert_eq!(gw.call("alice", "GET", "/v1/files/inbox/b.bin", Bytes::new()).await.status, 404);
     let original = std::fs::read(l.join("a.bin")).unwrap();
-    let stored = std::fs::read(gw.stored_file("acme", "partners/alice/inbox/a.bin")).unwrap();
-    assert!(stored.len() > a_size, "sealed object is larger than the plaintext");
-    let needle = &original[MIB..MIB + 64];
-    assert!(!stored.windows(64).any(|w| w == needle), "plaintext found in the store");
+    gw.assert_sealed("acme", "partners/alice/inbox/a.bin", &original).await;
 
     // reget: resume a partial download from a truncated local copy.
     let partial = MIB + 17;
@@ -298,7 +281,7 @@ async fn openssh_traversal_is_refused_and_nothing_outside_the_home_is_touched() 
     assert_eq!(put.status, 201);
     let (ok, out) = gw.sftp_batch("alice", &format!("mkdir inbox\nput {d}/a.bin inbox/a.bin\n"), &[]).await;
     assert!(ok, "{out}");
-    let globex_before = stored_paths(&gw, "globex");
+    let globex_before = stored_paths(&gw, "globex").await;
     assert_eq!(globex_before, ["secret.bin"]);
 
     let attempts = [
@@ -340,8 +323,8 @@ async fn openssh_traversal_is_refused_and_nothing_outside_the_home_is_touched() 
     assert_eq!(sha256_hex(&got.body), a_sum);
 
     // Nothing outside the home was created, moved or removed.
-    assert_eq!(stored_paths(&gw, "acme"), ["partners/alice/escaped.bin", "partners/alice/inbox/a.bin"]);
-    assert_eq!(stored_paths(&gw, "globex"), globex_before);
+    assert_eq!(stored_paths(&gw, "acme").await, ["partners/alice/escaped.bin", "partners/alice/inbox/a.bin"]);
+    assert_eq!(stored_paths(&gw, "globex").await, globex_before);
     let secret_now = gw.call("bob", "GET", "/v1/files/secret.bin", Bytes::new()).await;
     assert_eq!(secret_now.status, 200);
     assert_eq!(sha256_hex(&secret_now.body), sha256_hex(&secret));
@@ -435,14 +418,8 @@ async fn killed_upload_leaves_nothing_and_a_failed_record() {
     let (ok, out) = gw.sftp_batch("alice", "ls -1\n", &[]).await;
     assert!(ok, "{out}");
     assert!(!out.contains("big.bin"), "{out}");
-    assert!(!gw.stored_file("acme", "partners/alice/big.bin").exists());
-    for _ in 0..100 {
-        if gw.staging_files() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(gw.staging_files(), 0, "staging file left behind");
+    assert!(!gw.object_exists("acme", "partners/alice/big.bin").await);
+    assert_eq!(gw.wait_pending_uploads_gone(Duration::from_secs(10)).await, 0, "upload left behind");
 }
 
 // ------------------------------------------------------------------------------ 4. rclone

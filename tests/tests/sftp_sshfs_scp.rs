@@ -400,7 +400,7 @@ async fn sshfs_copy_in_and_out_list_rename_remove() {
     let (ok, out) = gw.sftp_batch("alice", "ls -1\n", &[]).await;
     assert!(ok, "{out}");
     assert!(!out.lines().any(|l| l.trim() == "dir"), "home not empty over sftp:\n{out}");
-    assert!(!gw.stored_file("acme", "partners/alice/dir/moved.bin").exists());
+    assert!(!gw.object_exists("acme", "partners/alice/dir/moved.bin").await);
 
     mnt.unmount();
 
