@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use gateway_config::{S3Credentials, Sse, TenantStorage};
 use gateway_e2e::fault_proxy::FaultProxy;
 use gateway_e2e::s3::{Garage, S3Tenants};
 use gateway_e2e::{random_bytes, TestGateway};
@@ -121,7 +122,7 @@ fn s3_gateway_config_follows_the_backend_contract() {
     let w = TestGateway::builder()
         .s3()
         .s3_settings("endpoint_url = \"http://127.0.0.1:9\"\nparts_in_flight = 2")
-        .tenant_settings("globex", "sse = \"none\"")
+        .tenant_settings("globex", "sse = \"sse-kms\"\nkms_key_id = \"test-key\"")
         .write_config();
     let t = &w.text;
     let s3 = w.s3.as_ref().expect("on S3");
@@ -141,7 +142,7 @@ fn s3_gateway_config_follows_the_backend_contract() {
         "prefix = \"acme/\"".into(),
         "prefix = \"globex/\"".into(),
         "sse = \"sse-c\"".into(),
-        "sse = \"none\"".into(),
+        "sse = \"sse-kms\"".into(),
     ] {
         assert!(t.lines().any(|l| l == line), "no line {line:?} in\n{t}");
     }
@@ -167,6 +168,27 @@ fn s3_gateway_config_follows_the_backend_contract() {
     assert_eq!(std::fs::read(&sse_c).unwrap(), s3.sse_c_key("acme").unwrap());
     assert!(s3.sse_c_key("globex").is_none());
     assert_eq!(s3.key("acme", "partners/alice/x"), "acme/partners/alice/x");
+
+    // The configuration crate reads it as the contract says.
+    let config = gateway_config::load(&w.path).unwrap_or_else(|e| panic!("{e}\n{t}"));
+    let [storage] = config.storages.as_slice() else { panic!("{:?}", config.storages) };
+    assert_eq!(storage.name, "s3");
+    assert_eq!(storage.s3.bucket, s3.bucket.name);
+    assert_eq!(storage.s3.endpoint_url.as_deref(), Some("http://127.0.0.1:9"));
+    assert_eq!((storage.s3.part_size, storage.s3.parts_in_flight, storage.s3.max_attempts), (5 * MIB as u64, 2, 3));
+    assert_eq!(
+        storage.s3.credentials,
+        S3Credentials::Files { access_key_id: id, secret_access_key: secret, session_token: None }
+    );
+    let tenant = |name: &str| config.tenants.iter().find(|t| t.name == name).unwrap().storage.clone();
+    let TenantStorage::S3 { storage, prefix, sse: Sse::C { key_file } } = tenant("acme") else {
+        panic!("{:?}", tenant("acme"))
+    };
+    assert_eq!((storage.as_str(), prefix.as_str(), key_file), ("s3", "acme/", sse_c));
+    let TenantStorage::S3 { prefix, sse: Sse::Kms { key_id, .. }, .. } = tenant("globex") else {
+        panic!("{:?}", tenant("globex"))
+    };
+    assert_eq!((prefix.as_str(), key_id.as_str()), ("globex/", "test-key"));
 
     // Local gateways get no S3 configuration, whatever the settings.
     let local = TestGateway::builder().local_only().s3_settings("bucket = \"x\"").write_config();
