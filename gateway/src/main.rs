@@ -218,6 +218,18 @@ fn audit_verify(
                 if r.sidecar.is_none() {
                     println!("  no checkpoint sidecar: truncation past the last checkpoint cannot be detected");
                 }
+                if !r.open.is_empty() {
+                    // Not tampering: in flight if the gateway is running; otherwise its next
+                    // start records them as interrupted.
+                    const SHOWN: usize = 20;
+                    let more = r.open.len().saturating_sub(SHOWN);
+                    println!(
+                        "  WARNING: {} transfer(s)/change(s) without an outcome (in flight, or left by a crash until the next start records them as interrupted): {}{}",
+                        r.open.len(),
+                        r.open.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", "),
+                        if more > 0 { format!(" and {more} more") } else { String::new() }
+                    );
+                }
             }
             Err(e) => {
                 eprintln!("TAMPERED {e}");
@@ -300,9 +312,9 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         }
     };
     let dev = prepare_development(&config)?;
-    let gateway = Gateway::new(&config, &dev)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
+        let gateway = Gateway::new(&config, &dev).await?;
         let listener = tokio::net::TcpListener::bind(config.https.listen)
             .await
             .with_context(|| format!("https.listen: cannot bind {}", config.https.listen))?;

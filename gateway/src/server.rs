@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gateway_certs::{CipherProfile, ReloadableCert};
-use gateway_config::{Config, Mode, StorageBackend, TlsProfile};
+use gateway_config::{Config, Mode, TlsProfile};
 use tokio::net::TcpListener;
 
 use crate::audit::{AuditConfig, AuditLog, CheckpointKey};
@@ -18,7 +18,6 @@ use crate::auth::Directory;
 use crate::https::{self, Api, HttpsSettings};
 use crate::secrets::{TenantKey, Token};
 use crate::sftp::SftpFrontend;
-use crate::storage::local::LocalStore;
 use crate::transfer::Transfers;
 
 /// Everything that stopped the gateway from starting, one line each.
@@ -170,6 +169,11 @@ pub fn check_files(config: &Config) -> Vec<String> {
     problems
 }
 
+/// How long shutdown waits, once every connection task has ended, for the transfer objects
+/// they held to be dropped: only tasks outside the frontends' control (none are known) could
+/// hold one; the trail records any left as `interrupted`.
+const TRANSFERS_DROP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A configured gateway, ready to run on bound listeners.
 pub struct Gateway {
     tls: Arc<rustls::ServerConfig>,
@@ -177,6 +181,7 @@ pub struct Gateway {
     api: Arc<Api>,
     sftp: Option<SftpFrontend>,
     audit: AuditLog,
+    transfers: Transfers,
     https: HttpsSettings,
 }
 
@@ -197,7 +202,9 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// Load all material named by `config` (plus the development demo token, if any).
-    pub fn new(config: &Config, dev: &DevMaterial) -> Result<Gateway, StartupError> {
+    /// Async because S3 buckets are probed (reachable, writable, encryption confirmed) before
+    /// anything is served.
+    pub async fn new(config: &Config, dev: &DevMaterial) -> Result<Gateway, StartupError> {
         let mut errors = check_files(config);
         if !errors.is_empty() {
             return Err(StartupError(errors));
@@ -244,13 +251,13 @@ impl Gateway {
         let (Some(cert), Some(signing), true) = (cert, signing, errors.is_empty()) else {
             return Err(StartupError(errors));
         };
-        let StorageBackend::Local { root } = &config.storage.backend;
-        let store = LocalStore::open(root, keys).map_err(|e| StartupError(vec![format!("storage.root: {e}")]))?;
+        let store = crate::storage::router::open_stores(config, keys).await.map_err(StartupError)?;
         let audit = AuditLog::open(
             AuditConfig {
                 path: config.audit.path.clone(),
                 checkpoint_every_records: config.audit.checkpoint_every_records,
                 checkpoint_interval: config.audit.checkpoint_interval,
+                append_timeout: config.audit.append_timeout,
             },
             signing,
         )
@@ -260,7 +267,7 @@ impl Gateway {
             TlsProfile::Intermediate => CipherProfile::Intermediate,
         };
         let tls = gateway_certs::server_config(profile, cert.clone()).map_err(|e| StartupError(vec![e.to_string()]))?;
-        let transfers = Transfers::new(Arc::new(store), audit.clone(), config.storage.max_object_size);
+        let transfers = Transfers::new(store, audit.clone(), config.storage.max_object_size);
         let directory = Arc::new(directory);
         let sftp = match &config.sftp {
             Some(sftp) => Some(
@@ -269,13 +276,14 @@ impl Gateway {
             ),
             None => None,
         };
-        let api = Api::new(directory, transfers, config.https.hsts_max_age, config.https.idle_timeout);
+        let api = Api::new(directory, transfers.clone(), config.https.hsts_max_age, config.https.idle_timeout);
         Ok(Gateway {
             tls: Arc::new(tls),
             cert,
             api: Arc::new(api),
             sftp,
             audit,
+            transfers,
             https: HttpsSettings {
                 handshake_timeout: config.https.handshake_timeout,
                 idle_timeout: config.https.idle_timeout,
@@ -297,6 +305,11 @@ impl Gateway {
 
     /// Serve until `shutdown` resolves; then drain, fail what is left, write the final
     /// checkpoint and return.
+    ///
+    /// The order matters: each frontend gives its connections the grace period, then ends
+    /// the rest by force and waits until their tasks are gone; then every transfer object
+    /// must have been dropped (and so have queued its `failed` record); only then is the
+    /// trail closed. Anything still open at that point is recorded as `interrupted`.
     pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
         let stop = tokio_util::sync::CancellationToken::new();
         let grace = self.https.grace;
@@ -315,6 +328,10 @@ impl Gateway {
             stop.cancel();
         };
         tokio::join!(https, sftp, trigger);
+        let alive = self.transfers.wait_until_idle(TRANSFERS_DROP_LIMIT).await;
+        if alive > 0 {
+            tracing::warn!(alive, "transfers still alive after every connection ended; closing the audit trail anyway");
+        }
         self.audit.close().await;
     }
 }

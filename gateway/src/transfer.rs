@@ -1,29 +1,49 @@
 //! THE choke point: every frontend reaches storage only through [`Transfers`].
 //!
 //! Each operation runs: authorise (permission + confined path) → audit `started` → stream →
-//! audit `completed` or `failed`. Non-transfer operations (list, stat, delete) write one
-//! `operation` record with their result; refusals write a `denied` record. An [`Upload`] or
-//! download stream dropped half-way (client gone, shutdown) still writes its `failed` record
-//! from `Drop`, and an unfinished upload leaves nothing in storage.
+//! audit `completed` or `failed`. Reads (list, stat) write one `operation` record with their
+//! result; refusals write a `denied` record. An [`Upload`] or download stream dropped
+//! half-way (client gone, shutdown) still writes its `failed` record from `Drop`, and an
+//! unfinished upload leaves nothing in storage.
 //!
-//! If the audit trail cannot be written the operation fails: nothing happens unaudited.
+//! Changes are audited write-ahead ([`write_ahead`]): an upload's commit, a delete, rename,
+//! mkdir or rmdir first writes a durable `intent` record (with the `transfer_id` its outcome
+//! will carry), then touches storage, then writes the durable outcome (`completed`/`failed`
+//! for an upload, `operation` otherwise). If the intent cannot be written nothing happens and
+//! the request fails ([`TransferError::Audit`]: HTTPS 503, SFTP failure). If the outcome
+//! cannot be written the change is undone where that is possible and the request fails:
+//! an upload's new object is deleted (an object it replaced is not restored), a rename is
+//! renamed back (likewise), a new directory is removed, a removed directory is made again;
+//! a delete cannot be undone. An intent left without an outcome is recorded as `interrupted`
+//! at the next start.
+//!
+//! Every audit append is bounded in time (`audit.append_timeout`), so a stalled trail fails
+//! requests rather than hanging them. Every transfer object holds a token of the in-flight
+//! tracker ([`Transfers::wait_until_idle`]), so shutdown can wait until each one has queued
+//! its terminal record before the trail is closed.
+
+#[cfg(test)]
+mod tests;
+mod write_ahead;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use tokio_util::task::task_tracker::{TaskTracker, TaskTrackerToken};
+use write_ahead::{append_outcome, open_record, outcome, settle, Undo};
 
 use crate::audit::{AuditEntry, AuditError, AuditEvent, AuditLog};
 use crate::auth::Principal;
 use crate::path::{ObjectKey, PathError, RelPath};
 use crate::secrets::random_bytes;
 use crate::storage::{
-    ByteRange, ByteStream, EntryKind, ListEntry, ListPage, ObjectMeta, ObjectStore, ObjectWriter, RangeRequest,
-    StorageError,
+    ByteRange, ByteStream, EntryKind, ListCursor, ListEntry, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
+    RangeRequest, StorageError,
 };
 
 /// Which frontend a request came through.
@@ -240,6 +260,8 @@ pub struct Transfers {
     store: Arc<dyn ObjectStore>,
     audit: AuditLog,
     max_object_size: u64,
+    /// Uploads, downloads and read sessions alive (each holds a token).
+    live: TaskTracker,
 }
 
 impl std::fmt::Debug for Transfers {
@@ -259,7 +281,56 @@ fn elapsed_ms(since: Instant) -> u64 {
 impl Transfers {
     /// The transfer path over a store and an audit trail; uploads stop at `max_object_size`.
     pub fn new(store: Arc<dyn ObjectStore>, audit: AuditLog, max_object_size: u64) -> Transfers {
-        Transfers { store, audit, max_object_size }
+        Transfers { store, audit, max_object_size, live: TaskTracker::new() }
+    }
+
+    /// At shutdown, once the frontends have ended every connection: wait (at most `limit`)
+    /// until every upload, download and read session has been dropped, and so has queued its
+    /// terminal record. Returns how many are still alive.
+    pub async fn wait_until_idle(&self, limit: Duration) -> usize {
+        self.live.close();
+        match tokio::time::timeout(limit, self.live.wait()).await {
+            Ok(()) => 0,
+            Err(_) => self.live.len(),
+        }
+    }
+
+    /// Write a transfer's `started` record; if it may still land after a timeout, its
+    /// `failed` outcome is queued behind it.
+    async fn start(&self, base: &AuditEntry) -> Result<(), TransferError> {
+        let abandoned = AuditEntry {
+            bytes: Some(0),
+            ..outcome(base, AuditEvent::Failed, Some("not started: the audit trail did not confirm the start".into()))
+        };
+        Ok(open_record(&self.audit, base.clone(), false, abandoned).await?)
+    }
+
+    /// A change to storage, audited write-ahead: durable `intent`, the change, durable
+    /// `operation` outcome, with `undo` applied when the outcome cannot be written.
+    async fn change<T>(
+        &self,
+        who: &Principal,
+        base: AuditEntry,
+        run: impl std::future::Future<Output = Result<T, TransferError>>,
+        undo: Undo,
+    ) -> Result<T, TransferError> {
+        let base = AuditEntry { transfer_id: Some(new_transfer_id()), ..base };
+        let intent = AuditEntry { event: AuditEvent::Intent, ..base.clone() };
+        let abandoned = outcome(
+            &base,
+            AuditEvent::Operation,
+            Some("not performed: the audit trail did not confirm the intent".into()),
+        );
+        open_record(&self.audit, intent, true, abandoned).await?;
+        let started = Instant::now();
+        let result = run.await;
+        let entry = AuditEntry {
+            duration_ms: Some(elapsed_ms(started)),
+            ..outcome(&base, AuditEvent::Operation, result.as_ref().err().map(TransferError::audit_text))
+        };
+        let undo = if result.is_ok() { undo } else { Undo::Nothing };
+        settle(&self.audit, self.store.as_ref(), &who.tenant, entry, undo).await?;
+        result
     }
 
     /// Largest object an upload may create.
@@ -325,6 +396,7 @@ impl Transfers {
         who: &Principal,
         client: &ClientInfo,
         rel: &RelPath,
+        size_hint: Option<u64>,
     ) -> Result<Upload, TransferError> {
         if rel.is_dir() {
             return Err(TransferError::Conflict("cannot upload to a directory path".into()));
@@ -335,7 +407,7 @@ impl Transfers {
             transfer_id: Some(transfer_id.clone()),
             ..self.entry(AuditEvent::Started, who, client, "upload", rel)
         };
-        self.audit.append(base.clone(), false).await?;
+        self.start(&base).await?;
         let mut upload = Upload {
             writer: None,
             bytes: 0,
@@ -345,8 +417,12 @@ impl Transfers {
             base,
             transfer_id,
             done: false,
+            store: self.store.clone(),
+            tenant: who.tenant.clone(),
+            key: key.clone(),
+            _live: self.live.token(),
         };
-        match self.store.begin_put(&who.tenant, &key).await {
+        match self.store.begin_put(&who.tenant, &key, size_hint).await {
             Ok(w) => upload.writer = Some(w),
             Err(e) => {
                 let e = TransferError::from(e);
@@ -371,7 +447,7 @@ impl Transfers {
             transfer_id: Some(transfer_id),
             ..self.entry(AuditEvent::Started, who, client, "download", rel)
         };
-        self.audit.append(base.clone(), false).await?;
+        self.start(&base).await?;
         let started = Instant::now();
         match self.store.open(&who.tenant, &key, range).await {
             Ok(read) => Ok(Download {
@@ -386,6 +462,7 @@ impl Transfers {
                     expected: read.range.len(),
                     started,
                     done: false,
+                    _live: self.live.token(),
                 },
             }),
             Err(e) => {
@@ -398,19 +475,19 @@ impl Transfers {
                     event: AuditEvent::Failed,
                     ..base
                 };
-                self.audit.append(entry, false).await?;
+                append_outcome(&self.audit, entry, false).await?;
                 Err(e)
             }
         }
     }
 
+    /// A read (stat, list) and its one `operation` record.
     async fn operation<T>(
         &self,
         who: &Principal,
         client: &ClientInfo,
         rel: &RelPath,
         op: &'static str,
-        durable: bool,
         run: impl std::future::Future<Output = Result<T, StorageError>>,
     ) -> Result<T, TransferError> {
         let started = Instant::now();
@@ -421,14 +498,14 @@ impl Transfers {
             duration_ms: Some(elapsed_ms(started)),
             ..self.entry(AuditEvent::Operation, who, client, op, rel)
         };
-        self.audit.append(entry, durable).await?;
+        self.audit.append(entry, false).await?;
         result
     }
 
     /// Metadata of an object.
     pub async fn stat(&self, who: &Principal, client: &ClientInfo, rel: &RelPath) -> Result<ObjectMeta, TransferError> {
         let key = self.authorise(who, client, Permission::Read, "stat", rel).await?;
-        self.operation(who, client, rel, "stat", false, self.store.stat(&who.tenant, &key)).await
+        self.operation(who, client, rel, "stat", self.store.stat(&who.tenant, &key)).await
     }
 
     /// Remove an object.
@@ -437,7 +514,9 @@ impl Transfers {
             return Err(TransferError::Conflict("cannot delete a directory path".into()));
         }
         let key = self.authorise(who, client, Permission::Delete, "delete", rel).await?;
-        self.operation(who, client, rel, "delete", true, self.store.delete(&who.tenant, &key)).await
+        let base = self.entry(AuditEvent::Operation, who, client, "delete", rel);
+        let undo = Undo::Impossible("a deleted object cannot be restored");
+        self.change(who, base, async { Ok(self.store.delete(&who.tenant, &key).await?) }, undo).await
     }
 
     /// What a path is (object or directory) without auditing: a metadata lookup that SFTP
@@ -466,14 +545,19 @@ impl Transfers {
     /// Create a directory.
     pub async fn mkdir(&self, who: &Principal, client: &ClientInfo, rel: &RelPath) -> Result<(), TransferError> {
         let key = self.authorise(who, client, Permission::Mkdir, "mkdir", rel).await?;
-        self.ensure_home(who).await?;
-        self.operation(who, client, rel, "mkdir", true, self.store.mkdir(&who.tenant, &key)).await
+        let base = self.entry(AuditEvent::Operation, who, client, "mkdir", rel);
+        let made = async {
+            self.ensure_home(who).await?;
+            Ok(self.store.mkdir(&who.tenant, &key).await?)
+        };
+        self.change(who, base, made, Undo::Rmdir(key.clone())).await
     }
 
     /// Remove an empty directory.
     pub async fn rmdir(&self, who: &Principal, client: &ClientInfo, rel: &RelPath) -> Result<(), TransferError> {
         let key = self.authorise(who, client, Permission::Delete, "rmdir", rel).await?;
-        self.operation(who, client, rel, "rmdir", true, self.store.rmdir(&who.tenant, &key)).await
+        let base = self.entry(AuditEvent::Operation, who, client, "rmdir", rel);
+        self.change(who, base, async { Ok(self.store.rmdir(&who.tenant, &key).await?) }, Undo::Mkdir(key.clone())).await
     }
 
     /// Rename within the user's home.
@@ -487,7 +571,8 @@ impl Transfers {
     /// is asked *not* to replace, so an object that appears at the target after that check
     /// is refused by the store rather than overwritten. A directory is never replaced (the
     /// store refuses). Each refusal is one `denied` record with both paths (each a bounded
-    /// `RelPath`) and the missing permission; everything else one `operation` record.
+    /// `RelPath`) and the missing permission; everything else an `intent` and its
+    /// `operation` outcome.
     pub async fn rename(
         &self,
         who: &Principal,
@@ -523,20 +608,9 @@ impl Transfers {
                 return Err(TransferError::Forbidden("replacing an existing object"));
             }
         }
-        let started = Instant::now();
-        let result = self
-            .store
-            .rename(&who.tenant, &src, &dst, replace && missing.is_empty())
-            .await
-            .map_err(TransferError::from);
-        let entry = AuditEntry {
-            result: Some(if result.is_ok() { "ok" } else { "error" }.into()),
-            error: result.as_ref().err().map(TransferError::audit_text),
-            duration_ms: Some(elapsed_ms(started)),
-            ..record(AuditEvent::Operation)
-        };
-        self.audit.append(entry, true).await?;
-        result
+        let renamed = async { Ok(self.store.rename(&who.tenant, &src, &dst, replace && missing.is_empty()).await?) };
+        let undo = Undo::RenameBack { from: src.clone(), to: dst.clone() };
+        self.change(who, record(AuditEvent::Operation), renamed, undo).await
     }
 
     /// Create the user's home directory if it does not exist yet (homes are implicit).
@@ -558,7 +632,7 @@ impl Transfers {
         &self,
         who: &Principal,
         rel: &RelPath,
-        after: Option<&str>,
+        after: Option<&ListCursor>,
         limit: usize,
     ) -> Result<ListPage, TransferError> {
         if !who.permissions.list {
@@ -580,7 +654,7 @@ impl Transfers {
             transfer_id: Some(new_transfer_id()),
             ..self.entry(AuditEvent::Started, who, client, "download", rel)
         };
-        self.audit.append(base.clone(), false).await?;
+        self.start(&base).await?;
         let started = Instant::now();
         match self.store.stat(&who.tenant, &key).await {
             Ok(meta) => Ok(ReadSession {
@@ -594,6 +668,7 @@ impl Transfers {
                 base,
                 started,
                 done: false,
+                _live: self.live.token(),
             }),
             Err(e) => {
                 let e = TransferError::from(e);
@@ -605,7 +680,7 @@ impl Transfers {
                     duration_ms: Some(elapsed_ms(started)),
                     ..base
                 };
-                self.audit.append(entry, false).await?;
+                append_outcome(&self.audit, entry, false).await?;
                 Err(e)
             }
         }
@@ -617,7 +692,7 @@ impl Transfers {
         who: &Principal,
         client: &ClientInfo,
         rel: &RelPath,
-        after: Option<&str>,
+        after: Option<&ListCursor>,
         limit: usize,
     ) -> Result<ListPage, TransferError> {
         let key = self.authorise(who, client, Permission::List, "list", rel).await?;
@@ -629,7 +704,7 @@ impl Transfers {
                 other => other,
             }
         };
-        self.operation(who, client, rel, "list", false, listing).await
+        self.operation(who, client, rel, "list", listing).await
     }
 }
 
@@ -643,6 +718,12 @@ pub struct Upload {
     base: AuditEntry,
     transfer_id: String,
     done: bool,
+    /// Where the object goes, to delete it again if its `completed` record cannot be written.
+    store: Arc<dyn ObjectStore>,
+    tenant: Arc<str>,
+    key: ObjectKey,
+    /// Holds shutdown until this upload is dropped (after its `Drop` queued any record).
+    _live: TaskTrackerToken,
 }
 
 impl Upload {
@@ -668,10 +749,13 @@ impl Upload {
     }
 
     async fn record_failure(&mut self, e: &TransferError) {
-        self.writer = None; // discards the staged bytes
+        if let Some(writer) = self.writer.take() {
+            // Wait until nothing of the upload remains (S3: the multipart upload is aborted).
+            writer.abort().await;
+        }
         self.done = true;
         let entry = self.failed_entry(e.audit_text());
-        if let Err(ae) = self.audit.append(entry, true).await {
+        if let Err(ae) = append_outcome(&self.audit, entry, true).await {
             tracing::error!(error = %ae, "could not audit a failed upload");
         }
     }
@@ -704,15 +788,29 @@ impl Upload {
         error
     }
 
-    /// Check the digest (if the client sent one), commit, and write the durable `completed`
-    /// record before returning, so success is only reported for audited, stored data.
+    /// Write the durable `intent` to commit, check the digest (if the client sent one),
+    /// commit, and write the durable `completed` record before returning, so success is only
+    /// reported for audited, stored data. Without the intent nothing is committed; without
+    /// the `completed` record the object is deleted again and the upload fails.
     pub async fn finish(mut self, expected_sha256: Option<[u8; 32]>) -> Result<Receipt, TransferError> {
+        if self.writer.is_none() {
+            return Err(TransferError::Storage("upload already finished".into()));
+        }
+        let intent = AuditEntry { event: AuditEvent::Intent, bytes: Some(self.bytes), ..self.base.clone() };
+        if let Err(e) = self.audit.append(intent, true).await {
+            // The `failed` record below answers the intent too, should it still land.
+            return Err(self.fail(e.into()).await);
+        }
         let Some(writer) = self.writer.take() else {
             return Err(TransferError::Storage("upload already finished".into()));
         };
-        let sha256 = match writer.commit(expected_sha256).await {
-            Ok(meta) => meta.sha256,
+        let meta = match writer.commit(expected_sha256).await {
+            Ok(meta) => meta,
             Err(e) => return Err(self.fail(e.into()).await),
+        };
+        // Every writer hashes what passes through it; a digest-less commit is a backend bug.
+        let Some(sha256) = meta.sha256 else {
+            return Err(self.fail(TransferError::Storage("the store reported no digest".into())).await);
         };
         self.done = true;
         let entry = AuditEntry {
@@ -723,7 +821,7 @@ impl Upload {
             duration_ms: Some(elapsed_ms(self.started)),
             ..self.base.clone()
         };
-        self.audit.append(entry, true).await?;
+        settle(&self.audit, self.store.as_ref(), &self.tenant, entry, Undo::Delete(self.key.clone())).await?;
         Ok(Receipt { transfer_id: self.transfer_id.clone(), size: self.bytes, sha256 })
     }
 }
@@ -753,13 +851,15 @@ pub struct AuditedBody {
     inner: ByteStream,
     audit: AuditLog,
     base: AuditEntry,
-    sha256: [u8; 32],
+    sha256: Option<[u8; 32]>,
     bytes: u64,
     /// Length of the range being sent: reaching it completes the transfer, even if the
     /// HTTP layer never polls the stream to its end.
     expected: u64,
     started: Instant,
     done: bool,
+    /// Holds shutdown until this body is dropped (after its `Drop` queued any record).
+    _live: TaskTrackerToken,
 }
 
 impl AuditedBody {
@@ -773,7 +873,7 @@ impl AuditedBody {
             result: Some(if error.is_some() { "error" } else { "ok" }.into()),
             error,
             bytes: Some(self.bytes),
-            sha256: Some(hex::encode(self.sha256)),
+            sha256: self.sha256.map(hex::encode),
             duration_ms: Some(elapsed_ms(self.started)),
             ..self.base.clone()
         };
@@ -797,7 +897,7 @@ impl Stream for AuditedBody {
             Poll::Ready(Some(Err(e))) => {
                 tracing::error!(error = %e, "download failed mid-stream");
                 this.finish(Some(TransferError::from(e).audit_text()));
-                Poll::Ready(Some(Err(StorageError::Io("download failed".into()))))
+                Poll::Ready(Some(Err(StorageError::Backend("download failed".into()))))
             }
             Poll::Ready(None) => {
                 this.finish(None);
@@ -828,6 +928,8 @@ pub struct ReadSession {
     base: AuditEntry,
     started: Instant,
     done: bool,
+    /// Holds shutdown until this session is dropped (after its `Drop` queued any record).
+    _live: TaskTrackerToken,
 }
 
 impl ReadSession {
@@ -890,7 +992,7 @@ impl ReadSession {
             result: Some(if error.is_some() { "error" } else { "ok" }.into()),
             error,
             bytes: Some(self.bytes),
-            sha256: Some(hex::encode(self.meta.sha256)),
+            sha256: self.meta.sha256.map(hex::encode),
             duration_ms: Some(elapsed_ms(self.started)),
             ..self.base.clone()
         })
@@ -906,7 +1008,7 @@ impl ReadSession {
     /// The client closed the handle: the download is complete (however much it read).
     pub async fn close(mut self) -> Result<(), TransferError> {
         if let Some(entry) = self.terminal(None) {
-            self.audit.append(entry, false).await?;
+            append_outcome(&self.audit, entry, false).await?;
         }
         Ok(())
     }

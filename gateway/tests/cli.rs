@@ -96,6 +96,7 @@ fn make_trail(dir: &Path, n: usize, every: u64) -> (PathBuf, PathBuf) {
                 path: path.clone(),
                 checkpoint_every_records: every,
                 checkpoint_interval: Duration::from_secs(3600),
+                append_timeout: Duration::from_secs(10),
             },
             key,
         )

@@ -18,6 +18,14 @@ pub enum AuditEvent {
     Completed,
     /// A transfer failed; for uploads nothing was stored.
     Failed,
+    /// A change (upload commit, delete, rename, mkdir, rmdir) is about to be made: written
+    /// and synced before storage is touched. Its outcome (`completed`/`failed` for an upload,
+    /// `operation` otherwise) carries the same `transfer_id`.
+    Intent,
+    /// A `started` or `intent` record that never got its outcome: the gateway stopped (crash,
+    /// kill, or shutdown with the transfer still running). Written at the next start (or at
+    /// shutdown) with the original `transfer_id`, user and path.
+    Interrupted,
     /// A non-transfer operation (list, stat, delete, …) and its result.
     Operation,
     /// A signed seal over every record before it.
@@ -30,7 +38,7 @@ pub enum AuditEvent {
 pub struct AuditEntry {
     /// What happened.
     pub event: AuditEvent,
-    /// Groups the `started` record with its terminal record.
+    /// Groups the `started` (or `intent`) record with its outcome.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub transfer_id: Option<String>,
     /// `https` or `sftp`.

@@ -1,5 +1,8 @@
 //! `gateway audit verify`: check a trail's hash chain, sequence, checkpoint signatures and the
-//! checkpoint sidecar, and name the first record that is wrong.
+//! checkpoint sidecar, and name the first record that is wrong. It also lists the transfers
+//! and changes whose `started` or `intent` record has no outcome yet: not tampering (a running
+//! gateway has some in flight, and the next start after a crash records them as
+//! `interrupted`), but worth a look in a trail that is not being written.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,6 +12,7 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
+use super::pending::PendingOutcomes;
 use super::record::{AuditEvent, AuditLine};
 use super::{sidecar_path, signing, GENESIS};
 
@@ -38,6 +42,8 @@ pub struct VerifyReport {
     pub public_key: Option<String>,
     /// The sidecar that was cross-checked, if any.
     pub sidecar: Option<PathBuf>,
+    /// `transfer_id`s of `started`/`intent` records without an outcome, sorted.
+    pub open: Vec<String>,
 }
 
 /// The first problem found.
@@ -68,7 +74,9 @@ pub fn verify_trail(path: &Path, options: &VerifyOptions) -> Result<VerifyReport
         unsealed: 0,
         public_key: None,
         sidecar: None,
+        open: Vec::new(),
     };
+    let mut pending = PendingOutcomes::default();
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -121,11 +129,13 @@ pub fn verify_trail(path: &Path, options: &VerifyOptions) -> Result<VerifyReport
             checkpoints.insert(rec.seq, hash.clone());
         } else {
             report.unsealed += 1;
+            pending.observe_entry(&rec.entry);
         }
         prev = hash;
         report.records += 1;
     }
     report.public_key = pinned.map(|k| B64.encode(k));
+    report.open = pending.ids();
 
     let sidecar = match &options.sidecar {
         Some(p) => Some(p.clone()),

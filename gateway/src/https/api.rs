@@ -23,7 +23,7 @@ use crate::audit::AuditEvent;
 use crate::auth::{Directory, Principal};
 use crate::digest::{parse_digest_field, to_digest_field};
 use crate::path::{PathError, RelPath};
-use crate::storage::{ObjectMeta, RangeRequest};
+use crate::storage::{ListCursor, ObjectMeta, RangeRequest};
 use crate::transfer::{ClientInfo, TransferError, Transfers};
 
 /// Largest listing page.
@@ -148,12 +148,16 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 fn object_headers(headers: &mut HeaderMap, meta: &ObjectMeta) {
-    let etag = format!("\"{}\"", hex::encode(meta.sha256));
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        headers.insert(header::ETAG, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&to_digest_field(&meta.sha256)) {
-        headers.insert("repr-digest", v);
+    // An object the gateway did not write has no digest it can vouch for: no ETag, no
+    // Repr-Digest, rather than one that means something else.
+    if let Some(sha256) = &meta.sha256 {
+        let etag = format!("\"{}\"", hex::encode(sha256));
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            headers.insert(header::ETAG, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&to_digest_field(sha256)) {
+            headers.insert("repr-digest", v);
+        }
     }
     if let Some(v) = http_date(meta.modified) {
         headers.insert(header::LAST_MODIFIED, v);
@@ -288,7 +292,7 @@ impl Api {
         };
         let declared =
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        let mut upload = self.transfers.begin_upload(who, client, &rel).await?;
+        let mut upload = self.transfers.begin_upload(who, client, &rel, declared).await?;
         let max = self.transfers.max_object_size();
         if declared.is_some_and(|len| len > max) {
             // Refused before reading a byte of the body (still audited: started + failed).
@@ -361,7 +365,7 @@ impl Api {
         rel: RelPath,
     ) -> Result<Response<Body>, ApiError> {
         let mut limit = MAX_LIST_LIMIT;
-        let mut after: Option<String> = None;
+        let mut after: Option<ListCursor> = None;
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_encoding::percent_decode_str(v)
@@ -377,7 +381,18 @@ impl Api {
                         )
                     })?
                 }
-                "after" => after = Some(v.into_owned()),
+                "after" => {
+                    after = Some(ListCursor::from_client(&v).ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_query",
+                            format!(
+                                "after must be the non-empty `next` value of a previous page (at most {} bytes)",
+                                ListCursor::MAX_LEN
+                            ),
+                        )
+                    })?)
+                }
                 other => {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
@@ -387,7 +402,7 @@ impl Api {
                 }
             }
         }
-        let page = self.transfers.list(who, client, &rel, after.as_deref(), limit).await?;
+        let page = self.transfers.list(who, client, &rel, after.as_ref(), limit).await?;
         let entries: Vec<_> = page
             .entries
             .iter()

@@ -5,8 +5,9 @@
 //! concurrent connections (the loop waits for a free slot rather than accepting and dropping).
 //! On shutdown the listener closes, open connections are told to finish (HTTP/2 GOAWAY,
 //! HTTP/1.1 close after the current request) and get [`HttpsSettings::grace`] to do so;
-//! connections still busy after that are dropped, and their transfers audit themselves as
-//! failed.
+//! connections still busy after that are aborted, and so are HTTP/2 stream tasks (which
+//! hyper spawns apart from their connection, on our [`StreamExecutor`]); [`serve`] returns
+//! only once all of them are gone, so every transfer they held has audited itself as failed.
 
 pub mod api;
 pub mod body;
@@ -17,10 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use api::Api;
 use api::Connection;
@@ -57,6 +60,35 @@ fn tls_names(conn: &rustls::ServerConnection) -> (Option<String>, Option<String>
     (version, suite)
 }
 
+/// Runs the tasks hyper spawns (one per HTTP/2 stream: the handler and the response body)
+/// where shutdown can cancel them and wait until they are gone. With `TokioExecutor` they
+/// would outlive their aborted connection, holding a download's body past the audit trail's
+/// close.
+#[derive(Clone, Default)]
+struct StreamExecutor {
+    tasks: TaskTracker,
+    kill: CancellationToken,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.tasks.spawn(self.kill.clone().run_until_cancelled_owned(fut));
+    }
+}
+
+impl StreamExecutor {
+    /// Cancel every stream task and wait until all have ended.
+    async fn end(&self) {
+        self.kill.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
 /// Serve HTTPS on `listener` until `shutdown` resolves, then drain within the grace period.
 pub async fn serve(
     listener: TcpListener,
@@ -69,7 +101,9 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let max = settings.max_connections;
     let grace = settings.grace;
+    let streams = StreamExecutor::default();
     let mut tasks = crate::listener::accept_until(listener, max, None, shutdown, |tcp, peer| {
+        let streams = streams.clone();
         let acceptor = acceptor.clone();
         let api = api.clone();
         let settings = settings.clone();
@@ -93,7 +127,7 @@ pub async fn serve(
                 let conn = conn.clone();
                 async move { Ok::<_, std::convert::Infallible>(api.handle(req, &conn).await) }
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(streams);
             builder
                 .http1()
                 .timer(TokioTimer::new())
@@ -120,7 +154,8 @@ pub async fn serve(
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; dropping the remaining connections");
     }
-    // Connections still in their handshake or over the grace period end here; their
-    // transfers write `failed` records from Drop.
+    // Connections still in their handshake or over the grace period end here, and so do
+    // their HTTP/2 streams; their transfers write `failed` records from Drop.
     tasks.shutdown().await;
+    streams.end().await;
 }

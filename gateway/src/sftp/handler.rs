@@ -203,8 +203,10 @@ impl Handler for SshConnection {
                     budget: self.budget.clone(),
                     stall_timeout: self.shared.idle_timeout,
                     stop: self.stop.clone(),
+                    kill: self.shared.kill.clone(),
                 };
-                self.shared.sessions.spawn(super::session::run(channel, shared, who, client, limits));
+                let session = super::session::run(channel, shared, who, client, limits);
+                self.shared.sessions.spawn(self.shared.kill.clone().run_until_cancelled_owned(session));
             }
             _ => session.channel_failure(id)?,
         }

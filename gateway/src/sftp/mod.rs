@@ -4,7 +4,10 @@
 //! own task: TCP_NODELAY, the [`wire::WireStream`] (login grace deadline, client hello copy
 //! for the audit), then russh's session with our [`handler::SshConnection`]. SFTP sessions
 //! run on a [`TaskTracker`] so shutdown can wait for them, and their `failed` records, before
-//! the audit trail is sealed.
+//! the audit trail is sealed. At shutdown sessions get the grace period, then are asked to
+//! end (disconnect); whatever still runs after [`DISCONNECT_LIMIT`] is cancelled outright
+//! ([`SftpShared::kill`]) and awaited, so every upload and download it held is dropped and
+//! has queued its `failed` record before [`SftpFrontend::serve`] returns.
 
 pub mod budget;
 pub mod handler;
@@ -25,6 +28,7 @@ use russh::keys::{Algorithm, PrivateKey};
 use russh::server::Config as SshConfig;
 use russh::{cipher, compression, kex, mac, Preferred, SshId};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Directory;
@@ -42,6 +46,8 @@ pub struct SftpShared {
     pub passwords: bool,
     /// Running SFTP sessions.
     pub sessions: TaskTracker,
+    /// Cancelled when shutdown stops waiting: every session task ends where it is.
+    pub kill: CancellationToken,
     /// Uploads in progress, for `stat` of a file being written.
     pub uploads: Arc<inflight::UploadsInProgress>,
     /// The process-wide pool every connection's budget draws on.
@@ -71,6 +77,9 @@ impl std::fmt::Debug for SftpFrontend {
         f.debug_struct("SftpFrontend").field("host_keys", &self.host_key_lines).finish()
     }
 }
+
+/// How long sessions get, after the grace period and the disconnect, to end by themselves.
+pub const DISCONNECT_LIMIT: Duration = Duration::from_secs(10);
 
 /// A quarter of the machine's memory (from `/proc/meminfo`), or 1 GiB where that cannot be
 /// read: the default for everything all SFTP connections together may hold buffered.
@@ -201,6 +210,7 @@ impl SftpFrontend {
                 algorithms: config.algorithms.clone(),
                 passwords,
                 sessions: TaskTracker::new(),
+                kill: CancellationToken::new(),
                 uploads: Arc::default(),
                 global_budget: budget::GlobalBudget::new(config.max_buffer_total.unwrap_or_else(default_total_budget)),
                 connection_budget: config.max_buffer_per_connection,
@@ -288,11 +298,21 @@ impl SftpFrontend {
         if drained.is_err() {
             tracing::warn!("SFTP grace period over; disconnecting the remaining sessions");
             stop.cancel();
+        }
+        // Sessions whose connection ended tell their clients and write their records as they
+        // end; give them a moment...
+        let ended = tokio::time::timeout(DISCONNECT_LIMIT, async {
             while conns.join_next().await.is_some() {}
+            sessions.wait().await;
+        })
+        .await;
+        if ended.is_err() {
+            tracing::warn!("SFTP sessions still running after disconnect; ending them");
         }
-        // Sessions whose channel closed write their `failed` records as they end.
-        if tokio::time::timeout(Duration::from_secs(10), sessions.wait()).await.is_err() {
-            tracing::warn!("SFTP sessions did not end after disconnect");
-        }
+        // ...then end whatever is left where it stands and wait until it is gone: its uploads
+        // and downloads are dropped and queue their `failed` records before this returns.
+        self.shared.kill.cancel();
+        conns.shutdown().await;
+        sessions.wait().await;
     }
 }

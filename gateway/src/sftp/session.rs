@@ -95,6 +95,9 @@ pub struct SessionLimits {
     pub stall_timeout: Duration,
     /// Cancelled to end the connection (shutdown, idle watchdog, a stalled session).
     pub stop: CancellationToken,
+    /// Cancelled when shutdown gives up waiting: every task of the session stops where it is,
+    /// dropping the uploads and downloads it holds (which audit themselves as failed).
+    pub kill: CancellationToken,
 }
 
 /// Why the reader stopped.
@@ -267,6 +270,8 @@ struct Ctx {
     uploads: Arc<UploadsInProgress>,
     handles: Arc<Mutex<Handles>>,
     tasks: TaskTracker,
+    /// [`SessionLimits::kill`]: every task spawned for the session ends with it.
+    kill: CancellationToken,
     gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -322,7 +327,7 @@ impl Ctx {
             handles.map.insert(name.clone(), queue.clone());
             name
         };
-        self.tasks.spawn(task(queue));
+        self.tasks.spawn(self.kill.clone().run_until_cancelled_owned(task(queue)));
         Some(name)
     }
 }
@@ -632,7 +637,8 @@ impl Reader {
     fn path_job(&self, lane: usize, job: Job, charge: Charge) {
         let Some(l) = self.pool.lane(lane) else { return };
         if l.queue.push((job, charge)).is_ok() && l.claim() {
-            self.ctx.tasks.spawn(lane_worker(self.pool.clone(), lane, self.ctx.clone()));
+            let worker = lane_worker(self.pool.clone(), lane, self.ctx.clone());
+            self.ctx.tasks.spawn(self.ctx.kill.clone().run_until_cancelled_owned(worker));
         }
     }
 
@@ -724,7 +730,8 @@ pub async fn run(
     let (mut rd, wr) = channel.split();
     let progress = Arc::new(AtomicU64::new(0));
     let (out_tx, out_rx) = mpsc::channel(REPLY_QUEUE);
-    let mut writer = tokio::spawn(write_replies(wr.make_writer(), out_rx, progress.clone()));
+    let replies = write_replies(wr.make_writer(), out_rx, progress.clone());
+    let mut writer = tokio::spawn(limits.kill.clone().run_until_cancelled_owned(replies));
     let tasks = TaskTracker::new();
     let ctx = Ctx {
         transfers: shared.transfers.clone(),
@@ -735,6 +742,7 @@ pub async fn run(
         uploads: shared.uploads.clone(),
         handles: Arc::default(),
         tasks: tasks.clone(),
+        kill: limits.kill.clone(),
         gone: Arc::default(),
     };
     let mut reader = Reader {
@@ -775,7 +783,7 @@ pub async fn run(
     drop(ctx);
     let flushed = tokio::time::timeout(deadline, async {
         tasks.wait().await;
-        (&mut writer).await.unwrap_or(false)
+        (&mut writer).await.ok().flatten().unwrap_or(false)
     })
     .await;
     let flushed = match flushed {
@@ -892,7 +900,7 @@ async fn open_file(ctx: &Ctx, open: russh_sftp::protocol::Open) -> Packet {
                 );
             }
         }
-        let upload = match ctx.transfers.begin_upload(&ctx.who, &ctx.client, &rel).await {
+        let upload = match ctx.transfers.begin_upload(&ctx.who, &ctx.client, &rel, None).await {
             Ok(u) => u,
             Err(e) => return error_status(id, &e),
         };
@@ -1117,7 +1125,7 @@ async fn read_task(q: Arc<HandleQueue>, mut reader: ReadSession, ctx: Ctx) {
 
 async fn dir_task(q: Arc<HandleQueue>, rel: RelPath, first: crate::storage::ListPage, ctx: Ctx) {
     let mut page = Some(first);
-    let mut after: Option<String> = None;
+    let mut after: Option<crate::storage::ListCursor> = None;
     let mut done = false;
     while let Some((req, charge)) = q.pop().await {
         let reply = match req {
@@ -1125,7 +1133,7 @@ async fn dir_task(q: Arc<HandleQueue>, rel: RelPath, first: crate::storage::List
                 let current = match page.take() {
                     Some(p) => Ok(p),
                     None if done => Ok(Default::default()),
-                    None => ctx.transfers.list_continue(&ctx.who, &rel, after.as_deref(), READDIR_BATCH).await,
+                    None => ctx.transfers.list_continue(&ctx.who, &rel, after.as_ref(), READDIR_BATCH).await,
                 };
                 match current {
                     Ok(p) if p.entries.is_empty() => {
@@ -1133,8 +1141,8 @@ async fn dir_task(q: Arc<HandleQueue>, rel: RelPath, first: crate::storage::List
                         status(id, StatusCode::Eof, "end of directory")
                     }
                     Ok(p) => {
-                        after = p.entries.last().map(|e| e.name.clone());
                         done = p.next.is_none();
+                        after = p.next.clone();
                         let user = ctx.who.user.to_string();
                         let files = p
                             .entries

@@ -20,8 +20,8 @@ use futures_util::{FutureExt, StreamExt};
 
 use super::sealed::{self, Opener, SealedMeta, Sealer, CHUNK, DATA_OFFSET, HEADER_LEN, META_LEN, TAG};
 use super::{
-    ByteRange, EntryKind, ListEntry, ListPage, ObjectMeta, ObjectRead, ObjectStore, ObjectWriter, RangeRequest,
-    StorageError,
+    ByteRange, EntryKind, ListCursor, ListEntry, ListPage, ObjectMeta, ObjectRead, ObjectStore, ObjectWriter,
+    RangeRequest, StorageError,
 };
 use crate::digest::Sha256;
 use crate::path::ObjectKey;
@@ -43,10 +43,21 @@ impl std::fmt::Debug for LocalStore {
     }
 }
 
+/// File-system errors in storage terms (this backend's only; S3 maps its own).
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            ErrorKind::NotFound => StorageError::NotFound,
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => StorageError::Unavailable(e.to_string()),
+            _ => StorageError::Backend(e.to_string()),
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StorageError::Io(format!("storage task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))?
 }
 
 fn integrity(e: sealed::SealError) -> StorageError {
@@ -59,10 +70,11 @@ impl LocalStore {
         let objects = root.join("objects");
         let staging = root.join("staging");
         for dir in [&objects, &staging] {
-            crate::secrets::create_private_dir(dir).map_err(|e| StorageError::Io(e.to_string()))?;
+            crate::secrets::create_private_dir(dir).map_err(|e| StorageError::Backend(e.to_string()))?;
         }
         for tenant in keys.keys() {
-            crate::secrets::create_private_dir(&objects.join(tenant)).map_err(|e| StorageError::Io(e.to_string()))?;
+            crate::secrets::create_private_dir(&objects.join(tenant))
+                .map_err(|e| StorageError::Backend(e.to_string()))?;
         }
         // Anything left in staging is an upload a crash interrupted: never visible, now gone.
         for entry in fs::read_dir(&staging)? {
@@ -114,7 +126,12 @@ fn open_sealed(file: &mut File, key: &TenantKey) -> Result<(Opener, SealedMeta),
 }
 
 fn to_meta(m: &SealedMeta) -> ObjectMeta {
-    ObjectMeta { size: m.size, sha256: m.sha256, modified: UNIX_EPOCH + Duration::from_secs(m.modified) }
+    ObjectMeta {
+        size: m.size,
+        sha256: Some(m.sha256),
+        modified: UNIX_EPOCH + Duration::from_secs(m.modified),
+        location: None,
+    }
 }
 
 fn open_file(path: &Path) -> Result<File, StorageError> {
@@ -222,7 +239,7 @@ impl Sealing {
             // that is a multiple of the chunk size still ends with an empty sealed chunk).
             self.sealer.seal_tail(&mut self.out, chunk_start, true).map_err(integrity)?;
         } else if partial {
-            return Err(StorageError::Io("internal error: partial chunk in a non-final batch".into()));
+            return Err(StorageError::Backend("internal error: partial chunk in a non-final batch".into()));
         }
         self.file.write_all(&self.out)?;
         Ok(())
@@ -258,10 +275,10 @@ impl LocalWriter {
     /// Wait for the batch in flight (if any) and take back the sealing state.
     async fn settle(&mut self) -> Result<Sealing, StorageError> {
         if let Some(task) = self.in_flight.take() {
-            let sealing = task.await.map_err(|e| StorageError::Io(format!("storage task failed: {e}")))??;
+            let sealing = task.await.map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))??;
             return Ok(sealing);
         }
-        self.sealing.take().ok_or_else(|| StorageError::Io("upload writer used after a failure".into()))
+        self.sealing.take().ok_or_else(|| StorageError::Backend("upload writer used after a failure".into()))
     }
 
     /// Split off the largest whole number of chunks from the received frames, keeping at
@@ -291,6 +308,18 @@ impl LocalWriter {
 }
 
 impl ObjectWriter for LocalWriter {
+    fn abort(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        async move {
+            // Let a batch in flight finish writing before the staging file goes.
+            let _ = self.settle().await;
+            let path = self.staging_path.clone();
+            self.done = true;
+            drop(self);
+            let _ = blocking(move || Ok(fs::remove_file(&path)?)).await;
+        }
+        .boxed()
+    }
+
     fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<(), StorageError>> {
         async move {
             self.size += data.len() as u64;
@@ -343,7 +372,7 @@ impl ObjectWriter for LocalWriter {
 
 /// Rename a finished staging file into place and make the rename durable.
 fn publish(staging: &Path, target: &Path, tenant_root: &Path) -> Result<(), StorageError> {
-    let parent = target.parent().ok_or_else(|| StorageError::Io("object has no parent directory".into()))?;
+    let parent = target.parent().ok_or_else(|| StorageError::Backend("object has no parent directory".into()))?;
     if let Err(e) = fs::create_dir_all(parent) {
         return Err(match e.kind() {
             ErrorKind::AlreadyExists | ErrorKind::NotADirectory => {
@@ -394,7 +423,12 @@ fn move_no_replace(src: &Path, dst: &Path) -> Result<(), StorageError> {
 }
 
 impl ObjectStore for LocalStore {
-    fn begin_put(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
+    fn begin_put(
+        &self,
+        tenant: &str,
+        key: &ObjectKey,
+        _size_hint: Option<u64>,
+    ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
         let tenant_key = self.key(tenant);
         let final_path = self.object_path(tenant, key);
         let tenant_root = self.objects.join(tenant);
@@ -405,7 +439,7 @@ impl ObjectStore for LocalStore {
             if is_root {
                 return Err(StorageError::Conflict("path names a directory".into()));
             }
-            let name = hex::encode(random_bytes::<16>().map_err(|e| StorageError::Io(e.to_string()))?);
+            let name = hex::encode(random_bytes::<16>().map_err(|e| StorageError::Backend(e.to_string()))?);
             let staging_path = staging.join(format!("{name}.part"));
             let writer = blocking(move || {
                 let sealer = Sealer::new(&tenant_key).map_err(integrity)?;
@@ -482,7 +516,8 @@ impl ObjectStore for LocalStore {
             };
             let rest = futures_util::stream::try_unfold(Some(read_ahead(reader)), move |next| async move {
                 let Some(next) = next else { return Ok(None) };
-                let (reader, batch) = next.await.map_err(|e| StorageError::Io(format!("storage task failed: {e}")))?;
+                let (reader, batch) =
+                    next.await.map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))?;
                 Ok(batch?.map(|b| (b, Some(read_ahead(reader)))))
             });
             let body = futures_util::stream::iter(first.map(Ok::<Bytes, StorageError>)).chain(rest);
@@ -641,11 +676,11 @@ impl ObjectStore for LocalStore {
         &'a self,
         tenant: &'a str,
         prefix: &'a ObjectKey,
-        after: Option<&'a str>,
+        after: Option<&'a ListCursor>,
         limit: usize,
     ) -> BoxFuture<'a, Result<ListPage, StorageError>> {
         let dir = self.object_path(tenant, prefix);
-        let after = after.map(str::to_owned);
+        let after = after.map(|c| c.as_str().to_owned());
         let is_root = prefix.is_root();
         async move {
             self.key(tenant)?;
@@ -681,7 +716,7 @@ impl ObjectStore for LocalStore {
                         entries.push(ListEntry { name, kind: EntryKind::File, size, modified });
                     }
                 }
-                let next = if more { entries.last().map(|e| e.name.clone()) } else { None };
+                let next = if more { entries.last().map(|e| ListCursor::new(e.name.clone())) } else { None };
                 Ok(ListPage { entries, next })
             })
             .await
@@ -700,13 +735,13 @@ mod tests {
 
     async fn round_trip(store: &LocalStore, name: &str, data: &[u8], piece: usize) {
         let key = ObjectKey::home(name).unwrap();
-        let mut w = store.begin_put("t", &key).await.unwrap();
+        let mut w = store.begin_put("t", &key, None).await.unwrap();
         for p in data.chunks(piece.max(1)) {
             w.write(Bytes::copy_from_slice(p)).await.unwrap();
         }
         let meta = w.commit(None).await.unwrap();
         assert_eq!(meta.size, data.len() as u64);
-        assert_eq!(meta.sha256, crate::digest::sha256(data));
+        assert_eq!(meta.sha256, Some(crate::digest::sha256(data)));
         let path = store.object_path("t", &key);
         assert_eq!(fs::metadata(&path).unwrap().len(), sealed::sealed_len(data.len() as u64), "{name}");
         let read = store.open("t", &key, RangeRequest::All).await.unwrap();
@@ -742,10 +777,10 @@ mod tests {
         keys.insert("t".to_owned(), TenantKey::generate().unwrap());
         let store = LocalStore::open(dir.path(), keys).unwrap();
         let key = ObjectKey::home("x").unwrap();
-        let mut w = store.begin_put("t", &key).await.unwrap();
+        let mut w = store.begin_put("t", &key, None).await.unwrap();
         w.write(Bytes::from(vec![1u8; 3 * BATCH])).await.unwrap();
         assert!(matches!(w.commit(Some([0u8; 32])).await, Err(StorageError::DigestMismatch)));
-        let mut w = store.begin_put("t", &key).await.unwrap();
+        let mut w = store.begin_put("t", &key, None).await.unwrap();
         w.write(Bytes::from(vec![1u8; 3 * BATCH])).await.unwrap();
         drop(w);
         assert!(!store.object_path("t", &key).exists());
@@ -753,7 +788,7 @@ mod tests {
     }
 
     async fn put(store: &LocalStore, name: &str, data: &[u8]) {
-        let mut w = store.begin_put("t", &ObjectKey::home(name).unwrap()).await.unwrap();
+        let mut w = store.begin_put("t", &ObjectKey::home(name).unwrap(), None).await.unwrap();
         w.write(Bytes::copy_from_slice(data)).await.unwrap();
         w.commit(None).await.unwrap();
     }

@@ -10,6 +10,8 @@
 //! nothing behind.
 
 pub mod local;
+pub mod router;
+pub mod s3;
 pub mod sealed;
 
 use std::time::SystemTime;
@@ -20,13 +22,14 @@ use futures_util::stream::BoxStream;
 
 use crate::path::ObjectKey;
 
-/// Storage failures, in the gateway's own terms.
+/// Storage failures, in the gateway's own terms: no file-system or SDK type leaks out.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// No object at that key.
     #[error("no such object")]
     NotFound,
-    /// The key names a directory where an object was expected (or the reverse).
+    /// The key names a directory where an object was expected (or the reverse), or a
+    /// target exists that must not be replaced.
     #[error("{0}")]
     Conflict(String),
     /// Stored data failed authentication: tampering or corruption.
@@ -44,17 +47,28 @@ pub enum StorageError {
     /// No key for this tenant is loaded.
     #[error("no storage key loaded for tenant {0:?}")]
     NoTenantKey(String),
-    /// Anything the backend could not do; the message is for operators' logs.
-    #[error("storage I/O error: {0}")]
-    Io(String),
+    /// The store did not confirm the server-side encryption asked for; the object was
+    /// removed (fail closed).
+    #[error("server-side encryption not confirmed: {0}")]
+    EncryptionNotConfirmed(String),
+    /// A conditional request failed: the object changed underneath the operation.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    /// The backend asked the gateway to slow down (S3 `SlowDown`, HTTP 503/429).
+    #[error("storage throttled: {0}")]
+    Throttled(String),
+    /// A transient failure (timeout, connection reset, 5xx): retrying may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the backend could not do; the message is for operators' logs.
+    #[error("storage failure: {0}")]
+    Backend(String),
 }
 
-impl From<std::io::Error> for StorageError {
-    fn from(e: std::io::Error) -> Self {
-        match e.kind() {
-            std::io::ErrorKind::NotFound => StorageError::NotFound,
-            _ => StorageError::Io(e.to_string()),
-        }
+impl StorageError {
+    /// Whether repeating the same idempotent request may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Throttled(_) | StorageError::Unavailable(_))
     }
 }
 
@@ -63,10 +77,38 @@ impl From<std::io::Error> for StorageError {
 pub struct ObjectMeta {
     /// Plaintext size in bytes.
     pub size: u64,
-    /// SHA-256 of the plaintext, recorded at upload.
-    pub sha256: [u8; 32],
+    /// SHA-256 of the plaintext, recorded at upload; `None` for an object the gateway did not
+    /// write (put into a bucket by another tool) and so cannot vouch for.
+    pub sha256: Option<[u8; 32]>,
     /// When the object was committed.
     pub modified: SystemTime,
+    /// Where and how the backend stored it (bucket, key, encryption), for the audit trail;
+    /// `None` for the local store, whose location is the object key itself.
+    pub location: Option<Box<StoredAt>>,
+}
+
+/// Backend facts about a stored object, recorded in the audit trail. Never holds key
+/// material: SSE-C keys appear only as a keyed fingerprint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredAt {
+    /// Bucket name.
+    pub bucket: String,
+    /// Full object key in the bucket (tenant prefix included).
+    pub key: String,
+    /// Version id, when the bucket is versioned.
+    pub version_id: Option<String>,
+    /// The ETag the store returned.
+    pub etag: Option<String>,
+    /// Server-side encryption in force: `AES256`, `aws:kms`, `SSE-C` or `none`.
+    pub sse: String,
+    /// KMS key id (SSE-KMS) as the store reported it.
+    pub kms_key_id: Option<String>,
+    /// Keyed fingerprint of the SSE-C key (never the key).
+    pub sse_c_fingerprint: Option<String>,
+    /// The SHA-256 checksum the store returned (base64; composite `-N` for multipart).
+    pub checksum_sha256: Option<String>,
+    /// Number of parts (1 for a single PUT).
+    pub parts: Option<u32>,
 }
 
 /// A half-open byte range `[start, end)` within an object, already checked against its size.
@@ -131,14 +173,47 @@ pub struct ListEntry {
 pub struct ListPage {
     /// Entries of this page.
     pub entries: Vec<ListEntry>,
-    /// Name to pass as `after` for the next page, if there is one.
-    pub next: Option<String>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<ListCursor>,
 }
 
-/// A pending upload. Dropping it without [`ObjectWriter::commit`] discards everything.
+/// Where a listing continues: opaque to callers, who hand back what a page gave them. The
+/// local store puts the last name there; S3 its continuation token (a name would land back
+/// inside a common prefix when listing with a delimiter).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct ListCursor(String);
+
+impl ListCursor {
+    /// Longest cursor accepted back from a client.
+    pub const MAX_LEN: usize = 4096;
+
+    /// A cursor made by a backend.
+    pub fn new(s: String) -> ListCursor {
+        ListCursor(s)
+    }
+
+    /// A cursor a client sent back (HTTPS `after=`); `None` when empty or too long.
+    pub fn from_client(s: &str) -> Option<ListCursor> {
+        (!s.is_empty() && s.len() <= Self::MAX_LEN).then(|| ListCursor(s.to_owned()))
+    }
+
+    /// The cursor's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A pending upload. Nothing is visible before [`ObjectWriter::commit`] succeeds; a failed
+/// upload should be ended with [`ObjectWriter::abort`], which removes every trace of it
+/// (S3: `AbortMultipartUpload`). Dropping a writer also discards it, on a best-effort basis
+/// for backends whose cleanup needs a request.
 pub trait ObjectWriter: Send {
-    /// Append plaintext.
+    /// Append plaintext. Waits while the backend is busy (back-pressure), so memory stays
+    /// bounded whatever the object size.
     fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// Discard the upload and wait until nothing of it remains.
+    fn abort(self: Box<Self>) -> BoxFuture<'static, ()>;
     /// Make the object visible, atomically and durably, and return its size and SHA-256
     /// (computed by the writer as the bytes went through). With `expected_sha256`, a
     /// different digest fails with [`StorageError::DigestMismatch`] and nothing appears.
@@ -150,8 +225,14 @@ pub trait ObjectWriter: Send {
 
 /// A storage backend.
 pub trait ObjectStore: Send + Sync + 'static {
-    /// Start writing `key` for `tenant`.
-    fn begin_put(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>>;
+    /// Start writing `key` for `tenant`. `size_hint` is the announced size, when known
+    /// (HTTP `Content-Length`): S3 sends an object below its part size as one PutObject.
+    fn begin_put(
+        &self,
+        tenant: &str,
+        key: &ObjectKey,
+        size_hint: Option<u64>,
+    ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>>;
     /// Metadata of one object.
     fn stat(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ObjectMeta, StorageError>>;
     /// Open `key` and stream `range` of it; the range is resolved against the object's size
@@ -180,12 +261,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         to: &'a ObjectKey,
         replace: bool,
     ) -> BoxFuture<'a, Result<(), StorageError>>;
-    /// List the directory `prefix`, names strictly after `after`, at most `limit` entries.
+    /// List the directory `prefix`, continuing at `after` (a cursor an earlier page gave),
+    /// at most `limit` entries.
     fn list<'a>(
         &'a self,
         tenant: &'a str,
         prefix: &'a ObjectKey,
-        after: Option<&'a str>,
+        after: Option<&'a ListCursor>,
         limit: usize,
     ) -> BoxFuture<'a, Result<ListPage, StorageError>>;
 }

@@ -1,0 +1,248 @@
+//! Write-ahead auditing against a trail that fails or stalls on demand (the audit writer's
+//! test fault injection) over a real local store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::audit::faults::Fault;
+use crate::audit::{verify, AuditConfig, AuditLine, CheckpointKey};
+use crate::storage::local::LocalStore;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Arc<LocalStore>,
+    audit: AuditLog,
+    transfers: Transfers,
+    who: Principal,
+    client: ClientInfo,
+}
+
+fn audit_config(dir: &std::path::Path, append_timeout: Duration) -> AuditConfig {
+    AuditConfig {
+        path: dir.join("audit.jsonl"),
+        checkpoint_every_records: 1000,
+        checkpoint_interval: Duration::from_secs(3600),
+        append_timeout,
+    }
+}
+
+fn fixture(append_timeout: Duration) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = HashMap::from([("t".to_owned(), crate::secrets::TenantKey::generate().unwrap())]);
+    let store = Arc::new(LocalStore::open(&dir.path().join("store"), keys).unwrap());
+    let key = CheckpointKey::generate(&dir.path().join("k.key")).unwrap();
+    let audit = AuditLog::open(audit_config(dir.path(), append_timeout), key).unwrap();
+    let transfers = Transfers::new(store.clone(), audit.clone(), 1 << 20);
+    let who = Principal {
+        user: "alice".into(),
+        tenant: "t".into(),
+        home: ObjectKey::home("home").unwrap(),
+        permissions: gateway_config::Permissions {
+            list: true,
+            read: true,
+            write: true,
+            delete: true,
+            rename: true,
+            mkdir: true,
+        },
+        auth_method: "bearer",
+        credential_id: "alice-1".into(),
+    };
+    let client = ClientInfo::https("127.0.0.1:1".parse().unwrap(), None, None);
+    Fixture { dir, store, audit, transfers, who, client }
+}
+
+fn rel(p: &str) -> RelPath {
+    RelPath::from_plain(p).unwrap()
+}
+
+impl Fixture {
+    async fn put(&self, name: &str, data: &'static [u8]) -> Result<Receipt, TransferError> {
+        let mut up = self.transfers.begin_upload(&self.who, &self.client, &rel(name), None).await?;
+        up.write(Bytes::from_static(data)).await?;
+        up.finish(None).await
+    }
+
+    async fn exists(&self, name: &str) -> bool {
+        match self.store.head("t", &self.who.home.join(&rel(name))).await {
+            Ok(_) => true,
+            Err(StorageError::NotFound) => false,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn fail_when(&self, pred: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        self.audit.faults().set(move |text| pred(text).then_some(Fault::Fail));
+    }
+
+    fn lines(&self) -> Vec<AuditLine> {
+        let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Close, then start again on the same trail (a restart), and close that too; returns
+    /// the ids `audit verify` reports open in between and after.
+    async fn restart(&self) -> (Vec<String>, Vec<String>) {
+        self.audit.close().await;
+        let trail = self.dir.path().join("audit.jsonl");
+        let before = verify::verify_trail(&trail, &Default::default()).unwrap().open;
+        let key = CheckpointKey::load(&self.dir.path().join("k.key")).unwrap();
+        AuditLog::open(audit_config(self.dir.path(), Duration::from_secs(10)), key).unwrap().close().await;
+        let after = verify::verify_trail(&trail, &Default::default()).unwrap().open;
+        (before, after)
+    }
+}
+
+fn is_audit(e: &TransferError) -> bool {
+    matches!(e, TransferError::Audit(_))
+}
+
+fn outcome_of(op: &'static str) -> impl Fn(&str) -> bool {
+    move |t: &str| t.contains("\"event\":\"operation\"") && t.contains(&format!("\"operation\":\"{op}\""))
+}
+
+#[tokio::test]
+async fn without_the_intent_nothing_changes() {
+    // One fixture per change: a failed write breaks the trail for good.
+    let f = fixture(Duration::from_secs(10));
+    f.put("keep.bin", b"keep").await.unwrap();
+    f.fail_when(|t| t.contains("\"event\":\"intent\""));
+    assert!(is_audit(&f.put("new.bin", b"new").await.unwrap_err()));
+    assert!(!f.exists("new.bin").await, "no object without its intent");
+    assert!(is_audit(&f.transfers.delete(&f.who, &f.client, &rel("keep.bin")).await.unwrap_err()));
+    assert!(f.exists("keep.bin").await, "no delete without its intent");
+    let (open, after) = f.restart().await;
+    assert_eq!(open.len(), 1, "the upload's started record: {open:?}");
+    assert!(after.is_empty(), "{after:?}");
+    let interrupted = f.lines().into_iter().filter(|l| l.entry.event == AuditEvent::Interrupted).count();
+    assert_eq!(interrupted, 1);
+
+    let f = fixture(Duration::from_secs(10));
+    f.put("a.bin", b"a").await.unwrap();
+    f.fail_when(|t| t.contains("\"event\":\"intent\""));
+    let e = f.transfers.rename(&f.who, &f.client, &rel("a.bin"), &rel("b.bin"), false).await.unwrap_err();
+    assert!(is_audit(&e));
+    assert!(f.exists("a.bin").await && !f.exists("b.bin").await, "no rename without its intent");
+    assert_eq!(f.restart().await, (vec![], vec![]));
+
+    let f = fixture(Duration::from_secs(10));
+    f.fail_when(|t| t.contains("\"event\":\"intent\""));
+    assert!(is_audit(&f.transfers.mkdir(&f.who, &f.client, &rel("d")).await.unwrap_err()));
+    assert!(!f.exists("d").await, "no mkdir without its intent");
+    assert!(f.store.head("t", &f.who.home).await.is_err(), "not even the implicit home");
+
+    let f = fixture(Duration::from_secs(10));
+    f.transfers.mkdir(&f.who, &f.client, &rel("d")).await.unwrap();
+    f.fail_when(|t| t.contains("\"event\":\"intent\""));
+    assert!(is_audit(&f.transfers.rmdir(&f.who, &f.client, &rel("d")).await.unwrap_err()));
+    assert!(f.exists("d").await, "no rmdir without its intent");
+}
+
+#[tokio::test]
+async fn without_the_outcome_what_can_be_undone_is() {
+    let f = fixture(Duration::from_secs(10));
+    f.fail_when(|t| t.contains("\"event\":\"completed\""));
+    assert!(is_audit(&f.put("up.bin", b"data").await.unwrap_err()));
+    assert!(!f.exists("up.bin").await, "the committed object is deleted again");
+    let (open, after) = f.restart().await;
+    assert_eq!(open.len(), 1, "the intent stays open until the restart: {open:?}");
+    assert!(after.is_empty());
+    let l = f.lines();
+    let events: Vec<AuditEvent> = l.iter().map(|l| l.entry.event).collect();
+    assert_eq!(events, [AuditEvent::Started, AuditEvent::Intent, AuditEvent::Interrupted, AuditEvent::Checkpoint]);
+
+    let f = fixture(Duration::from_secs(10));
+    f.put("a.bin", b"a").await.unwrap();
+    f.fail_when(outcome_of("rename"));
+    let e = f.transfers.rename(&f.who, &f.client, &rel("a.bin"), &rel("b.bin"), false).await.unwrap_err();
+    assert!(is_audit(&e));
+    assert!(f.exists("a.bin").await && !f.exists("b.bin").await, "renamed back");
+    assert_eq!(f.restart().await.1, Vec::<String>::new());
+
+    let f = fixture(Duration::from_secs(10));
+    f.fail_when(outcome_of("mkdir"));
+    assert!(is_audit(&f.transfers.mkdir(&f.who, &f.client, &rel("d")).await.unwrap_err()));
+    assert!(!f.exists("d").await, "removed again");
+
+    let f = fixture(Duration::from_secs(10));
+    f.transfers.mkdir(&f.who, &f.client, &rel("d")).await.unwrap();
+    f.fail_when(outcome_of("rmdir"));
+    assert!(is_audit(&f.transfers.rmdir(&f.who, &f.client, &rel("d")).await.unwrap_err()));
+    assert!(f.exists("d").await, "made again");
+
+    // A delete cannot be undone: the client is told it failed, the intent says what was
+    // attempted, and the restart records it as interrupted.
+    let f = fixture(Duration::from_secs(10));
+    f.put("gone.bin", b"x").await.unwrap();
+    f.fail_when(outcome_of("delete"));
+    assert!(is_audit(&f.transfers.delete(&f.who, &f.client, &rel("gone.bin")).await.unwrap_err()));
+    assert!(!f.exists("gone.bin").await);
+    let (open, after) = f.restart().await;
+    assert_eq!(open.len(), 1);
+    assert!(after.is_empty());
+    let interrupted = f.lines().into_iter().find(|l| l.entry.event == AuditEvent::Interrupted).unwrap();
+    assert_eq!(interrupted.entry.operation.as_deref(), Some("delete"));
+    assert_eq!(interrupted.entry.path.as_deref(), Some("gone.bin"));
+    assert_eq!(interrupted.entry.transfer_id.as_deref(), Some(open[0].as_str()));
+}
+
+#[tokio::test]
+async fn a_stalled_trail_fails_requests_in_time_and_closes_what_it_opened() {
+    let f = fixture(Duration::from_millis(300));
+    f.put("keep.bin", b"keep").await.unwrap();
+    let held = Arc::new(AtomicBool::new(true));
+    let hold = held.clone();
+    f.audit.faults().set(move |t| t.contains("\"event\":\"intent\"").then(|| Fault::Hold(hold.clone())));
+    let e = f.transfers.delete(&f.who, &f.client, &rel("keep.bin")).await.unwrap_err();
+    assert!(matches!(e, TransferError::Audit(AuditError::Timeout { .. })), "{e:?}");
+    assert!(f.exists("keep.bin").await, "not deleted");
+    held.store(false, Ordering::Release);
+
+    // The completed record stalls: the upload is undone and says so once the trail moves.
+    let held = Arc::new(AtomicBool::new(true));
+    let hold = held.clone();
+    f.audit.faults().set(move |t| t.contains("\"event\":\"completed\"").then(|| Fault::Hold(hold.clone())));
+    let e = f.put("late.bin", b"late").await.unwrap_err();
+    assert!(matches!(e, TransferError::Audit(AuditError::Timeout { .. })), "{e:?}");
+    assert!(!f.exists("late.bin").await, "deleted again");
+    held.store(false, Ordering::Release);
+
+    let (open, after) = f.restart().await;
+    assert!(open.is_empty(), "every intent got its outcome once the trail moved: {open:?}");
+    assert!(after.is_empty());
+    let l = f.lines();
+    let delete: Vec<&AuditLine> = l.iter().filter(|l| l.entry.operation.as_deref() == Some("delete")).collect();
+    assert_eq!(delete.len(), 2);
+    assert_eq!(delete[1].entry.result.as_deref(), Some("error"));
+    assert!(delete[1].entry.error.as_deref().unwrap().contains("not performed"), "{:?}", delete[1]);
+    let late: Vec<(AuditEvent, Option<String>)> = l
+        .iter()
+        .filter(|l| l.entry.path.as_deref() == Some("late.bin"))
+        .map(|l| (l.entry.event, l.entry.error.clone()))
+        .collect();
+    assert_eq!(late.len(), 4, "{late:?}");
+    assert_eq!(late[2].0, AuditEvent::Completed, "the stalled record landed after all");
+    assert_eq!(late[3].0, AuditEvent::Failed, "{late:?}");
+    assert!(late[3].1.as_deref().unwrap().contains("removed again"), "{late:?}");
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_every_transfer_object() {
+    let f = fixture(Duration::from_secs(10));
+    let up = f.transfers.begin_upload(&f.who, &f.client, &rel("x.bin"), None).await.unwrap();
+    assert_eq!(f.transfers.wait_until_idle(Duration::from_millis(50)).await, 1);
+    let dropper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(up);
+    });
+    assert_eq!(f.transfers.wait_until_idle(Duration::from_secs(10)).await, 0);
+    dropper.await.unwrap();
+    f.audit.close().await;
+    let events: Vec<AuditEvent> = f.lines().iter().map(|l| l.entry.event).collect();
+    assert_eq!(events, [AuditEvent::Started, AuditEvent::Failed, AuditEvent::Checkpoint]);
+}
