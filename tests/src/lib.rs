@@ -217,7 +217,7 @@ impl Builder {
         let sftp = self.sftp;
         let p = self.prepare();
         let config = gateway_config::load(&p.config_path).unwrap_or_else(|e| panic!("{e}\n{}", p.text));
-        let gw = gateway::Gateway::new(&config, &gateway::DevMaterial::default()).unwrap();
+        let gw = gateway::Gateway::new(&config, &gateway::DevMaterial::default()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sftp = if sftp { Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()) } else { None };
