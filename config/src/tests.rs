@@ -1223,3 +1223,14 @@ fn endpoints_buckets_and_prefixes() {
     assert!(normalize_prefix("a/../b").is_err());
     assert!(normalize_prefix("a/.gateway").is_err());
 }
+
+#[test]
+fn audit_append_timeout_defaults_to_ten_seconds_and_must_be_positive() {
+    assert_eq!(ok("mode = \"development\"").audit.append_timeout, Duration::from_secs(10));
+    assert_eq!(
+        ok("mode = \"development\"\n[audit]\nappend_timeout = \"1500ms\"").audit.append_timeout,
+        Duration::from_millis(1500)
+    );
+    let got = errs("mode = \"development\"\n[audit]\nappend_timeout = \"0s\"");
+    assert!(has(&got, "audit.append_timeout", "greater than 0"), "{got:#?}");
+}
