@@ -657,8 +657,8 @@ impl TestGateway {
         }
     }
 
-    /// Every stored object as `tenant/key`, sorted (on S3: `?/key` for a bucket key under no
-    /// tenant's prefix).
+    /// Every stored object as `tenant/key`, sorted: files, not directories (on S3: no
+    /// directory markers; `?/key` for a bucket key under no tenant's prefix).
     pub async fn stored_objects(&self) -> Vec<String> {
         match &self.s3 {
             None => {

@@ -559,13 +559,16 @@ impl S3Tenants {
     }
 
     /// Every object in the bucket as `tenant/key` (the bucket key with the tenant's prefix
-    /// replaced by `tenant/`; `?/key` for a key under no tenant's prefix), sorted.
+    /// replaced by `tenant/`; `?/key` for a key under no tenant's prefix), sorted. Directory
+    /// markers (zero-byte `dir/` objects) are left out, as the local store's directories are
+    /// ([`Bucket::keys`] shows them).
     pub async fn objects(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .bucket
             .keys("")
             .await
             .into_iter()
+            .filter(|k| !k.ends_with('/'))
             .map(|k| {
                 // The longest matching prefix wins (prefixes may nest).
                 let owner =

@@ -82,10 +82,10 @@ async fn bucket_keys_map_back_to_tenants() {
         .collect();
     let tenants = S3Tenants { bucket: bucket.clone(), prefixes, sse_c_keys: BTreeMap::new() };
     assert_eq!(tenants.key("globex", "x/y.bin"), "tenants/globex/x/y.bin");
-    for k in ["acme/in/a.bin", "tenants/globex/secret.txt", "stray.txt"] {
+    for k in ["acme/in/a.bin", "acme/in/", "tenants/globex/secret.txt", "stray.txt"] {
         bucket.put(k, b"x", &[], None).await;
     }
-    assert_eq!(tenants.objects().await, ["?/stray.txt", "acme/in/a.bin", "globex/secret.txt"]);
+    assert_eq!(tenants.objects().await, ["?/stray.txt", "acme/in/a.bin", "globex/secret.txt"], "no directory markers");
 }
 
 #[tokio::test]
