@@ -670,7 +670,8 @@ impl TestGateway {
                 out.sort();
                 out
             }
-            Some(s3) => s3.objects().await,
+            // Directory markers (`dir/`) are how S3 keeps empty directories, not files.
+            Some(s3) => s3.objects().await.into_iter().filter(|k| !k.ends_with('/')).collect(),
         }
     }
 
@@ -1010,3 +1011,6 @@ impl TestGateway {
         (out.status.success(), text)
     }
 }
+
+/// `gateway serve` as a process on files that outlive it (restarts, crashes), with its log.
+pub mod served;
