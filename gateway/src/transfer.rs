@@ -456,7 +456,7 @@ impl Transfers {
                 body: AuditedBody {
                     inner: read.body,
                     audit: self.audit.clone(),
-                    base,
+                    base: AuditEntry { s3: read.meta.location.as_ref().map(|l| l.audit()), ..base },
                     sha256: read.meta.sha256,
                     bytes: 0,
                     expected: read.range.len(),
@@ -661,11 +661,11 @@ impl Transfers {
                 store: self.store.clone(),
                 tenant: who.tenant.clone(),
                 key,
+                base: AuditEntry { s3: meta.location.as_ref().map(|l| l.audit()), ..base },
                 meta,
                 cursor: None,
                 bytes: 0,
                 audit: self.audit.clone(),
-                base,
                 started,
                 done: false,
                 _live: self.live.token(),
@@ -819,6 +819,7 @@ impl Upload {
             bytes: Some(self.bytes),
             sha256: Some(hex::encode(sha256)),
             duration_ms: Some(elapsed_ms(self.started)),
+            s3: meta.location.as_ref().map(|l| l.audit()),
             ..self.base.clone()
         };
         settle(&self.audit, self.store.as_ref(), &self.tenant, entry, Undo::Delete(self.key.clone())).await?;

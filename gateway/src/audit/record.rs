@@ -107,6 +107,39 @@ pub struct AuditEntry {
     /// Checkpoint: signature (base64) over `seq` and `prev`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub signature: Option<String>,
+    /// For objects on S3: where and how the store keeps the object.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub s3: Option<S3Facts>,
+}
+
+/// What S3 said about an object a transfer wrote or read. Never key material: SSE-C keys
+/// appear as a keyed fingerprint only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Facts {
+    /// Bucket.
+    pub bucket: String,
+    /// Object key in the bucket, tenant prefix included.
+    pub key: String,
+    /// Version id, in a versioned bucket.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version_id: Option<String>,
+    /// ETag returned by the store.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub etag: Option<String>,
+    /// Server-side encryption: `AES256`, `aws:kms` or `SSE-C`.
+    pub sse: String,
+    /// The KMS key (SSE-KMS).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kms_key_id: Option<String>,
+    /// Keyed fingerprint of the SSE-C key.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sse_c_key_fingerprint: Option<String>,
+    /// `x-amz-checksum-sha256` the store returned (composite `…-N` after a multipart upload).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub checksum_sha256: Option<String>,
+    /// Parts the object was uploaded in.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub parts: Option<u32>,
 }
 
 impl AuditEntry {
@@ -137,6 +170,7 @@ impl AuditEntry {
             error: None,
             public_key: None,
             signature: None,
+            s3: None,
         }
     }
 }

@@ -87,6 +87,23 @@ pub struct ObjectMeta {
     pub location: Option<Box<StoredAt>>,
 }
 
+impl StoredAt {
+    /// The audit record's form of these facts.
+    pub fn audit(&self) -> crate::audit::S3Facts {
+        crate::audit::S3Facts {
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            version_id: self.version_id.clone(),
+            etag: self.etag.clone(),
+            sse: self.sse.clone(),
+            kms_key_id: self.kms_key_id.clone(),
+            sse_c_key_fingerprint: self.sse_c_fingerprint.clone(),
+            checksum_sha256: self.checksum_sha256.clone(),
+            parts: self.parts,
+        }
+    }
+}
+
 /// Backend facts about a stored object, recorded in the audit trail. Never holds key
 /// material: SSE-C keys appear only as a keyed fingerprint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
