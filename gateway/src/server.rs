@@ -149,6 +149,36 @@ pub fn check_files(config: &Config) -> Vec<String> {
             }
         }
     }
+    for (i, t) in config.tenants.iter().enumerate() {
+        if let gateway_config::TenantStorage::S3 { sse: gateway_config::Sse::C { key_file }, .. } = &t.storage {
+            let key = crate::secrets::read_secret_file(key_file).map_err(|e| e.to_string()).and_then(|content| {
+                crate::storage::s3::decode_customer_key(&content)
+                    .map(drop)
+                    .map_err(|e| format!("{}: {e}", key_file.display()))
+            });
+            if let Err(e) = key {
+                problems.push(format!("tenants[{i}].sse_c_key_file: {e}"));
+            }
+        }
+    }
+    for (i, s) in config.storages.iter().enumerate() {
+        if let gateway_config::S3Credentials::Files { access_key_id, secret_access_key, session_token } =
+            &s.s3.credentials
+        {
+            if let Err(e) = std::fs::metadata(access_key_id) {
+                problems.push(format!("storages[{i}].access_key_id_file: {}: {e}", access_key_id.display()));
+            }
+            for (field, path) in
+                [("secret_access_key_file", Some(secret_access_key)), ("session_token_file", session_token.as_ref())]
+            {
+                if let Some(path) = path {
+                    if let Err(e) = crate::secrets::read_secret_file(path) {
+                        problems.push(format!("storages[{i}].{field}: {e}"));
+                    }
+                }
+            }
+        }
+    }
     if !missing(&config.audit.signing_key) {
         if let Err(e) = CheckpointKey::load(&config.audit.signing_key) {
             problems.push(format!("audit.signing_key: {e}"));

@@ -170,17 +170,7 @@ impl Sse {
     /// SSE-C from a key file's content (32 raw bytes, or their base64), fingerprinted with
     /// the tenant's own key so the audit can name the key without revealing anything about it.
     pub fn customer_key(content: &[u8], tenant_key: &TenantKey) -> Result<Sse, String> {
-        let raw: Zeroizing<Vec<u8>> = if content.len() == 32 {
-            Zeroizing::new(content.to_vec())
-        } else {
-            let text = std::str::from_utf8(content).map_err(|_| "neither 32 raw bytes nor base64 text".to_owned())?;
-            Zeroizing::new(
-                B64.decode(text.trim()).map_err(|_| "neither 32 raw bytes nor valid base64 of 32 bytes".to_owned())?,
-            )
-        };
-        if raw.len() != 32 {
-            return Err(format!("the key is {} bytes; SSE-C needs 32 (AES-256)", raw.len()));
-        }
+        let raw = decode_customer_key(content)?;
         let md5 = {
             use md5::Digest as _;
             B64.encode(md5::Md5::digest(raw.as_slice()))
@@ -256,6 +246,23 @@ impl Sse {
 
 fn describe(algorithm: Option<&ServerSideEncryption>) -> String {
     algorithm.map_or_else(|| "no server-side encryption".to_owned(), |a| a.as_str().to_owned())
+}
+
+/// An SSE-C key file's content: 32 raw bytes, or their base64 (whitespace around it ignored).
+/// Errors never include the content.
+pub fn decode_customer_key(content: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+    let raw: Zeroizing<Vec<u8>> = if content.len() == 32 {
+        Zeroizing::new(content.to_vec())
+    } else {
+        let text = std::str::from_utf8(content).map_err(|_| "neither 32 raw bytes nor base64 text".to_owned())?;
+        Zeroizing::new(
+            B64.decode(text.trim()).map_err(|_| "neither 32 raw bytes nor valid base64 of 32 bytes".to_owned())?,
+        )
+    };
+    if raw.len() != 32 {
+        return Err(format!("the key is {} bytes; SSE-C needs 32 (AES-256)", raw.len()));
+    }
+    Ok(raw)
 }
 
 /// AWS reports the key ARN; the configuration may hold the ARN or the bare key id.
