@@ -119,7 +119,8 @@ async fn curl_round_trip_range_head_list_delete() {
     // The cursor is opaque (a name on the local store, a continuation token on S3).
     let next = page["next"].as_str().expect("a next cursor");
     let after = percent_encoding::utf8_percent_encode(next, percent_encoding::NON_ALPHANUMERIC);
-    let page2 = gw.call("alice", "GET", &format!("/v1/files/reports/?limit=4&after={after}"), Bytes::new()).await.json();
+    let page2 =
+        gw.call("alice", "GET", &format!("/v1/files/reports/?limit=4&after={after}"), Bytes::new()).await.json();
     let names: Vec<&str> = page2["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["f4.txt", "q1.bin"]);
     assert!(page2["next"].is_null());
