@@ -200,6 +200,10 @@ pub enum TransferError {
     /// The backend failed; detail is in the server log only.
     #[error("storage failure")]
     Storage(String),
+    /// The backend is unreachable, slow or throttling, or the object changed mid-request:
+    /// retrying later may succeed. Detail is in the server log only.
+    #[error("storage temporarily unavailable; try again")]
+    Unavailable(String),
     /// The client's body stream failed, was cut short or stalled.
     #[error("{0}")]
     Client(String),
@@ -225,6 +229,10 @@ impl From<StorageError> for TransferError {
                 tracing::error!(detail = %m, "integrity check failed");
                 TransferError::Integrity
             }
+            e @ (StorageError::Throttled(_) | StorageError::Unavailable(_) | StorageError::PreconditionFailed(_)) => {
+                tracing::warn!(error = %e, "storage unavailable");
+                TransferError::Unavailable(e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "storage failure");
                 TransferError::Storage(other.to_string())
@@ -238,6 +246,7 @@ impl TransferError {
     fn audit_text(&self) -> String {
         match self {
             TransferError::Storage(detail) => format!("storage failure: {detail}"),
+            TransferError::Unavailable(detail) => format!("storage unavailable: {detail}"),
             other => other.to_string(),
         }
     }

@@ -85,6 +85,12 @@ impl From<TransferError> for ApiError {
                 "the stored object failed its integrity check and was not returned",
             ),
             TransferError::Storage(_) => ApiError::new(S::INTERNAL_SERVER_ERROR, "storage_error", "storage failure"),
+            TransferError::Unavailable(_) => ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "storage temporarily unavailable; try again",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
             TransferError::Client(m) => ApiError::new(S::BAD_REQUEST, "bad_request_body", m),
             TransferError::TooLarge { .. } => ApiError::new(S::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
             TransferError::Audit(_) => ApiError::new(
