@@ -429,6 +429,9 @@ pub enum TenantStorage {
         prefix: String,
         /// Server-side encryption of every object.
         sse: Sse,
+        /// Also seal objects in the gateway with the tenant key (`seal = true`) before they
+        /// reach the bucket: then only the gateway can read them.
+        seal: bool,
     },
 }
 

@@ -1092,6 +1092,7 @@ bucket_key = true
 name = "globex"
 storage = "main"
 prefix = "/customers/globex"
+seal = true
 sse = "sse-c"
 sse_c_key_file = "/etc/gateway/globex.ssec"
 
@@ -1123,6 +1124,7 @@ fn storages_and_tenant_placement_parse() {
             storage: "main".into(),
             prefix: "acme/".into(),
             sse: Sse::Kms { key_id: "arn:aws:kms:eu-west-1:111122223333:key/abc".into(), bucket_key: true },
+            seal: false,
         }
     );
     assert_eq!(
@@ -1131,6 +1133,7 @@ fn storages_and_tenant_placement_parse() {
             storage: "main".into(),
             prefix: "customers/globex/".into(),
             sse: Sse::C { key_file: "/etc/gateway/globex.ssec".into() },
+            seal: true,
         }
     );
     assert!(matches!(placement[2], TenantStorage::S3 { sse: Sse::S3, prefix, .. } if prefix == "initech/"));

@@ -36,7 +36,7 @@ const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir", "max_object_size"
 const AUDIT_KEYS: &[&str] =
     &["path", "signing_key", "checkpoint_every_records", "checkpoint_interval", "append_timeout"];
 const TENANT_KEYS: &[&str] =
-    &["name", "key_file", "storage", "prefix", "sse", "kms_key_id", "bucket_key", "sse_c_key_file"];
+    &["name", "key_file", "storage", "prefix", "sse", "kms_key_id", "bucket_key", "sse_c_key_file", "seal"];
 const STORAGES_KEYS: &[&str] = &[
     "name",
     "backend",
@@ -674,7 +674,7 @@ impl Ctx<'_> {
         storages: &[NamedStorage],
         prefixes: &mut Vec<(String, String, String)>,
     ) -> TenantStorage {
-        let s3_only = ["prefix", "sse", "kms_key_id", "bucket_key", "sse_c_key_file"];
+        let s3_only = ["prefix", "sse", "kms_key_id", "bucket_key", "sse_c_key_file", "seal"];
         let Some(storage) = self.string(t, at, "storage") else {
             for key in s3_only.iter().filter(|k| t.contains_key(**k)) {
                 self.err(&child(at, key), "only applies to a tenant on a [[storages]] entry (set `storage`)");
@@ -755,7 +755,15 @@ impl Ctx<'_> {
         if !matches!(sse, Sse::C { .. }) && t.contains_key("sse_c_key_file") {
             self.err(&child(at, "sse_c_key_file"), "only applies with sse = \"sse-c\"");
         }
-        TenantStorage::S3 { storage: storage.to_owned(), prefix, sse }
+        let seal = match t.get("seal") {
+            None => false,
+            Some(Value::Boolean(b)) => *b,
+            Some(other) => {
+                self.wrong_type(&child(at, "seal"), "true or false", other);
+                false
+            }
+        };
+        TenantStorage::S3 { storage: storage.to_owned(), prefix, sse, seal }
     }
 
     /// The `[[storages]]` entries.

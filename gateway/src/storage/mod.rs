@@ -13,6 +13,7 @@ pub mod local;
 pub mod router;
 pub mod s3;
 pub mod sealed;
+pub mod sealing;
 
 use std::time::SystemTime;
 

@@ -21,6 +21,7 @@ use gateway_config::{Config, NamedStorage, S3Credentials, StorageBackend, Tenant
 
 use super::local::LocalStore;
 use super::s3::{BucketSettings, S3Store, Sse, TenantS3};
+use super::sealing::SealingStore;
 use super::{
     ListCursor, ListEntry, ListPage, ObjectMeta, ObjectRead, ObjectStore, ObjectWriter, RangeRequest, StorageError,
 };
@@ -185,7 +186,7 @@ pub async fn open_stores(
     let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
     let mut probes = Vec::new();
     for tenant in &config.tenants {
-        let TenantStorage::S3 { storage, prefix, sse } = &tenant.storage else {
+        let TenantStorage::S3 { storage, prefix, sse, seal } = &tenant.storage else {
             stores.insert(tenant.name.clone(), local.clone());
             continue;
         };
@@ -218,7 +219,9 @@ pub async fn open_stores(
         });
         let store = Arc::new(S3Store::new(client.clone(), settings, prefix.clone(), sse));
         probes.push((tenant.name.clone(), named.s3.bucket.clone(), named.s3.orphan_upload_age, store.clone()));
-        stores.insert(tenant.name.clone(), Arc::new(TenantS3(store)));
+        let s3: Arc<dyn ObjectStore> = Arc::new(TenantS3(store));
+        let routed: Arc<dyn ObjectStore> = if *seal { Arc::new(SealingStore::new(s3, tenant_key.clone())) } else { s3 };
+        stores.insert(tenant.name.clone(), routed);
     }
     for (tenant, bucket, age, store) in probes {
         if let Err(e) = store.probe().await {

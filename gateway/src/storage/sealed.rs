@@ -19,8 +19,12 @@ use aws_lc_rs::hkdf::{Salt, HKDF_SHA256};
 
 use crate::secrets::{random_bytes, TenantKey};
 
-/// File magic and format version.
+/// File magic and format version: metadata block after the header (local store).
 pub const MAGIC: &[u8; 8] = b"GWSEAL01";
+/// Streaming variant: the same chunks, the metadata block last (a trailer), so an object can
+/// be written front to back in one pass (S3 multipart parts cannot be rewritten). Same length
+/// for the same plaintext; the magic is part of the AAD, so one layout never opens as the other.
+pub const MAGIC_TRAILER: &[u8; 8] = b"GWSEAL02";
 /// Plaintext bytes per chunk.
 pub const CHUNK: usize = 64 * 1024;
 /// AES-GCM tag length.
@@ -97,9 +101,18 @@ pub struct Sealer {
 impl Sealer {
     /// A sealer with a fresh random salt.
     pub fn new(tenant: &TenantKey) -> Result<Sealer, SealError> {
+        Sealer::with_magic(tenant, MAGIC)
+    }
+
+    /// A sealer for the streaming layout ([`MAGIC_TRAILER`]): header, chunks, metadata.
+    pub fn streaming(tenant: &TenantKey) -> Result<Sealer, SealError> {
+        Sealer::with_magic(tenant, MAGIC_TRAILER)
+    }
+
+    fn with_magic(tenant: &TenantKey, magic: &[u8; 8]) -> Result<Sealer, SealError> {
         let salt = random_bytes::<32>().map_err(|_| SealError("random generator failed"))?;
         let mut header = [0u8; HEADER_LEN];
-        header[..8].copy_from_slice(MAGIC);
+        header[..8].copy_from_slice(magic);
         header[8..12].copy_from_slice(&(CHUNK as u32).to_be_bytes());
         header[12..].copy_from_slice(&salt);
         Ok(Sealer { key: object_key(tenant, &salt)?, header, next: 0 })
@@ -159,7 +172,16 @@ pub struct Opener {
 impl Opener {
     /// Check the header and derive the object key.
     pub fn new(tenant: &TenantKey, header: &[u8; HEADER_LEN]) -> Result<Opener, SealError> {
-        if &header[..8] != MAGIC {
+        Opener::with_magic(tenant, header, MAGIC)
+    }
+
+    /// Check the header of a streaming-layout object ([`MAGIC_TRAILER`]).
+    pub fn streaming(tenant: &TenantKey, header: &[u8; HEADER_LEN]) -> Result<Opener, SealError> {
+        Opener::with_magic(tenant, header, MAGIC_TRAILER)
+    }
+
+    fn with_magic(tenant: &TenantKey, header: &[u8; HEADER_LEN], magic: &[u8; 8]) -> Result<Opener, SealError> {
+        if &header[..8] != magic {
             return Err(SealError("not a sealed object (bad magic)"));
         }
         if header[8..12] != (CHUNK as u32).to_be_bytes() {
