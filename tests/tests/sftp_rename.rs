@@ -255,16 +255,29 @@ async fn rename_and_posix_rename_need_write_and_delete_to_replace() {
                 }
             }
 
-            // The one record of this request.
+            // The one outcome of this request (a refusal, or the outcome of its `intent`).
             let path = format!("{src} -> {dst}");
-            let recs: Vec<&Value> = audit
-                .iter()
-                .filter(|r| r["user"] == *user && r["operation"] == "rename" && r["path"] == path.as_str())
-                .collect();
+            let this = |r: &&Value| r["user"] == *user && r["operation"] == "rename" && r["path"] == path.as_str();
+            let recs: Vec<&Value> = audit.iter().filter(this).filter(|r| r["event"] != "intent").collect();
             let [r] = recs.as_slice() else {
                 failures.push(format!("{what}: expected one record, found {recs:#?}"));
                 continue;
             };
+            let intents = audit.iter().filter(this).filter(|i| i["event"] == "intent").collect::<Vec<_>>();
+            let announced = match intents.as_slice() {
+                [] => r["event"] == "denied",
+                [i] => {
+                    r["event"] == "operation"
+                        && i["transfer_id"] == r["transfer_id"]
+                        && i["seq"].as_u64() < r["seq"].as_u64()
+                }
+                _ => false,
+            };
+            if !announced {
+                failures.push(format!(
+                    "{what}: a change needs one intent before its outcome, found {intents:#?} for {r:#}"
+                ));
+            }
             assert_eq!(r["object_key"], format!("shared/{src} -> shared/{dst}"), "{r:#}");
             assert_eq!(r["protocol"], "sftp", "{r:#}");
             let ok = match &want {
