@@ -2,6 +2,7 @@
 //! in the bucket is the sealed form (SSE-C on top), the gateway serves the plaintext back,
 //! whole and in ranges, and a changed byte in the bucket is refused rather than served.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 use bytes::Bytes;
 use gateway_e2e::{random_bytes, sha256_hex, TestGateway};
 
