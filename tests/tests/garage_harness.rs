@@ -181,7 +181,7 @@ fn s3_gateway_config_follows_the_backend_contract() {
         S3Credentials::Files { access_key_id: id, secret_access_key: secret, session_token: None }
     );
     let tenant = |name: &str| config.tenants.iter().find(|t| t.name == name).unwrap().storage.clone();
-    let TenantStorage::S3 { storage, prefix, sse: Sse::C { key_file } } = tenant("acme") else {
+    let TenantStorage::S3 { storage, prefix, sse: Sse::C { key_file }, seal: false } = tenant("acme") else {
         panic!("{:?}", tenant("acme"))
     };
     assert_eq!((storage.as_str(), prefix.as_str(), key_file), ("s3", "acme/", sse_c));
