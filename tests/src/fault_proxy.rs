@@ -68,6 +68,8 @@ struct State {
     stall_until: Option<Instant>,
     rules: Vec<Rule>,
     requests: Vec<String>,
+    /// Whole heads (first line and headers) of the requests in `requests`.
+    heads: Vec<String>,
     stats: Stats,
 }
 
@@ -332,7 +334,7 @@ async fn upstream_direction(
                     };
                     let head = pending.split_to(end + 4);
                     let parsed = parse_head(&head);
-                    let action = conn.shared.lock().on_request(&parsed.first_line);
+                    let action = conn.shared.lock().on_head(&head, &parsed.first_line);
                     match action {
                         Some(Action::Respond { status, code }) => {
                             if parsed.expect_continue || parsed.chunked || parsed.content_length == 0 {
@@ -810,5 +812,56 @@ mod tests {
         assert_eq!(b.0.unwrap().0, 200);
         assert!(b.1 < Duration::from_millis(600), "other request took {:?}", b.1);
         assert_eq!(proxy.stats().stalled, 1);
+    }
+}
+
+/// A request as the proxy saw it: its first line and its headers, in order, as sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    /// `METHOD target HTTP/1.1`.
+    pub first_line: String,
+    /// Header names (as sent) and values, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// The value of the first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether a header named `name` is present (case-insensitive).
+    pub fn has(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+}
+
+impl FaultProxy {
+    /// Every request seen so far (forwarded or answered by the proxy) with its headers,
+    /// oldest first; nothing is redacted (tests only).
+    pub fn request_heads(&self) -> Vec<RequestHead> {
+        let heads = self.shared.lock().heads.clone();
+        heads
+            .iter()
+            .map(|text| {
+                let mut lines = text.split("\r\n");
+                let first_line = lines.next().unwrap_or_default().to_owned();
+                let headers = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                    .collect();
+                RequestHead { first_line, headers }
+            })
+            .collect()
+    }
+}
+
+impl State {
+    /// [`State::on_request`], keeping the whole head for [`FaultProxy::request_heads`].
+    fn on_head(&mut self, head: &[u8], first_line: &str) -> Option<Action> {
+        if self.heads.len() < 100_000 {
+            self.heads.push(String::from_utf8_lossy(head).into_owned());
+        }
+        self.on_request(first_line)
     }
 }
