@@ -85,11 +85,16 @@ async fn run_gateway(args: &[&str], config: &Path, limit: Duration) -> (std::pro
 /// `gateway serve` as a process whose stderr (`RUST_LOG=info`) goes to `log`; returns once it
 /// prints its HTTPS address (panics with the log when it exits or takes over a minute).
 async fn serve_until_listening(config: &Path, log: &Path) -> tokio::process::Child {
+    serve_until_listening_with(config, log, "info").await
+}
+
+/// [`serve_until_listening`] with `RUST_LOG=rust_log`.
+async fn serve_until_listening_with(config: &Path, log: &Path, rust_log: &str) -> tokio::process::Child {
     let mut child = tokio::process::Command::new(TestGateway::gateway_bin())
         .arg("serve")
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
@@ -261,6 +266,12 @@ async fn sse_c_is_enforced_by_garage_and_the_key_is_never_written_down() {
     assert_eq!(https_rec["s3"]["parts"], 3, "12 MiB in 5 MiB parts: {https_rec:#}");
     let sftp_rec = completed_upload(&trail, "ssec-sftp.bin").unwrap();
     assert_eq!(sftp_rec["s3"]["parts"], 1, "{sftp_rec:#}");
+    // A single PutObject: the store's SHA-256 checksum is the whole object's.
+    let whole = B64.encode(hex::decode(&sftp_sum).unwrap());
+    assert_eq!(s(&sftp_rec["s3"], "checksum_sha256"), whole, "{sftp_rec:#}");
+    // Multipart: a composite checksum over the 3 parts.
+    let composite = s(&https_rec["s3"], "checksum_sha256");
+    assert!(composite.ends_with("-3"), "{https_rec:#}");
     // One key, one fingerprint.
     assert_eq!(https_rec["s3"]["sse_c_key_fingerprint"], sftp_rec["s3"]["sse_c_key_fingerprint"]);
 
@@ -302,6 +313,39 @@ async fn run_with_stdin(mut cmd: tokio::process::Command, input: &str) -> (bool,
     let out =
         tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("timed out").unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// An operator debugging S3 raises `RUST_LOG`: the tenant's SSE-C key must still stay out of
+/// the log (the start-up probe alone sends it with a PutObject).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_c_key_stays_out_of_the_log_at_debug_and_trace_levels() {
+    Garage::get_async().await;
+    let w = TestGateway::builder().s3().write_config();
+    let key = *w.s3.as_ref().unwrap().sse_c_key("acme").unwrap();
+    let secret = std::fs::read_to_string(config_value(&w.text, "secret_access_key_file")).unwrap();
+    let mut leaks = Vec::new();
+    for level in ["debug", "trace"] {
+        let log = w.dir.path().join(format!("serve-{level}.log"));
+        let mut child = serve_until_listening_with(&w.path, &log, level).await;
+        child.kill().await.unwrap();
+        let text = strip_ansi(&std::fs::read_to_string(&log).unwrap());
+        assert!(text.contains("PutObject"), "RUST_LOG={level} shows the probe's requests");
+        for form in key_forms(&key) {
+            if let Some(at) = text.find(&form) {
+                let start = text[..at].rfind('\n').map_or(0, |n| n + 1);
+                let line = &text[start..];
+                let line = &line[..line.find('\n').unwrap_or(line.len())];
+                // Where it leaks: the line up to the key (its target, span and message).
+                let shown = &line[..(at - start).min(line.len())];
+                leaks.push(format!("RUST_LOG={level}: key ({form}) in: {}…", &shown[..shown.len().min(400)]));
+                break;
+            }
+        }
+        if text.contains(secret.trim()) {
+            leaks.push(format!("RUST_LOG={level}: the S3 secret access key is in the log"));
+        }
+    }
+    assert!(leaks.is_empty(), "the SSE-C key is written to the log:\n{}", leaks.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,6 +402,8 @@ async fn sixty_four_mib_over_sftp_and_https_cross_multipart_and_read_back_whole(
             // A Content-Length announces the size: the configured 5 MiB parts.
             assert_eq!(parts, 13, "64 MiB in 5 MiB parts: {done:#}");
         }
+        let composite = s(&done["s3"], "checksum_sha256");
+        assert!(composite.ends_with(&format!("-{parts}")), "composite checksum over {parts} parts: {done:#}");
     }
 
     // Back whole: OpenSSH sftp get, curl GET, paramiko get (prefetch), for both objects.
@@ -393,6 +439,18 @@ async fn sixty_four_mib_over_sftp_and_https_cross_multipart_and_read_back_whole(
         let digest = head.header("repr-digest").unwrap_or_else(|| panic!("HEAD {name}: no Repr-Digest"));
         assert_eq!(hex::encode(gateway::digest::parse_digest_field(digest).unwrap()), *sum, "HEAD {name}: {digest}");
         assert_eq!(head.header("content-length"), Some(size.to_string().as_str()), "HEAD {name}");
+    }
+
+    // Downloads are audited with the object's S3 facts too.
+    for name in ["big-sftp.bin", "big-https.bin"] {
+        let down = gw
+            .wait_audit("download completed", |r| {
+                r["event"] == "completed" && r["operation"] == "download" && r["path"] == name
+            })
+            .await;
+        assert_eq!(s(&down["s3"], "key"), s3.key("acme", &format!("partners/alice/{name}")), "{down:#}");
+        assert_eq!(s(&down["s3"], "sse"), "SSE-C", "{down:#}");
+        assert!(s(&down["s3"], "sse_c_key_fingerprint").starts_with("hmac-sha256:"), "{down:#}");
     }
 
     // Ranges: across the 5 MiB and 7 MiB part boundaries, a suffix, the last byte.
