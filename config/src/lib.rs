@@ -393,8 +393,9 @@ pub struct S3Storage {
     pub connect_timeout: Duration,
     /// Longest one request attempt may take (default 60s): a stalled store fails the transfer.
     pub request_timeout: Duration,
-    /// Attempts for idempotent requests (default 3, 1 to 10); uploads of a part are retried,
-    /// a commit is never blindly repeated.
+    /// Attempts per request on transient failures (default 3, 1 to 10): every S3 call the
+    /// gateway makes is idempotent (puts of a part or object, gets, heads, lists, copies,
+    /// deletes, completes) except `CreateMultipartUpload`, which is never retried.
     pub max_attempts: u32,
     /// Multipart uploads of the gateway's older than this are aborted at start (default 24h).
     pub orphan_upload_age: Duration,

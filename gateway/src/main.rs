@@ -121,14 +121,31 @@ enum KeysCommand {
     },
 }
 
+/// Whatever `RUST_LOG` asks for, the SDK's request signer never logs below `info` and the
+/// rest of the AWS and HTTP stack never below `debug`: at those levels they print request
+/// headers, which carry the SSE-C key (and signatures).
+fn no_secrets_in(target: &str, level: tracing::Level) -> bool {
+    if target.starts_with("aws_sigv4") {
+        return level <= tracing::Level::INFO;
+    }
+    let sdk = ["aws_", "hyper", "h2", "rustls"].iter().any(|p| target.starts_with(p));
+    !sdk || level <= tracing::Level::DEBUG
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let env = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(env)
+                .with_filter(tracing_subscriber::filter::filter_fn(|meta| no_secrets_in(meta.target(), *meta.level()))),
         )
-        .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
         Command::Serve { config } => serve(&config),

@@ -673,6 +673,8 @@ impl Transfers {
                 base: AuditEntry { s3: meta.location.as_ref().map(|l| l.audit()), ..base },
                 meta,
                 cursor: None,
+                window: None,
+                window_end: 0,
                 bytes: 0,
                 audit: self.audit.clone(),
                 started,
@@ -817,8 +819,12 @@ impl Upload {
             Ok(meta) => meta,
             Err(e) => return Err(self.fail(e.into()).await),
         };
-        // Every writer hashes what passes through it; a digest-less commit is a backend bug.
+        // Every writer hashes what passes through it; a digest-less commit is a backend bug,
+        // and the object it committed must not stay without its `completed` record.
         let Some(sha256) = meta.sha256 else {
+            if let Err(e) = self.store.delete(&self.tenant, &self.key).await {
+                tracing::error!(error = %e, "could not remove an object committed without a digest");
+            }
             return Err(self.fail(TransferError::Storage("the store reported no digest".into())).await);
         };
         self.done = true;
@@ -924,8 +930,13 @@ impl Drop for AuditedBody {
     }
 }
 
+/// Bytes fetched for a read that jumps away from the current stream (and kept for the reads
+/// that follow inside it): at most this much per open read handle.
+const READ_WINDOW: usize = 128 * 1024;
+
 /// An object opened for reads at any offset (SFTP `open` … `close`, `reget`).
-/// Sequential reads continue one decrypting stream; a jump reopens at the new offset.
+/// Sequential reads continue one stream; a jump fetches a bounded window (later reads inside
+/// it are served from it); reading on from a window's end opens a stream there again.
 pub struct ReadSession {
     store: Arc<dyn ObjectStore>,
     tenant: Arc<str>,
@@ -933,6 +944,10 @@ pub struct ReadSession {
     meta: ObjectMeta,
     /// Position of the open stream, the stream, and bytes read from it but not yet returned.
     cursor: Option<(u64, ByteStream, Bytes)>,
+    /// The last window fetched for a read away from the stream: its offset and bytes.
+    window: Option<(u64, Bytes)>,
+    /// Where the last window ended: a read there continues sequentially, so it opens a stream.
+    window_end: u64,
     bytes: u64,
     audit: AuditLog,
     base: AuditEntry,
@@ -953,18 +968,34 @@ impl ReadSession {
         if offset >= self.meta.size || len == 0 {
             return Ok(None);
         }
-        let reuse = matches!(&self.cursor, Some((pos, _, _)) if *pos == offset);
-        if !reuse {
-            let read = match self.store.open(&self.tenant, &self.key, RangeRequest::From(offset)).await {
-                Ok(r) => r,
-                Err(e) => return Err(self.fail(e.into())),
-            };
+        let want = len.min(usize::try_from(self.meta.size - offset).unwrap_or(usize::MAX));
+        let on_stream = matches!(&self.cursor, Some((pos, _, _)) if *pos == offset);
+        if !on_stream {
+            // A read inside the last window is served from it.
+            if let Some((start, bytes)) = &self.window {
+                let skip = offset.checked_sub(*start).and_then(|d| usize::try_from(d).ok());
+                if let Some(part) = skip.and_then(|skip| bytes.get(skip..skip + want)) {
+                    let out = bytes.slice_ref(part);
+                    self.bytes += want as u64;
+                    return Ok(Some(out));
+                }
+            }
+            if offset != self.window_end {
+                // A jump: fetch a bounded window (scattered reads cost one request per
+                // window, not one per read, and never an open-ended body left half-read).
+                return self.read_window(offset, want).await;
+            }
+            // Sequential from where a window ended: stream from here.
+            let read =
+                match self.store.open_known(&self.tenant, &self.key, RangeRequest::From(offset), &self.meta).await {
+                    Ok(r) => r,
+                    Err(e) => return Err(self.fail(e.into())),
+                };
             self.cursor = Some((offset, read.body, Bytes::new()));
         }
         let Some((pos, stream, leftover)) = self.cursor.as_mut() else {
             return Ok(None);
         };
-        let want = len.min(usize::try_from(self.meta.size - offset).unwrap_or(usize::MAX));
         if leftover.len() >= want {
             // The common case for sequential reads: no copy.
             let out = leftover.split_to(want);
@@ -990,6 +1021,31 @@ impl ReadSession {
         *pos += out.len() as u64;
         self.bytes += out.len() as u64;
         Ok(if out.is_empty() { None } else { Some(out.freeze()) })
+    }
+
+    /// Fetch `[offset, offset + max(want, READ_WINDOW))` (within the object) and serve the
+    /// first `want` bytes of it.
+    async fn read_window(&mut self, offset: u64, want: usize) -> Result<Option<Bytes>, TransferError> {
+        let end = (offset + want.max(READ_WINDOW) as u64).min(self.meta.size);
+        let range = RangeRequest::Inclusive(offset, end - 1);
+        let read = match self.store.open_known(&self.tenant, &self.key, range, &self.meta).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail(e.into())),
+        };
+        let mut buf = bytes::BytesMut::with_capacity(usize::try_from(end - offset).unwrap_or(0));
+        let mut body = read.body;
+        while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+            match chunk {
+                Ok(b) => buf.extend_from_slice(&b),
+                Err(e) => return Err(self.fail(e.into())),
+            }
+        }
+        let bytes = buf.freeze();
+        let out = bytes.slice(..want.min(bytes.len()));
+        self.bytes += out.len() as u64;
+        self.window_end = offset + bytes.len() as u64;
+        self.window = Some((offset, bytes));
+        Ok(if out.is_empty() { None } else { Some(out) })
     }
 
     fn terminal(&mut self, error: Option<String>) -> Option<AuditEntry> {

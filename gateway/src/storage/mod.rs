@@ -261,6 +261,19 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &ObjectKey,
         range: RangeRequest,
     ) -> BoxFuture<'_, Result<ObjectRead, StorageError>>;
+    /// [`ObjectStore::open`] for an object whose metadata the caller already has (from
+    /// `stat`): a backend may skip looking it up again. S3 does, and sends `If-Match` on the
+    /// known ETag, so a replaced object fails as [`StorageError::PreconditionFailed`] rather
+    /// than mixing two versions.
+    fn open_known<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a ObjectKey,
+        range: RangeRequest,
+        _meta: &'a ObjectMeta,
+    ) -> BoxFuture<'a, Result<ObjectRead, StorageError>> {
+        self.open(tenant, key, range)
+    }
     /// Remove an object.
     fn delete(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>>;
     /// What `key` is (object or directory), cheaply and without decrypting anything.

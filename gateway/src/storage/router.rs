@@ -74,6 +74,15 @@ impl ObjectStore for TenantRouter {
     ) -> BoxFuture<'_, Result<ObjectRead, StorageError>> {
         route!(self, tenant, |s| s.open(tenant, key, range))
     }
+    fn open_known<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a ObjectKey,
+        range: RangeRequest,
+        meta: &'a ObjectMeta,
+    ) -> BoxFuture<'a, Result<ObjectRead, StorageError>> {
+        route!(self, tenant, |s| s.open_known(tenant, key, range, meta))
+    }
     fn delete(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>> {
         route!(self, tenant, |s| s.delete(tenant, key))
     }
@@ -217,7 +226,13 @@ pub async fn open_stores(
             parts_in_flight: named.s3.parts_in_flight,
             max_object_size: config.storage.max_object_size,
         });
-        let store = Arc::new(S3Store::new(client.clone(), settings, prefix.clone(), sse));
+        let store = match S3Store::new(client.clone(), settings, prefix.clone(), sse, tenant_key) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                errors.push(format!("tenant {:?}: {e}", tenant.name));
+                continue;
+            }
+        };
         probes.push((tenant.name.clone(), named.s3.bucket.clone(), named.s3.orphan_upload_age, store.clone()));
         let s3: Arc<dyn ObjectStore> = Arc::new(TenantS3(store));
         let routed: Arc<dyn ObjectStore> = if *seal { Arc::new(SealingStore::new(s3, tenant_key.clone())) } else { s3 };

@@ -33,6 +33,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::hkdf::{Salt, HKDF_SHA256};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkBody;
 use aws_sdk_s3::types::{
@@ -40,6 +42,7 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_s3::Client;
 use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
@@ -294,13 +297,20 @@ fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
         _ => {}
     }
     let detail = match (code.is_empty(), message.is_empty()) {
-        (true, true) => format!("HTTP {}", status.unwrap_or(0)),
+        (true, true) => {
+            // No S3 error code (an unparsable or unexpected response): the SDK's own account,
+            // which names what it could not read (never request headers), kept short.
+            let context = aws_smithy_types::error::display::DisplayErrorContext(&err).to_string();
+            let context: String = context.chars().filter(|c| !c.is_control()).take(300).collect();
+            format!("HTTP {}: {context}", status.unwrap_or(0))
+        }
         (false, true) => code.clone(),
         (_, false) => format!("{code} {message}").trim().to_owned(),
     };
     let text = format!("{what}: {detail}");
     match (status, code.as_str()) {
-        (Some(404), _) | (_, "NoSuchKey" | "NotFound") => StorageError::NotFound,
+        (_, "NoSuchBucket") => StorageError::Backend(format!("{what}: the bucket does not exist (NoSuchBucket)")),
+        (_, "NoSuchKey" | "NotFound") | (Some(404), "") => StorageError::NotFound,
         (Some(412), _) | (_, "PreconditionFailed") => StorageError::PreconditionFailed(text),
         (Some(429), _) | (_, "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded") => {
             StorageError::Throttled(text)
@@ -317,6 +327,16 @@ pub struct S3Store {
     /// Key prefix, ending in `/`.
     prefix: String,
     sse: Arc<Sse>,
+    /// Seals listing cursors handed to clients.
+    cursor_key: LessSafeKey,
+}
+
+fn cursor_key(tenant: &TenantKey) -> Result<LessSafeKey, StorageError> {
+    let prk = Salt::new(HKDF_SHA256, b"gateway list cursor v1").extract(tenant.expose());
+    let okm = prk
+        .expand(&[b"s3 continuation token"], &AES_256_GCM)
+        .map_err(|_| StorageError::Backend("key derivation failed".into()))?;
+    Ok(LessSafeKey::new(UnboundKey::from(okm)))
 }
 
 impl fmt::Debug for S3Store {
@@ -356,8 +376,40 @@ fn part_size_for(configured: u64, max_size: u64) -> u64 {
 
 impl S3Store {
     /// A tenant on `client`'s bucket under `prefix` (which ends in `/`).
-    pub fn new(client: Client, settings: Arc<BucketSettings>, prefix: String, sse: Sse) -> S3Store {
-        S3Store { client, settings, prefix, sse: Arc::new(sse) }
+    pub fn new(
+        client: Client,
+        settings: Arc<BucketSettings>,
+        prefix: String,
+        sse: Sse,
+        tenant_key: &TenantKey,
+    ) -> Result<S3Store, StorageError> {
+        let cursor_key = cursor_key(tenant_key)?;
+        Ok(S3Store { client, settings, prefix, sse: Arc::new(sse), cursor_key })
+    }
+
+    /// A listing cursor for clients: the S3 continuation token sealed with a key derived from
+    /// the tenant key, so clients see neither the bucket's layout (tokens encode keys) nor can
+    /// they hand S3 a token of their own. Every node with the same configuration opens it.
+    fn seal_cursor(&self, token: &str) -> Result<ListCursor, StorageError> {
+        let nonce = crate::secrets::random_bytes::<NONCE_LEN>().map_err(|e| StorageError::Backend(e.to_string()))?;
+        let mut data = token.as_bytes().to_vec();
+        self.cursor_key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut data)
+            .map_err(|_| StorageError::Backend("cannot seal a listing cursor".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        Ok(ListCursor::new(B64URL.encode(out)))
+    }
+
+    fn open_cursor(&self, cursor: &ListCursor) -> Result<String, StorageError> {
+        let invalid =
+            || StorageError::Conflict("invalid listing cursor: pass back the `next` value of a previous page".into());
+        let raw = B64URL.decode(cursor.as_str()).map_err(|_| invalid())?;
+        let (nonce, sealed) = raw.split_at_checked(NONCE_LEN).ok_or_else(invalid)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| invalid())?;
+        let mut sealed = sealed.to_vec();
+        let plain = self.cursor_key.open_in_place(nonce, Aad::empty(), &mut sealed).map_err(|_| invalid())?;
+        String::from_utf8(plain.to_vec()).map_err(|_| invalid())
     }
 
     fn full_key(&self, key: &ObjectKey) -> String {
@@ -936,6 +988,35 @@ impl ObjectWriter for S3Writer {
 #[derive(Debug, Clone)]
 pub struct TenantS3(pub Arc<S3Store>);
 
+impl TenantS3 {
+    /// Ranged `GetObject` of an object whose metadata is known (size, and the ETag sent as
+    /// `If-Match`, so a replaced object is refused rather than mixed in).
+    async fn get(&self, full: String, meta: ObjectMeta, range: RangeRequest) -> Result<ObjectRead, StorageError> {
+        let range = range.resolve(meta.size).map_err(|u| StorageError::RangeNotSatisfiable { size: u.size })?;
+        if range.is_empty() {
+            return Ok(ObjectRead { meta, range, body: Box::pin(futures_util::stream::empty()) });
+        }
+        let etag = meta.location.as_ref().and_then(|l| l.etag.clone());
+        let req = self
+            .0
+            .client
+            .get_object()
+            .bucket(self.0.bucket())
+            .key(&full)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(etag);
+        let out = ssec!(req, &*self.0.sse).send().await.map_err(|e| map_err("GetObject", e))?;
+        let body = futures_util::stream::try_unfold(out.body, |mut body| async move {
+            match body.try_next().await {
+                Ok(Some(chunk)) => Ok(Some((chunk, body))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(StorageError::Unavailable(format!("GetObject body: {e}"))),
+            }
+        });
+        Ok(ObjectRead { meta, range, body: Box::pin(body) })
+    }
+}
+
 impl ObjectStore for TenantS3 {
     fn begin_put(
         &self,
@@ -1004,32 +1085,17 @@ impl ObjectStore for TenantS3 {
     ) -> BoxFuture<'_, Result<ObjectRead, StorageError>> {
         let full = self.0.full_key(key);
         let stat = self.stat(tenant, key);
-        async move {
-            let meta = stat.await?;
-            let range = range.resolve(meta.size).map_err(|u| StorageError::RangeNotSatisfiable { size: u.size })?;
-            if range.is_empty() {
-                return Ok(ObjectRead { meta, range, body: Box::pin(futures_util::stream::empty()) });
-            }
-            let etag = meta.location.as_ref().and_then(|l| l.etag.clone());
-            let req = self
-                .0
-                .client
-                .get_object()
-                .bucket(self.0.bucket())
-                .key(&full)
-                .range(format!("bytes={}-{}", range.start, range.end - 1))
-                .set_if_match(etag);
-            let out = ssec!(req, &*self.0.sse).send().await.map_err(|e| map_err("GetObject", e))?;
-            let body = futures_util::stream::try_unfold(out.body, |mut body| async move {
-                match body.try_next().await {
-                    Ok(Some(chunk)) => Ok(Some((chunk, body))),
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(StorageError::Unavailable(format!("GetObject body: {e}"))),
-                }
-            });
-            Ok(ObjectRead { meta, range, body: Box::pin(body) })
-        }
-        .boxed()
+        async move { self.get(full, stat.await?, range).await }.boxed()
+    }
+
+    fn open_known<'a>(
+        &'a self,
+        _tenant: &'a str,
+        key: &'a ObjectKey,
+        range: RangeRequest,
+        meta: &'a ObjectMeta,
+    ) -> BoxFuture<'a, Result<ObjectRead, StorageError>> {
+        self.get(self.0.full_key(key), meta.clone(), range).boxed()
     }
 
     fn delete(&self, _tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>> {
@@ -1224,15 +1290,10 @@ impl ObjectStore for TenantS3 {
                 .prefix(&dir)
                 .delimiter("/")
                 .max_keys(i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000))
-                .set_continuation_token(after.map(|c| c.as_str().to_owned()))
+                .set_continuation_token(after.map(|c| s.open_cursor(c)).transpose()?)
                 .send()
                 .await
-                .map_err(|e| match map_err("ListObjectsV2", e) {
-                    StorageError::Backend(m) if after.is_some() => {
-                        StorageError::Conflict(format!("invalid listing cursor ({m})"))
-                    }
-                    other => other,
-                })?;
+                .map_err(|e| map_err("ListObjectsV2", e))?;
             let mut entries = Vec::new();
             for p in out.common_prefixes() {
                 let Some(name) = p.prefix().and_then(|k| k.strip_prefix(dir.as_str())).map(|n| n.trim_end_matches('/'))
@@ -1263,7 +1324,7 @@ impl ObjectStore for TenantS3 {
             }
             entries.sort_by(|a, b| a.name.cmp(&b.name));
             let next = match out.next_continuation_token() {
-                Some(t) if out.is_truncated() == Some(true) => Some(ListCursor::new(t.to_owned())),
+                Some(t) if out.is_truncated() == Some(true) => Some(s.seal_cursor(t)?),
                 _ => None,
             };
             Ok(ListPage { entries, next })
