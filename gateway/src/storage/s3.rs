@@ -441,7 +441,14 @@ impl S3Store {
         let put = self.put_single(&name, body, None).await;
         // Whatever happened, leave nothing behind.
         let _ = self.client.delete_object().bucket(self.bucket()).key(&name).send().await;
-        put.map(|_| ())
+        match put {
+            Ok(_) => Ok(()),
+            // A put cannot miss an object: a 404 means the bucket is not there.
+            Err(StorageError::NotFound) => Err(StorageError::Backend(
+                "PutObject: the bucket does not exist (or is not visible to these credentials)".into(),
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     /// Abort multipart uploads under this tenant's prefix older than `age`; returns how many.
