@@ -232,6 +232,17 @@ impl Ctx<'_> {
         }
     }
 
+    fn boolean(&mut self, table: &Table, path: &str, key: &str, default: bool) -> bool {
+        match table.get(key) {
+            None => default,
+            Some(Value::Boolean(b)) => *b,
+            Some(other) => {
+                self.wrong_type(&child(path, key), "true or false", other);
+                default
+            }
+        }
+    }
+
     fn table<'t>(&mut self, table: &'t Table, path: &str, key: &str) -> Option<&'t Table> {
         match table.get(key)? {
             Value::Table(t) => Some(t),
@@ -716,14 +727,7 @@ impl Ctx<'_> {
             "sse-s3" => Sse::S3,
             "sse-kms" => {
                 let key_id = self.required_string(t, at, "kms_key_id", " (the tenant's KMS key id or ARN)");
-                let bucket_key = match t.get("bucket_key") {
-                    None => false,
-                    Some(Value::Boolean(b)) => *b,
-                    Some(other) => {
-                        self.wrong_type(&child(at, "bucket_key"), "true or false", other);
-                        false
-                    }
-                };
+                let bucket_key = self.boolean(t, at, "bucket_key", false);
                 if key_id.is_some_and(|k| k.is_empty() || k.len() > 2048 || k.chars().any(char::is_control)) {
                     self.err(&child(at, "kms_key_id"), "must be a non-empty key id or ARN without control characters");
                 }
@@ -755,14 +759,7 @@ impl Ctx<'_> {
         if !matches!(sse, Sse::C { .. }) && t.contains_key("sse_c_key_file") {
             self.err(&child(at, "sse_c_key_file"), "only applies with sse = \"sse-c\"");
         }
-        let seal = match t.get("seal") {
-            None => false,
-            Some(Value::Boolean(b)) => *b,
-            Some(other) => {
-                self.wrong_type(&child(at, "seal"), "true or false", other);
-                false
-            }
-        };
+        let seal = self.boolean(t, at, "seal", false);
         TenantStorage::S3 { storage: storage.to_owned(), prefix, sse, seal }
     }
 
@@ -792,14 +789,7 @@ impl Ctx<'_> {
                     self.err(&child(at, "endpoint_url"), format!("{url:?}: {why}"));
                 }
             }
-            let force_path_style = match t.get("force_path_style") {
-                None => false,
-                Some(Value::Boolean(b)) => *b,
-                Some(other) => {
-                    self.wrong_type(&child(at, "force_path_style"), "true or false", other);
-                    false
-                }
-            };
+            let force_path_style = self.boolean(t, at, "force_path_style", false);
             let key_id = self.path(t, at, "access_key_id_file");
             let secret = self.path(t, at, "secret_access_key_file");
             let token = self.path(t, at, "session_token_file");
