@@ -22,7 +22,8 @@ fn call(files: &GatewayFiles, gw: &ServedGateway, args: &[&str], path: &str) -> 
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_owned(), body.to_owned())
+    // curl's own error (a reset connection: code 000) goes with the body into messages.
+    (code.to_owned(), format!("{body}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
 /// paramiko: log in and make `dir`, say `ready`, wait for a line on stdin, then try each

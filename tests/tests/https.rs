@@ -178,6 +178,34 @@ async fn unauthenticated_and_forbidden() {
     assert!(!gw.object_exists("acme", "partners/alice/b.txt").await);
 }
 
+/// A refused upload gets its answer, not a reset: the gateway answers before it reads the
+/// body, while curl is still sending it (no `Expect: 100-continue`). Over HTTP/2 an answer
+/// followed by RST_STREAM(NO_ERROR) is error 92 to curl 7.x, with no status: the gateway
+/// reads and discards the rest of the body instead.
+#[tokio::test]
+async fn refused_uploads_are_answered_not_reset() {
+    let gw = TestGateway::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.bin");
+    std::fs::write(&src, random_bytes(8 * MIB)).unwrap();
+    let src = src.to_str().unwrap();
+    let reader = format!("Authorization: Bearer {}", gw.token("reader"));
+    let url = gw.url("/v1/files/refused.bin");
+    for (auth, want) in [(reader.as_str(), "403"), ("Authorization: Bearer garbage", "401")] {
+        for http in ["--http1.1", "--http2"] {
+            for round in 0..4 {
+                let args = [http, "-H", auth, "-H", "Expect:", "-w", "\n%{http_code}", "-T", src, &url];
+                let (code, out) = gw.curl(&args).await;
+                let text = String::from_utf8_lossy(&out);
+                let status = text.rsplit('\n').next().unwrap_or_default();
+                assert_eq!(status, want, "{http} round {round}: curl exit {code}, output {text:?}");
+                assert!(text.contains("\"error\""), "{http} round {round}: the JSON error body: {text:?}");
+            }
+        }
+    }
+    assert!(!gw.object_exists("acme", "partners/alice/refused.bin").await);
+}
+
 #[tokio::test]
 async fn path_traversal_corpus_is_refused() {
     let gw = TestGateway::start().await;

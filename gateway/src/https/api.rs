@@ -166,6 +166,27 @@ fn object_headers(headers: &mut HeaderMap, meta: &ObjectMeta) {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
 }
 
+/// Longest the rest of an unread request body is read and discarded.
+const DISCARD_TIME: Duration = Duration::from_secs(5);
+/// Most of it that is read and discarded.
+const DISCARD_BYTES: u64 = 64 << 20;
+
+/// Read and drop what is left of a request body, within [`DISCARD_TIME`] and
+/// [`DISCARD_BYTES`]; after that the body is dropped (HTTP/2 resets the stream, HTTP/1.1
+/// closes the connection, lingering).
+async fn discard_body(mut body: Incoming) {
+    let drain = async {
+        let mut discarded = 0u64;
+        while discarded < DISCARD_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => discarded += frame.data_ref().map_or(0, |d| d.len() as u64),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+}
+
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
@@ -188,10 +209,19 @@ impl Api {
 
     /// Serve one request. Never fails: every error becomes a JSON response.
     pub async fn handle(&self, req: Request<Incoming>, conn: &Connection) -> Response<Body> {
-        let mut resp = match self.dispatch(req, conn).await {
+        let (parts, mut body) = req.into_parts();
+        let head = Request::from_parts(parts, ());
+        let mut resp = match self.dispatch(&head, &mut body, conn).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         };
+        if !hyper::body::Body::is_end_stream(&body) {
+            // Answered before the body was read (refused, or failed mid-upload): discard
+            // the rest in the background, so the client reads the answer instead of an
+            // HTTP/2 RST_STREAM under its upload (curl 7.x reports that as error 92) or,
+            // on HTTP/1.1, so the connection can stay open.
+            tokio::spawn(discard_body(body));
+        }
         let h = resp.headers_mut();
         h.insert(header::STRICT_TRANSPORT_SECURITY, self.hsts.clone());
         h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -235,7 +265,12 @@ impl Api {
         }
     }
 
-    async fn dispatch(&self, req: Request<Incoming>, conn: &Connection) -> Result<Response<Body>, ApiError> {
+    async fn dispatch(
+        &self,
+        req: &Request<()>,
+        body: &mut Incoming,
+        conn: &Connection,
+    ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_owned();
         if !(path == "/v1/files" || path.starts_with(FILES_PREFIX)) {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"));
@@ -251,7 +286,7 @@ impl Api {
         };
         let client = &conn.client;
         match endpoint {
-            Endpoint::Upload(rel) => self.upload(req, &who, client, rel).await,
+            Endpoint::Upload(rel) => self.upload(req, body, &who, client, rel).await,
             Endpoint::Download(rel) => self.download(req.headers(), &who, client, rel).await,
             Endpoint::Stat(rel) => {
                 let meta = self.transfers.stat(&who, client, &rel).await?;
@@ -272,7 +307,8 @@ impl Api {
 
     async fn upload(
         &self,
-        req: Request<Incoming>,
+        req: &Request<()>,
+        body: &mut Incoming,
         who: &Principal,
         client: &ClientInfo,
         rel: RelPath,
@@ -298,7 +334,6 @@ impl Api {
             // Refused before reading a byte of the body (still audited: started + failed).
             return Err(upload.fail(TransferError::TooLarge { max }).await.into());
         }
-        let mut body = req.into_body();
         loop {
             let frame = match tokio::time::timeout(self.body_idle_timeout, body.frame()).await {
                 Err(_) => {
