@@ -13,6 +13,7 @@ pub mod digest;
 pub mod https;
 pub mod listener;
 pub mod path;
+pub mod reload;
 pub mod secrets;
 pub mod server;
 pub mod sftp;

@@ -18,8 +18,23 @@ const DEFAULT_CONFIG: &str = "config/gateway.toml";
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log format on standard error: `human` (coloured only on a terminal), `json` (one JSON
+    /// object a line), or `auto`: human on a terminal, JSON lines otherwise.
+    #[arg(long, global = true, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human on a terminal, JSON lines otherwise.
+    Auto,
+    /// Human-readable lines; ANSI colour only when standard error is a terminal.
+    Human,
+    /// One JSON object a line (timestamp, level, target, message, fields).
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -132,21 +147,38 @@ fn no_secrets_in(target: &str, level: tracing::Level) -> bool {
     !sdk || level <= tracing::Level::DEBUG
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Log to standard error in `format`, never with colour codes unless it is a terminal, and
+/// never below the levels [`no_secrets_in`] allows.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
+    let terminal = std::io::stderr().is_terminal();
+    let json = match format {
+        LogFormat::Auto => !terminal,
+        LogFormat::Human => false,
+        LogFormat::Json => true,
+    };
+    let layer = if json {
+        tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr).boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_ansi(terminal).with_writer(std::io::stderr).boxed()
+    };
     let env = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+            layer
                 .with_filter(env)
                 .with_filter(tracing_subscriber::filter::filter_fn(|meta| no_secrets_in(meta.target(), *meta.level()))),
         )
         .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
         Command::CheckConfig { config } => check_config(&config),
@@ -346,6 +378,15 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         };
         let sftp_addr = sftp.as_ref().map(|l| l.local_addr()).transpose()?;
         let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
+        let reload = gateway.reload_trigger();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: looking at the certificate files");
+                reload.notify_one();
+            }
+        });
         print_banner(&config, &dev, addr);
         if let Some(sftp_addr) = sftp_addr {
             println!("SFTP listening on {sftp_addr}; host keys:");

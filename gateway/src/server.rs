@@ -208,6 +208,10 @@ const TRANSFERS_DROP_LIMIT: std::time::Duration = std::time::Duration::from_secs
 pub struct Gateway {
     tls: Arc<rustls::ServerConfig>,
     cert: Arc<ReloadableCert>,
+    /// Certificate and key files, watched for rotation.
+    cert_files: (std::path::PathBuf, std::path::PathBuf),
+    /// Notified to look at the certificate files now (SIGHUP).
+    reload: Arc<tokio::sync::Notify>,
     api: Arc<Api>,
     sftp: Option<SftpFrontend>,
     audit: AuditLog,
@@ -310,6 +314,8 @@ impl Gateway {
         Ok(Gateway {
             tls: Arc::new(tls),
             cert,
+            cert_files: (config.https.cert.clone(), config.https.key.clone()),
+            reload: Arc::new(tokio::sync::Notify::new()),
             api: Arc::new(api),
             sftp,
             audit,
@@ -328,6 +334,12 @@ impl Gateway {
         self.cert.clone()
     }
 
+    /// Notify this to make the gateway look at its certificate files now (what SIGHUP does);
+    /// it also looks every [`crate::reload::CHECK_INTERVAL`].
+    pub fn reload_trigger(&self) -> Arc<tokio::sync::Notify> {
+        self.reload.clone()
+    }
+
     /// Host key fingerprint lines (`ssh-keygen -l` style), when SFTP is configured.
     pub fn host_key_fingerprints(&self) -> &[String] {
         self.sftp.as_ref().map(|s| s.host_key_lines.as_slice()).unwrap_or_default()
@@ -343,6 +355,9 @@ impl Gateway {
     pub async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
         let stop = tokio_util::sync::CancellationToken::new();
         let grace = self.https.grace;
+        let (cert_path, key_path) = self.cert_files.clone();
+        let reloader = crate::reload::CertReloader::new(cert_path, key_path, self.cert.clone(), self.audit.clone());
+        let reloading = tokio::spawn(reloader.run(self.reload.clone(), stop.clone().cancelled_owned()));
         let https = https::serve(listeners.https, self.tls, self.api, self.https, stop.clone().cancelled_owned());
         let sftp = async {
             match (self.sftp, listeners.sftp) {
@@ -358,6 +373,7 @@ impl Gateway {
             stop.cancel();
         };
         tokio::join!(https, sftp, trigger);
+        let _ = reloading.await;
         let alive = self.transfers.wait_until_idle(TRANSFERS_DROP_LIMIT).await;
         if alive > 0 {
             tracing::warn!(alive, "transfers still alive after every connection ended; closing the audit trail anyway");

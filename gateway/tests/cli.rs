@@ -223,28 +223,25 @@ fn users_new_prints_a_valid_stanza_and_the_token_once() {
     assert!(text(&out).contains("fly"));
 }
 
-#[test]
-fn development_first_run_generates_material_and_shuts_down_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("dev.toml");
+/// A development-mode config in `dir` (its data under `dir/data`).
+fn dev_config(dir: &Path) -> PathBuf {
+    let config = dir.join("dev.toml");
     std::fs::write(
         &config,
         format!(
             "mode = \"development\"\ndata_dir = \"{}\"\nshutdown_grace = \"1s\"\n[https]\nlisten = \"127.0.0.1:0\"\n\
              [[tenants]]\nname = \"demo\"\n[[users]]\nname = \"demo\"\ntenant = \"demo\"\nhome = \"/demo\"\n\
              permissions = [\"all\"]\n[development]\ndemo_user = \"demo\"\n",
-            dir.path().join("data").display()
+            dir.join("data").display()
         ),
     )
     .unwrap();
-    let mut child = gateway()
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    config
+}
+
+/// Start `cmd` (a `serve`) and read its stdout until the development banner is complete.
+fn serve_until_banner(cmd: &mut Command) -> (std::process::Child, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut banner = String::new();
     let mut reader = std::io::BufReader::new(stdout);
@@ -258,6 +255,15 @@ fn development_first_run_generates_material_and_shuts_down_cleanly() {
             break;
         }
     }
+    (child, banner)
+}
+
+#[test]
+fn development_first_run_generates_material_and_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dev_config(dir.path());
+    let (mut child, banner) =
+        serve_until_banner(gateway().arg("serve").arg("--config").arg(&config).stderr(Stdio::null()));
     assert!(banner.contains("DEVELOPMENT"), "{banner}");
     assert!(banner.contains("curl --cacert"), "{banner}");
     let data = dir.path().join("data");
@@ -282,6 +288,46 @@ fn development_first_run_generates_material_and_shuts_down_cleanly() {
     if let Some(last) = trail.lines().last() {
         assert!(last.contains("\"checkpoint\""));
     }
+}
+
+/// Logs written to a file (not a terminal) carry no ANSI colour codes in any format, and are
+/// JSON lines unless `human` is asked for.
+#[test]
+fn logs_in_a_file_are_json_lines_without_colour_codes() {
+    for (format, json) in [(None, true), (Some("json"), true), (Some("human"), false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dev_config(dir.path());
+        let log = dir.path().join("gateway.log");
+        let mut cmd = gateway();
+        cmd.env_remove("GATEWAY_LOG_FORMAT").env("RUST_LOG", "info");
+        if let Some(f) = format {
+            cmd.args(["--log-format", f]);
+        }
+        cmd.arg("serve").arg("--config").arg(&config).stderr(std::fs::File::create(&log).unwrap());
+        let (mut child, banner) = serve_until_banner(&mut cmd);
+        assert!(banner.contains("curl --cacert"), "{format:?}: {banner}");
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(child.wait().unwrap().success());
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(lines.len() >= 2, "{format:?}: the start and the stop are logged: {text}");
+        assert!(!text.contains('\u{1b}'), "{format:?}: an escape code in the log file: {text:?}");
+        for line in &lines {
+            let parsed = serde_json::from_str::<serde_json::Value>(line);
+            if json {
+                let v = parsed.unwrap_or_else(|e| panic!("{format:?}: not a JSON line ({e}): {line}"));
+                assert!(v["timestamp"].is_string() && v["level"].is_string(), "{format:?}: {line}");
+                assert!(v["message"].is_string(), "{format:?}: {line}");
+            } else {
+                assert!(parsed.is_err(), "human format: {line}");
+                assert!([" INFO ", " WARN ", " ERROR "].iter().any(|l| line.contains(l)), "human format: {line}");
+            }
+        }
+    }
+    // A format that does not exist is refused, naming the choices.
+    let out = gateway().args(["--log-format", "xml", "check-config"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("human") && text(&out).contains("json"), "{}", text(&out));
 }
 
 fn keygen(path: &Path, args: &[&str]) {

@@ -110,6 +110,24 @@ pub struct AuditEntry {
     /// For objects on S3: where and how the store keeps the object.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub s3: Option<S3Facts>,
+    /// For a certificate reload: the certificate served before and the one served now.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub certificate: Option<CertFacts>,
+}
+
+/// A TLS certificate reload: what is served after it (the new certificate, or the old one if
+/// the new was refused) and, when it changed, what was served before. Public facts only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertFacts {
+    /// SHA-256 fingerprint of the certificate served before, when a new one went live.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub previous_sha256: Option<String>,
+    /// SHA-256 fingerprint (uppercase, colon-separated) of the certificate now served.
+    pub sha256: String,
+    /// Its subject.
+    pub subject: String,
+    /// Its end of validity (RFC 3339).
+    pub not_after: String,
 }
 
 /// What S3 said about an object a transfer wrote or read. Never key material: SSE-C keys
@@ -171,6 +189,7 @@ impl AuditEntry {
             public_key: None,
             signature: None,
             s3: None,
+            certificate: None,
         }
     }
 }
