@@ -119,6 +119,31 @@ impl std::fmt::Debug for Directory {
     }
 }
 
+/// The directory in force, replaced whole when the configuration is reloaded. Every
+/// authentication reads the directory of its moment; a session keeps the principal it
+/// logged in with.
+#[derive(Debug)]
+pub struct Users {
+    current: std::sync::RwLock<Arc<Directory>>,
+}
+
+impl Users {
+    /// Start with `directory`.
+    pub fn new(directory: Directory) -> Users {
+        Users { current: std::sync::RwLock::new(Arc::new(directory)) }
+    }
+
+    /// The directory in force now.
+    pub fn current(&self) -> Arc<Directory> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Put `directory` in force for every authentication from now on.
+    pub fn replace(&self, directory: Directory) {
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(directory);
+    }
+}
+
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     // Fold every byte difference; no early exit.
     let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
@@ -177,6 +202,18 @@ impl Directory {
         } else {
             Err(errors)
         }
+    }
+
+    /// The user names, sorted.
+    pub fn user_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.users.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// How many tokens are known.
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
     }
 
     /// True when any user may log in with a password (so SSH offers the method at all).

@@ -363,7 +363,8 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let dev = prepare_development(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let gateway = Gateway::new(&config, &dev).await?;
+        let mut gateway = Gateway::new(&config, &dev).await?;
+        gateway.watch_config(path.to_owned());
         let listener = tokio::net::TcpListener::bind(config.https.listen)
             .await
             .with_context(|| format!("https.listen: cannot bind {}", config.https.listen))?;
@@ -383,7 +384,7 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         let reload = gateway.reload_trigger();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: looking at the certificate files");
+                tracing::info!("SIGHUP: looking at the certificate files and the configuration");
                 reload.notify_one();
             }
         });

@@ -1,4 +1,6 @@
-//! Live rotation of the TLS server certificate.
+//! Live changes without a restart: the TLS server certificate ([`CertReloader`]) and the
+//! users, their tokens and SSH keys ([`UsersReloader`]); [`run`] looks at both every
+//! [`CHECK_INTERVAL`] and on SIGHUP.
 //!
 //! [`CertReloader`] looks at the certificate and key files every [`CHECK_INTERVAL`] and
 //! whenever it is asked to (SIGHUP). It compares what the paths lead to now (following
@@ -149,26 +151,184 @@ impl CertReloader {
             tracing::error!(error = %e, "certificate reload could not be audited");
         }
     }
+}
 
-    /// Check every [`CHECK_INTERVAL`] and whenever `hup` is notified, until `stop` resolves.
-    pub async fn run(mut self, hup: Arc<Notify>, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        let mut tick = tokio::time::interval(CHECK_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = &mut stop => return,
-                _ = tick.tick() => {}
-                () = hup.notified() => {
-                    // Asked explicitly: look again even at content already refused.
-                    self.seen = None;
-                    if self.content_digest().is_none() {
-                        tracing::error!(cert = %self.cert_path.display(), key = %self.key_path.display(), "SIGHUP: the TLS certificate or key cannot be read; the old pair keeps serving");
-                    }
+/// Look at the certificate files and the configuration every [`CHECK_INTERVAL`] and whenever
+/// `hup` is notified, until `stop` resolves.
+pub async fn run(
+    mut cert: CertReloader,
+    mut users: Option<UsersReloader>,
+    hup: Arc<Notify>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+            () = hup.notified() => {
+                // Asked explicitly: look again even at content already refused.
+                cert.seen = None;
+                if cert.content_digest().is_none() {
+                    tracing::error!(cert = %cert.cert_path.display(), key = %cert.key_path.display(), "SIGHUP: the TLS certificate or key cannot be read; the old pair keeps serving");
+                }
+                if let Some(u) = users.as_mut() {
+                    u.check(true).await;
                 }
             }
-            self.check().await;
-            self.warn_expiry(time::OffsetDateTime::now_utc());
+        }
+        cert.check().await;
+        cert.warn_expiry(time::OffsetDateTime::now_utc());
+        if let Some(u) = users.as_mut() {
+            u.check(false).await;
+        }
+    }
+}
+
+/// A token that is not in the configuration file but must survive a reload (the development
+/// demo token).
+#[derive(Clone)]
+pub struct ExtraToken {
+    /// Its user.
+    pub user: String,
+    /// Its credential id.
+    pub id: String,
+    /// SHA-256 of the token.
+    pub sha256: [u8; 32],
+}
+
+/// Rebuilds the user directory from the configuration file when its content changes. The
+/// new file is validated whole (every problem listed, as `check-config` does); any problem,
+/// or a change to the set of tenants (which, like every other section, changes only at a
+/// restart), refuses it whole and the running directory stays.
+pub struct UsersReloader {
+    path: PathBuf,
+    users: Arc<crate::auth::Users>,
+    tenants: Vec<String>,
+    extra: Option<ExtraToken>,
+    audit: AuditLog,
+    /// Digest of the content last acted on.
+    seen: Option<[u8; 32]>,
+    /// Digest of new content seen once by the periodic look, acted on when the next look
+    /// finds it unchanged (so a file caught half-written by an editor is not refused).
+    settling: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for UsersReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsersReloader").field("path", &self.path).field("tenants", &self.tenants).finish()
+    }
+}
+
+/// At most this many problems go into the audit record of a refused reload (all are logged).
+const PROBLEMS_IN_RECORD: usize = 10;
+
+impl UsersReloader {
+    /// Watch `path` (the configuration the process started from, whose tenants are
+    /// `tenants`) and swap new directories into `users`.
+    pub fn new(
+        path: PathBuf,
+        users: Arc<crate::auth::Users>,
+        mut tenants: Vec<String>,
+        extra: Option<ExtraToken>,
+        audit: AuditLog,
+    ) -> Self {
+        tenants.sort();
+        let seen = std::fs::read(&path).ok().map(|t| crate::digest::sha256(&t));
+        UsersReloader { path, users, tenants, extra, audit, seen, settling: None }
+    }
+
+    /// Look at the file once; rebuild and swap in the directory if its content changed and
+    /// either `now` (SIGHUP) or the previous look saw the same new content.
+    pub async fn check(&mut self, now: bool) -> Outcome {
+        let Ok(bytes) = std::fs::read(&self.path) else {
+            if now {
+                tracing::error!(config = %self.path.display(), "SIGHUP: the configuration cannot be read; the running users stay in force");
+            }
+            return Outcome::Unchanged; // mid-replacement, or gone: looked at again next time
+        };
+        let digest = Some(crate::digest::sha256(&bytes));
+        if digest == self.seen {
+            return Outcome::Unchanged;
+        }
+        if !now && self.settling != digest {
+            self.settling = digest;
+            return Outcome::Unchanged;
+        }
+        self.settling = None;
+        self.seen = digest;
+        match self.build(&bytes) {
+            Ok(directory) => {
+                let before = self.users.current();
+                let (old, new) = (before.user_names(), directory.user_names());
+                let added: Vec<&String> = new.iter().filter(|n| !old.contains(n)).collect();
+                let removed: Vec<&String> = old.iter().filter(|n| !new.contains(n)).collect();
+                tracing::info!(
+                    users = new.len(),
+                    tokens = directory.token_count(),
+                    ?added,
+                    ?removed,
+                    config = %self.path.display(),
+                    "configuration reloaded: users, tokens and SSH keys in force for new logins and requests"
+                );
+                self.users.replace(directory);
+                self.record(None).await;
+                Outcome::Reloaded
+            }
+            Err(problems) => {
+                for p in &problems {
+                    tracing::error!(config = %self.path.display(), problem = %p, "configuration problem");
+                }
+                tracing::error!(
+                    problems = problems.len(),
+                    config = %self.path.display(),
+                    "configuration reload refused; the running users stay in force"
+                );
+                let mut text = problems.iter().take(PROBLEMS_IN_RECORD).cloned().collect::<Vec<_>>().join("; ");
+                if problems.len() > PROBLEMS_IN_RECORD {
+                    text.push_str(&format!("; and {} more", problems.len() - PROBLEMS_IN_RECORD));
+                }
+                self.record(Some(text)).await;
+                Outcome::Refused
+            }
+        }
+    }
+
+    fn build(&self, bytes: &[u8]) -> Result<crate::auth::Directory, Vec<String>> {
+        let text = std::str::from_utf8(bytes).map_err(|_| vec![format!("{}: not UTF-8", self.path.display())])?;
+        let (config, errors) = gateway_config::parse(text, &self.path.display().to_string());
+        if !errors.is_empty() {
+            return Err(errors.iter().map(ToString::to_string).collect());
+        }
+        let mut tenants: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
+        tenants.sort();
+        if tenants != self.tenants {
+            return Err(vec![format!(
+                "{}: [[tenants]] changed (running: {}; file: {}); tenants and storage change only at a restart",
+                self.path.display(),
+                self.tenants.join(", "),
+                tenants.join(", ")
+            )]);
+        }
+        let mut directory = crate::auth::Directory::from_config(&config)?;
+        if let Some(extra) = &self.extra {
+            directory.add_token(&extra.user, &extra.id, extra.sha256).map_err(|e| vec![e])?;
+        }
+        Ok(directory)
+    }
+
+    async fn record(&self, error: Option<String>) {
+        let entry = AuditEntry {
+            operation: Some("users_reload".into()),
+            path: Some(self.path.display().to_string()),
+            result: Some(if error.is_none() { "ok" } else { "error" }.into()),
+            error,
+            ..AuditEntry::new(AuditEvent::Operation)
+        };
+        if let Err(e) = self.audit.append(entry, true).await {
+            tracing::error!(error = %e, "configuration reload could not be audited");
         }
     }
 }

@@ -14,7 +14,7 @@ use gateway_config::{Config, Mode, TlsProfile};
 use tokio::net::TcpListener;
 
 use crate::audit::{AuditConfig, AuditLog, CheckpointKey};
-use crate::auth::Directory;
+use crate::auth::{Directory, Users};
 use crate::https::{self, Api, HttpsSettings};
 use crate::secrets::{TenantKey, Token};
 use crate::sftp::SftpFrontend;
@@ -210,8 +210,16 @@ pub struct Gateway {
     cert: Arc<ReloadableCert>,
     /// Certificate and key files, watched for rotation.
     cert_files: (std::path::PathBuf, std::path::PathBuf),
-    /// Notified to look at the certificate files now (SIGHUP).
+    /// Notified to look at the certificate files and the configuration now (SIGHUP).
     reload: Arc<tokio::sync::Notify>,
+    /// The users in force (replaced on a configuration reload).
+    users: Arc<Users>,
+    /// Tenants served (a reload may not change them).
+    tenants: Vec<String>,
+    /// The development demo token, kept across reloads.
+    extra_token: Option<crate::reload::ExtraToken>,
+    /// The configuration file to watch for user changes, once [`Gateway::watch_config`] names it.
+    config_file: Option<std::path::PathBuf>,
     api: Arc<Api>,
     sftp: Option<SftpFrontend>,
     audit: AuditLog,
@@ -302,7 +310,7 @@ impl Gateway {
         };
         let tls = gateway_certs::server_config(profile, cert.clone()).map_err(|e| StartupError(vec![e.to_string()]))?;
         let transfers = Transfers::new(store, audit.clone(), config.storage.max_object_size);
-        let directory = Arc::new(directory);
+        let directory = Arc::new(Users::new(directory));
         let sftp = match &config.sftp {
             Some(sftp) => Some(
                 SftpFrontend::new(sftp, host_keys, directory.clone(), transfers.clone())
@@ -310,12 +318,20 @@ impl Gateway {
             ),
             None => None,
         };
-        let api = Api::new(directory, transfers.clone(), config.https.hsts_max_age, config.https.idle_timeout);
+        let api = Api::new(directory.clone(), transfers.clone(), config.https.hsts_max_age, config.https.idle_timeout);
         Ok(Gateway {
             tls: Arc::new(tls),
             cert,
             cert_files: (config.https.cert.clone(), config.https.key.clone()),
             reload: Arc::new(tokio::sync::Notify::new()),
+            users: directory.clone(),
+            tenants: config.tenants.iter().map(|t| t.name.clone()).collect(),
+            extra_token: dev.demo.as_ref().map(|d| crate::reload::ExtraToken {
+                user: d.user.clone(),
+                id: d.id.clone(),
+                sha256: d.token.sha256(),
+            }),
+            config_file: None,
             api: Arc::new(api),
             sftp,
             audit,
@@ -332,6 +348,12 @@ impl Gateway {
     /// The live certificate holder (swap it to rotate without a restart).
     pub fn certificate(&self) -> Arc<ReloadableCert> {
         self.cert.clone()
+    }
+
+    /// Reload users, tokens and SSH keys from `path` (the file this configuration came from)
+    /// when it changes or on SIGHUP.
+    pub fn watch_config(&mut self, path: std::path::PathBuf) {
+        self.config_file = Some(path);
     }
 
     /// Notify this to make the gateway look at its certificate files now (what SIGHUP does);
@@ -356,8 +378,18 @@ impl Gateway {
         let stop = tokio_util::sync::CancellationToken::new();
         let grace = self.https.grace;
         let (cert_path, key_path) = self.cert_files.clone();
-        let reloader = crate::reload::CertReloader::new(cert_path, key_path, self.cert.clone(), self.audit.clone());
-        let reloading = tokio::spawn(reloader.run(self.reload.clone(), stop.clone().cancelled_owned()));
+        let cert = crate::reload::CertReloader::new(cert_path, key_path, self.cert.clone(), self.audit.clone());
+        let users = self.config_file.clone().map(|path| {
+            crate::reload::UsersReloader::new(
+                path,
+                self.users.clone(),
+                self.tenants.clone(),
+                self.extra_token.clone(),
+                self.audit.clone(),
+            )
+        });
+        let reloading =
+            tokio::spawn(crate::reload::run(cert, users, self.reload.clone(), stop.clone().cancelled_owned()));
         let https = https::serve(listeners.https, self.tls, self.api, self.https, stop.clone().cancelled_owned());
         let sftp = async {
             match (self.sftp, listeners.sftp) {

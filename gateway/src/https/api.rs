@@ -20,7 +20,7 @@ use hyper::body::{Frame, Incoming};
 use super::body::{empty, full, Body, BodyError};
 use super::error::ApiError;
 use crate::audit::AuditEvent;
-use crate::auth::{Directory, Principal};
+use crate::auth::{Principal, Users};
 use crate::digest::{parse_digest_field, to_digest_field};
 use crate::path::{PathError, RelPath};
 use crate::storage::{ListCursor, ObjectMeta, RangeRequest};
@@ -57,7 +57,7 @@ impl Connection {
 
 /// The HTTPS application.
 pub struct Api {
-    directory: Arc<Directory>,
+    directory: Arc<Users>,
     transfers: Transfers,
     hsts: HeaderValue,
     body_idle_timeout: Duration,
@@ -197,7 +197,7 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 impl Api {
     /// The application over a user directory and the transfer path.
     pub fn new(
-        directory: Arc<Directory>,
+        directory: Arc<Users>,
         transfers: Transfers,
         hsts_max_age: Duration,
         body_idle_timeout: Duration,
@@ -231,7 +231,7 @@ impl Api {
 
     async fn authenticate(&self, headers: &HeaderMap, conn: &Connection) -> Result<Principal, ApiError> {
         let value = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
-        match self.directory.authenticate_bearer(value) {
+        match self.directory.current().authenticate_bearer(value) {
             Ok(who) => {
                 let first_use = {
                     let mut last = conn.last_credential.lock().unwrap_or_else(|p| p.into_inner());

@@ -118,7 +118,7 @@ impl SshConnection {
                 reason: "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256/512",
             });
         }
-        self.shared.directory.authenticate_publickey(user, key)
+        self.shared.directory.current().authenticate_publickey(user, key)
     }
 }
 
@@ -150,7 +150,7 @@ impl Handler for SshConnection {
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        let directory = self.shared.directory.clone();
+        let directory = self.shared.directory.current();
         let (user_owned, pw) = (user.to_owned(), zeroize::Zeroizing::new(password.to_owned()));
         // PBKDF2 is deliberately slow: keep it off the async workers, and compute only a few
         // at once (known and unknown users alike) so guesses cannot take every core from

@@ -31,13 +31,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Directory;
+use crate::auth::Users;
 use crate::transfer::Transfers;
 
 /// What every connection of the frontend shares.
 pub struct SftpShared {
     /// Users and credentials.
-    pub directory: Arc<Directory>,
+    pub directory: Arc<Users>,
     /// The transfer path.
     pub transfers: Transfers,
     /// Configured algorithm lists, to derive what a connection negotiated.
@@ -179,10 +179,10 @@ impl SftpFrontend {
     pub fn new(
         config: &SftpConfig,
         host_keys: Vec<PrivateKey>,
-        directory: Arc<Directory>,
+        directory: Arc<Users>,
         transfers: Transfers,
     ) -> Result<SftpFrontend, String> {
-        let passwords = directory.any_password_users();
+        let passwords = directory.current().any_password_users();
         let host_key_lines = host_keys.iter().map(|k| keys::describe(k.public_key())).collect();
         let ssh = SshConfig {
             server_id: SshId::Standard(Cow::Owned(format!("SSH-2.0-Gateway_{}", env!("CARGO_PKG_VERSION")))),
