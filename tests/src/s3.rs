@@ -497,6 +497,18 @@ impl Bucket {
         Self::split("head", v)
     }
 
+    /// The whole-object SHA-256 the gateway keeps for `key`, as a client of the bucket finds
+    /// it: the object's `gateway-sha256` metadata (single put), else its digest object
+    /// `.gateway-sha256/<key>` (multipart) while that names the object's ETag.
+    pub async fn gateway_sha256(&self, key: &str, sse_c: Option<&[u8; 32]>) -> Option<String> {
+        let head = self.head(key, sse_c).await.ok()?;
+        if let Some(d) = head.metadata.get("gateway-sha256") {
+            return Some(d.clone());
+        }
+        let side = self.head(&format!(".gateway-sha256/{key}"), sse_c).await.ok()?;
+        (side.metadata.get("gateway-etag") == Some(&head.etag)).then(|| side.metadata.get("gateway-sha256").cloned())?
+    }
+
     /// `GetObject`: the whole body, with the SSE-C key when the object needs one.
     pub async fn get(&self, key: &str, sse_c: Option<&[u8; 32]>) -> Result<Vec<u8>, S3Error> {
         self.get_with_head(key, sse_c).await.map(|(_, body)| body)

@@ -248,7 +248,7 @@ async fn sse_c_is_enforced_by_garage_and_the_key_is_never_written_down() {
         assert_eq!(body.len(), size, "{bucket_key}");
         assert_eq!(&sha256_hex(&body), sum, "{bucket_key}: other bytes than were uploaded");
         assert_eq!(head.sse_customer_algorithm.as_deref(), Some("AES256"), "{bucket_key}: {head:?}");
-        assert_eq!(head.metadata.get("gateway-sha256"), Some(sum), "{bucket_key}: {head:?}");
+        assert_eq!(bucket.gateway_sha256(&bucket_key, Some(&key)).await.as_ref(), Some(sum), "{bucket_key}: {head:?}");
 
         let records = wait_trail(&files.audit_path, |r| completed_upload(r, path).is_some()).await;
         let done = completed_upload(&records, path).unwrap();
@@ -395,9 +395,16 @@ async fn sixty_four_mib_over_sftp_and_https_cross_multipart_and_read_back_whole(
         assert_eq!(s(&done, "sha256"), sum, "{done:#}");
         let parts = done["s3"]["parts"].as_u64().unwrap_or_else(|| panic!("no s3.parts: {done:#}"));
         assert!(parts > 1, "{name}: 64 MiB in {parts} part(s): {done:#}");
-        let head = s3.bucket.head(&s3.key("acme", &format!("partners/alice/{name}")), Some(&key)).await.unwrap();
+        let object = s3.key("acme", &format!("partners/alice/{name}"));
+        let head = s3.bucket.head(&object, Some(&key)).await.unwrap();
         assert_eq!(head.size, size as u64);
-        assert_eq!(head.metadata.get("gateway-sha256"), Some(sum), "{head:?}");
+        // A multipart object's digest lives in its digest object (no self-copy of the data),
+        // tied to the object's ETag and encrypted with the same key.
+        assert!(!head.metadata.contains_key("gateway-sha256"), "{head:?}");
+        let side = s3.bucket.head(&format!(".gateway-sha256/{object}"), Some(&key)).await.unwrap();
+        assert_eq!(side.metadata.get("gateway-etag"), Some(&head.etag), "{side:?}");
+        assert_eq!(side.sse_customer_algorithm.as_deref(), Some("AES256"), "{side:?}");
+        assert_eq!(s3.bucket.gateway_sha256(&object, Some(&key)).await.as_ref(), Some(sum), "{side:?}");
         if name == "big-https.bin" {
             // A Content-Length announces the size: the configured 5 MiB parts.
             assert_eq!(parts, 13, "64 MiB in 5 MiB parts: {done:#}");
@@ -431,7 +438,7 @@ async fn sixty_four_mib_over_sftp_and_https_cross_multipart_and_read_back_whole(
         assert_eq!(&gateway_e2e::sha_file(&via_paramiko), sum, "paramiko get {name}");
         std::fs::remove_file(&via_paramiko).unwrap();
 
-        // HEAD: Repr-Digest from the object's metadata.
+        // HEAD: Repr-Digest, from the digest object.
         let token = gw.token("alice").to_owned();
         let path = format!("/v1/files/{name}");
         let head = gw.request(true, "HEAD", &path, Some(&token), &[], Bytes::new()).await;
@@ -477,6 +484,18 @@ async fn sixty_four_mib_over_sftp_and_https_cross_multipart_and_read_back_whole(
         }
     }
     assert_eq!(s3.bucket.multipart_uploads("").await, [], "uploads left open");
+
+    // Rename carries the digest object to the new name (new ETag); delete removes it.
+    let (ok, out) = gw.sftp_batch("alice", "rename big-https.bin moved.bin\n", &[]).await;
+    assert!(ok, "{out}");
+    let (old, new) = (s3.key("acme", "partners/alice/big-https.bin"), s3.key("acme", "partners/alice/moved.bin"));
+    assert!(!s3.bucket.exists(&format!(".gateway-sha256/{old}")).await, "the old name's digest object stays");
+    assert_eq!(s3.bucket.gateway_sha256(&new, Some(&key)).await.as_ref(), Some(&https_sum));
+    let head = gw.request(true, "HEAD", "/v1/files/moved.bin", Some(&token), &[], Bytes::new()).await;
+    let digest = head.header("repr-digest").unwrap_or_else(|| panic!("HEAD moved.bin: no Repr-Digest"));
+    assert_eq!(hex::encode(gateway::digest::parse_digest_field(digest).unwrap()), https_sum);
+    assert_eq!(gw.call("alice", "DELETE", "/v1/files/moved.bin", Bytes::new()).await.status, 204);
+    assert!(!s3.bucket.exists(&format!(".gateway-sha256/{new}")).await, "a deleted object's digest object stays");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -616,7 +635,8 @@ async fn sse_kms_and_sse_s3_are_confirmed_by_moto_with_the_headers_on_every_writ
 
         let head = bucket.head(bucket_key, None).await.unwrap_or_else(|e| panic!("{bucket_key}: {e:?}"));
         assert_eq!(head.size, data.len() as u64);
-        assert_eq!(head.metadata.get("gateway-sha256"), Some(&sha256_hex(data)), "{bucket_key}: {head:?}");
+        let kept = bucket.gateway_sha256(bucket_key, None).await;
+        assert_eq!(kept, Some(sha256_hex(data)), "{bucket_key}: {head:?}");
         let rel = path.trim_start_matches("/v1/files/");
         let done = gw
             .wait_audit("upload completed", |r| {
@@ -646,6 +666,8 @@ async fn sse_kms_and_sse_s3_are_confirmed_by_moto_with_the_headers_on_every_writ
     let mut seen: BTreeMap<(&str, Op), usize> = BTreeMap::new();
     for h in &heads {
         let (op, key, query) = classify(h);
+        // A multipart object's digest object belongs to the tenant of its object.
+        let key = key.strip_prefix(".gateway-sha256/").unwrap_or(&key).to_owned();
         let tenant = if key.starts_with("acme/") {
             "acme"
         } else if key.starts_with("globex/") {
@@ -685,10 +707,9 @@ async fn sse_kms_and_sse_s3_are_confirmed_by_moto_with_the_headers_on_every_writ
     }
     eprintln!("requests by tenant and operation: {seen:?}");
     for tenant in ["acme", "globex"] {
-        // The start-up probe and a small upload are PutObjects; a big one is the rest.
-        for (op, at_least) in
-            [(Op::PutObject, 2), (Op::CreateMultipartUpload, 1), (Op::UploadPart, 3), (Op::CopyObject, 1)]
-        {
+        // The start-up probe, a small upload and the big one's digest object are PutObjects;
+        // the big one is the rest.
+        for (op, at_least) in [(Op::PutObject, 3), (Op::CreateMultipartUpload, 1), (Op::UploadPart, 3)] {
             let n = seen.get(&(tenant, op)).copied().unwrap_or(0);
             assert!(n >= at_least, "{tenant}: {n} {op:?} (expected at least {at_least}); seen {seen:?}");
         }
@@ -770,8 +791,8 @@ async fn sse_c_headers_go_with_every_object_request_to_garage() {
     ] {
         assert!(seen.get(&op).copied().unwrap_or(0) > 0, "no {op:?} seen: {seen:?}");
     }
-    // Copies: the multipart object's metadata self-copy, and the rename.
-    assert!(seen[&Op::CopyObject] >= 2, "{seen:?}");
+    // The rename is a copy (a multipart object's digest is a PutObject, not a self-copy).
+    assert!(seen[&Op::CopyObject] >= 1, "{seen:?}");
     assert!(gw.s3().bucket.exists("acme/partners/alice/c/moved.bin").await);
     assert!(!gw.s3().bucket.exists("acme/partners/alice/c/small.bin").await);
 }
@@ -891,24 +912,29 @@ async fn http_500_on_complete_multipart_upload_fails_the_upload_and_aborts_it() 
     assert_failed_cleanly(&gw, "faults/complete500.bin", &proxy).await;
 }
 
-/// After CompleteMultipartUpload the object exists; when the metadata self-copy then fails,
-/// the gateway must remove it again rather than leave an object without its digest.
+/// After CompleteMultipartUpload the object exists; when writing its digest object then
+/// fails, the gateway must remove it again rather than leave an object without its digest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_500_on_the_metadata_copy_fails_the_upload_and_removes_the_object() {
+async fn http_500_on_the_digest_object_fails_the_upload_and_removes_the_object() {
     let (gw, proxy) = faulty_gateway(1, false).await;
-    proxy.respond("x-id=CopyObject", 1000, 500, "InternalError");
-    let status = put_32_mib(&gw, "copy500.bin").await;
-    assert!((500..600).contains(&status), "upload whose metadata copy failed answered {status}");
+    proxy.respond("/.gateway-sha256/", 1000, 500, "InternalError");
+    let status = put_32_mib(&gw, "digest500.bin").await;
+    assert!((500..600).contains(&status), "upload whose digest object failed answered {status}");
     let requests = proxy.requests();
-    assert!(proxy.stats().injected >= 1, "no copy was attempted: {requests:#?}");
+    assert!(proxy.stats().injected >= 1, "no digest object was attempted: {requests:#?}");
     assert!(
-        requests.iter().any(|l| l.starts_with("DELETE ") && l.contains("copy500.bin") && !l.contains("uploadId=")),
+        requests.iter().any(|l| {
+            l.starts_with("DELETE ")
+                && l.contains("digest500.bin")
+                && !l.contains("uploadId=")
+                && !l.contains(".gateway-sha256")
+        }),
         "the completed object was not deleted: {requests:#?}"
     );
-    let rec = gw.wait_audit("failed upload", |r| r["event"] == "failed" && r["path"] == "faults/copy500.bin").await;
+    let rec = gw.wait_audit("failed upload", |r| r["event"] == "failed" && r["path"] == "faults/digest500.bin").await;
     assert!(!s(&rec, "error").is_empty(), "{rec:#}");
     proxy.clear();
-    assert!(!gw.s3().bucket.exists("acme/partners/alice/faults/copy500.bin").await, "object left behind");
+    assert!(!gw.s3().bucket.exists("acme/partners/alice/faults/digest500.bin").await, "object left behind");
     assert_eq!(gw.s3().bucket.multipart_uploads("").await, []);
 }
 
@@ -968,13 +994,13 @@ async fn orphaned_uploads_under_a_tenant_prefix_are_aborted_at_start() {
         .lines()
         .find(|l| l.contains("aborted orphaned multipart uploads") && l.contains("\"acme\""))
         .unwrap_or_else(|| panic!("no orphan line for acme in the log:\n{text}"));
-    assert!(line.contains("aborted=1"), "{line}");
+    assert!(line.contains("\"aborted\":1"), "{line}");
     assert!(line.contains(&s3.bucket.name), "{line}");
     let globex = text
         .lines()
         .find(|l| l.contains("aborted orphaned multipart uploads") && l.contains("\"globex\""))
         .unwrap_or_else(|| panic!("no orphan line for globex:\n{text}"));
-    assert!(globex.contains("aborted=0"), "{globex}");
+    assert!(globex.contains("\"aborted\":0"), "{globex}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1116,7 +1142,8 @@ async fn sftp_directories_on_s3_markers_rmdir_and_renames() {
     assert!(!s3.bucket.exists(&format!("{home}full/a.txt")).await, "old name still there");
     let (head, body) = s3.bucket.get_with_head(&format!("{home}full/renamed.txt"), Some(&key)).await.unwrap();
     assert_eq!(sha256_hex(&body), sums[0]);
-    assert_eq!(head.metadata.get("gateway-sha256"), Some(&sums[0]), "{head:?}");
+    let kept = s3.bucket.gateway_sha256(&format!("{home}full/renamed.txt"), Some(&key)).await;
+    assert_eq!(kept.as_ref(), Some(&sums[0]), "{head:?}");
 
     // Rename a small directory (with a subdirectory): every object moves, marker included.
     let batch =

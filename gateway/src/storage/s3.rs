@@ -6,10 +6,15 @@
 //! `(parts_in_flight + 1) × part_size` bytes whatever the object size, and a slow store slows
 //! the client (the writer's `write` waits for a free slot). An object smaller than one part is
 //! a single PutObject. Every part and single put carries `x-amz-checksum-sha256`; the
-//! whole-object SHA-256 is computed in the same pass and kept in the object's user metadata
-//! `x-amz-meta-gateway-sha256` (hex), which HEAD and GET turn back into `Repr-Digest`. For a
-//! single put it is sent with the object; after a multipart upload the object is copied onto
-//! itself with the metadata replaced (server-side, no data through the gateway).
+//! whole-object SHA-256 is computed in the same pass, and HEAD and GET turn it back into
+//! `Repr-Digest`. A single put carries it as user metadata `x-amz-meta-gateway-sha256` (hex).
+//! A multipart upload cannot (its metadata is fixed before the first byte), so after
+//! `CompleteMultipartUpload` a zero-byte *digest object* is written at
+//! [`DIGEST_PREFIX`]`<object key>` with user metadata `gateway-sha256` and `gateway-etag` (the
+//! object's ETag), encrypted like the object. It counts only while the ETag matches, so an
+//! object overwritten by another tool never shows a stale digest. (Copying the object onto
+//! itself to set its metadata would rewrite every byte in the store: with SSE-C, decrypted and
+//! encrypted again.) Rename carries it, delete removes it.
 //!
 //! Fail closed: every write response must confirm the encryption asked for (algorithm, KMS key,
 //! SSE-C key MD5); if one does not, the object is deleted (or the upload aborted) and the
@@ -109,6 +114,12 @@ const MAX_SINGLE_COPY: u64 = 5 << 30;
 pub const MAX_DIR_RENAME: usize = 1000;
 /// User metadata key holding the hex SHA-256 of the object (`x-amz-meta-gateway-sha256`).
 pub const DIGEST_META: &str = "gateway-sha256";
+/// Bucket-level key prefix of the digest objects of multipart uploads (outside every
+/// tenant's prefix: a prefix may not have a `.gateway` segment).
+pub const DIGEST_PREFIX: &str = ".gateway-sha256/";
+/// Digest object metadata: the ETag of the object the digest is of.
+const DIGEST_ETAG_META: &str = "gateway-etag";
+
 /// Name prefix of the probe objects written at start to check a bucket is writable.
 const PROBE: &str = ".gateway-probe-";
 
@@ -533,6 +544,75 @@ impl S3Store {
         }
     }
 
+    /// Write the digest object of `key` (whose ETag is `etag`), encrypted like the object.
+    async fn put_digest(&self, key: &str, sha256: [u8; 32], etag: &str) -> Result<(), StorageError> {
+        let meta = HashMap::from([
+            (DIGEST_META.to_owned(), hex::encode(sha256)),
+            (DIGEST_ETAG_META.to_owned(), etag.to_owned()),
+        ]);
+        let digest_key = format!("{DIGEST_PREFIX}{key}");
+        let req = self
+            .client
+            .put_object()
+            .bucket(self.bucket())
+            .key(&digest_key)
+            .content_length(0)
+            .checksum_sha256(B64.encode(crate::digest::sha256(b"")))
+            .set_metadata(Some(meta))
+            .body(SdkBody::from(Bytes::new()));
+        let out = write_sse!(req, &*self.sse).send().await.map_err(|e| map_err("PutObject", e))?;
+        if let Err(e) =
+            self.sse.confirm("PutObject", out.server_side_encryption(), out.ssekms_key_id(), out.sse_customer_key_md5())
+        {
+            self.delete_quietly(&digest_key).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The whole-object SHA-256 of `key`, whose HEAD is `head`: its metadata, else its digest
+    /// object while that names the same ETag. `None` for objects written by other tools.
+    async fn digest_of(
+        &self,
+        key: &str,
+        head: &aws_sdk_s3::operation::head_object::HeadObjectOutput,
+    ) -> Result<Option<[u8; 32]>, StorageError> {
+        if let Some(d) = hex_digest(head.metadata()) {
+            return Ok(Some(d));
+        }
+        let Some(etag) = head.e_tag() else { return Ok(None) };
+        let side = match self.head_object(&format!("{DIGEST_PREFIX}{key}")).await {
+            Ok(side) => side,
+            Err(StorageError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let same = side.metadata().and_then(|m| m.get(DIGEST_ETAG_META)).is_some_and(|e| e == etag);
+        Ok(if same { hex_digest(side.metadata()) } else { None })
+    }
+
+    /// Delete the digest object of `key`, if any (best effort: a stale one never counts).
+    async fn delete_digest(&self, key: &str) {
+        let digest_key = format!("{DIGEST_PREFIX}{key}");
+        if let Err(e) = self.client.delete_object().bucket(self.bucket()).key(&digest_key).send().await {
+            tracing::warn!(bucket = %self.bucket(), key = %digest_key, error = %map_err("DeleteObject", e), "could not remove a digest object; it no longer matches its object and is ignored");
+        }
+    }
+
+    /// Copy `src` → `dst` (of `size` bytes) and, when `src`'s digest lives in a digest object,
+    /// give `dst` one for its new ETag.
+    async fn copy_with_digest(&self, src: &str, dst: &str, size: u64) -> Result<(), StorageError> {
+        let head = self.head_object(src).await?;
+        let side_digest = if hex_digest(head.metadata()).is_none() { self.digest_of(src, &head).await? } else { None };
+        let at = self.copy(src, dst, size, None).await?;
+        if let (Some(d), Some(etag)) = (side_digest, at.etag.as_deref()) {
+            if let Err(e) = self.put_digest(dst, d, etag).await {
+                self.delete_quietly(dst).await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     async fn head_object(
         &self,
         key: &str,
@@ -856,7 +936,6 @@ impl S3Writer {
     async fn commit_inner(&mut self, expected: Option<[u8; 32]>) -> Result<ObjectMeta, StorageError> {
         let sha256 = std::mem::take(&mut self.hasher).finish();
         let mismatch = expected.is_some_and(|want| want != sha256);
-        let digest_meta = HashMap::from([(DIGEST_META.to_owned(), hex::encode(sha256))]);
         let Some(_) = self.multipart else {
             if mismatch {
                 return Err(StorageError::DigestMismatch);
@@ -900,20 +979,21 @@ impl S3Writer {
                 return Err(e);
             }
         }
-        // Record the whole-object digest in the object's metadata (server-side self-copy).
-        let at = match store.copy(&self.key, &self.key, self.size, Some(digest_meta)).await {
-            Ok(at) => at,
-            Err(e) => {
-                store.delete_quietly(&self.key).await;
-                return Err(e);
-            }
-        };
+        // Record the whole-object digest beside the object (its metadata cannot change now).
+        let etag = out.e_tag().unwrap_or_default().to_owned();
+        if let Err(e) = store.put_digest(&self.key, sha256, &etag).await {
+            store.delete_quietly(&self.key).await;
+            return Err(e);
+        }
         Ok(self.meta(
             sha256,
             StoredAt {
+                version_id: out.version_id().map(str::to_owned),
+                etag: Some(etag).filter(|e| !e.is_empty()),
+                checksum_sha256: out.checksum_sha256().map(str::to_owned),
                 parts: u32::try_from(count).ok(),
-                checksum_sha256: out.checksum_sha256().map(str::to_owned).or(at.checksum_sha256.clone()),
-                ..at
+                kms_key_id: out.ssekms_key_id().map(str::to_owned).or_else(|| store.sse.facts("", "").kms_key_id),
+                ..store.sse.facts(store.bucket(), &self.key)
             },
         ))
     }
@@ -1079,7 +1159,9 @@ impl ObjectStore for TenantS3 {
                 }
                 Err(e) => return Err(e),
             };
-            Ok(head_meta(&self.0, &full, &head))
+            let mut meta = head_meta(&self.0, &full, &head);
+            meta.sha256 = self.0.digest_of(&full, &head).await?;
+            Ok(meta)
         }
         .boxed()
     }
@@ -1122,6 +1204,7 @@ impl ObjectStore for TenantS3 {
                 .send()
                 .await
                 .map_err(|e| map_err("DeleteObject", e))?;
+            self.0.delete_digest(&full).await;
             Ok(())
         }
         .boxed()
@@ -1242,7 +1325,7 @@ impl ObjectStore for TenantS3 {
                     let (src, dst) = (s.full_key(from), s.full_key(to));
                     let size =
                         s.head_object(&src).await?.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-                    s.copy(&src, &dst, size, None).await?;
+                    s.copy_with_digest(&src, &dst, size).await?;
                     s.client
                         .delete_object()
                         .bucket(s.bucket())
@@ -1250,12 +1333,13 @@ impl ObjectStore for TenantS3 {
                         .send()
                         .await
                         .map_err(|e| map_err("DeleteObject", e))?;
+                    s.delete_digest(&src).await;
                 }
                 EntryKind::Dir => {
                     let (src_dir, dst_dir) = (s.dir_prefix(from), s.dir_prefix(to));
                     for (key, size) in s.keys_under(&src_dir, MAX_DIR_RENAME).await? {
                         let dst = format!("{dst_dir}{}", &key[src_dir.len()..]);
-                        s.copy(&key, &dst, size, None).await?;
+                        s.copy_with_digest(&key, &dst, size).await?;
                         s.client
                             .delete_object()
                             .bucket(s.bucket())
@@ -1263,6 +1347,7 @@ impl ObjectStore for TenantS3 {
                             .send()
                             .await
                             .map_err(|e| map_err("DeleteObject", e))?;
+                        s.delete_digest(&key).await;
                     }
                 }
             }
