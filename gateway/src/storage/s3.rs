@@ -49,7 +49,7 @@ use aws_sdk_s3::Client;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::task::JoinSet;
@@ -838,11 +838,68 @@ struct Multipart {
 }
 
 /// A streaming upload; see the module docs.
+/// Part buffers of one upload, reused: a part's memory comes back here when the SDK drops
+/// the body it was sent from. Without it every part was a fresh `part_size` allocation, and
+/// glibc (whose mmap threshold rises to the size of the first such block freed) served them
+/// from per-thread arenas that kept growing: a 4 GiB upload peaked 80% above a 256 MiB one.
+#[derive(Clone)]
+struct PartPool {
+    free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    part_size: usize,
+    /// Most buffers kept for reuse (the parts in flight and the one filling).
+    keep: usize,
+}
+
+impl PartPool {
+    fn new(part_size: usize, keep: usize) -> PartPool {
+        PartPool { free: Arc::default(), part_size, keep }
+    }
+
+    /// An empty buffer of `part_size` capacity, reused when one is free.
+    fn take(&self) -> Vec<u8> {
+        let reused = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        reused.unwrap_or_else(|| Vec::with_capacity(self.part_size))
+    }
+
+    /// `buf` as a body whose memory returns to the pool when the last reference goes.
+    fn freeze(&self, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(PooledPart { buf, pool: self.clone() })
+    }
+}
+
+struct PooledPart {
+    buf: Vec<u8>,
+    pool: PartPool,
+}
+
+impl AsRef<[u8]> for PooledPart {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledPart {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.capacity() < self.pool.part_size {
+            return;
+        }
+        buf.clear();
+        let mut free = self.pool.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if free.len() < self.pool.keep {
+            free.push(buf);
+        }
+    }
+}
+
 struct S3Writer {
     store: Arc<S3Store>,
     key: String,
     part_size: usize,
-    buffer: BytesMut,
+    /// The part being filled (grows on demand for the first part, so a small object never
+    /// holds a whole part's worth of memory).
+    buffer: Vec<u8>,
+    pool: PartPool,
     hasher: Sha256,
     size: u64,
     multipart: Option<Multipart>,
@@ -940,12 +997,12 @@ impl S3Writer {
             if mismatch {
                 return Err(StorageError::DigestMismatch);
             }
-            let body = std::mem::take(&mut self.buffer).freeze();
+            let body = Bytes::from(std::mem::take(&mut self.buffer));
             let at = self.store.put_single(&self.key, body, Some(sha256)).await?;
             return Ok(self.meta(sha256, at));
         };
         if !self.buffer.is_empty() {
-            let last = std::mem::take(&mut self.buffer).freeze();
+            let last = self.pool.freeze(std::mem::take(&mut self.buffer));
             self.send_part(last).await?;
         }
         let mp = self.ensure_multipart().await?;
@@ -1039,7 +1096,8 @@ impl ObjectWriter for S3Writer {
                 let take = rest.split_to(room.min(rest.len()));
                 self.buffer.extend_from_slice(&take);
                 if self.buffer.len() == self.part_size {
-                    let part = std::mem::replace(&mut self.buffer, BytesMut::with_capacity(self.part_size)).freeze();
+                    let full = std::mem::replace(&mut self.buffer, self.pool.take());
+                    let part = self.pool.freeze(full);
                     if let Err(e) = self.send_part(part).await {
                         self.discard().await;
                         return Err(e);
@@ -1128,11 +1186,13 @@ impl ObjectStore for TenantS3 {
             }
             let max = size_hint.unwrap_or(store.settings.max_object_size);
             let part_size = usize::try_from(part_size_for(store.settings.part_size, max)).unwrap_or(usize::MAX);
+            let pool = PartPool::new(part_size, store.settings.parts_in_flight + 1);
             Ok(Box::new(S3Writer {
                 store,
                 key: full,
                 part_size,
-                buffer: BytesMut::new(),
+                buffer: Vec::new(),
+                pool,
                 hasher: Sha256::default(),
                 size: 0,
                 multipart: None,
