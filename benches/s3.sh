@@ -121,8 +121,8 @@ trap cleanup EXIT
 trap 'echo "interrupted" >&2; exit 130' INT TERM
 
 # Source files (SIZE, BIG, SMALL), one local download of SIZE for the check, and Garage's copies,
-# kept until its block GC: per round 2 puts of SIZE through the gateway, each stored twice (the
-# upload, then the metadata self-copy), and 2 direct; the RSS uploads through the gateway, twice.
+# kept until its block GC: per round 2 puts of SIZE through the gateway and 2 direct (counted as 6:
+# a margin for Garage's metadata and GC delay); the RSS uploads through the gateway, twice.
 need_mib=$((2 * SIZE + BIG + SMALL + 6 * (WARMUP + RUNS) * SIZE + 2 * (1 + RSS_SFTP) * (BIG + SMALL) + 256))
 avail_kib=$(df -Pk "$T" | awk 'NR == 2 { print $4 }')
 ((avail_kib / 1024 >= need_mib)) || die "$T has $((avail_kib / 1024)) MiB free, need about $need_mib MiB (smaller BENCH_*_MIB?)"
@@ -397,7 +397,7 @@ SIZE_BYTES=$((SIZE * 1048576))
 # transfer KIND FILE NAME [OUT] -> SPEED (bytes/s), SECS, GW_CPU, GA_CPU, CL_CPU (CPU s of the
 # gateway, Garage and the client process tree during the transfer), COMMIT_S (HTTPS PUT only:
 # seconds from curl's last body byte to the response: the last parts in flight,
-# CompleteMultipartUpload and the metadata self-copy; "-" for the others).
+# CompleteMultipartUpload and the digest object; "-" for the others).
 #   gw-sftp-put FILE NAME: sftp put FILE /NAME (timed between `!date`s in the batch: no handshake)
 #   gw-https-put FILE NAME, gw-https-get - NAME [OUT]: curl (time_total: one request)
 #   direct-put FILE NAME: boto3 upload_file FILE -> bucket/direct/NAME (the call alone)
@@ -480,7 +480,7 @@ echo "== throughput: ${SIZE} MiB, ${WARMUP} warm-up round(s) (w, not counted), t
 echo "   gw SFTP put: first to last byte of the put incl. the close (the gateway completes the multipart upload"
 echo "   before answering it), handshake excluded; gw HTTPS: curl's time_total of the one request (TLS handshake"
 echo "   included); direct: the boto3 call alone. CPU s: gateway / Garage / client (process tree; boto3: getrusage over the call)"
-echo "   commit s (HTTPS PUT): from curl's last body byte to the gateway's response (last parts, complete, self-copy)"
+echo "   commit s (HTTPS PUT): from curl's last body byte to the gateway's response (last parts, complete, digest object)"
 printf '%-5s %-10s %-13s %9s %8s %8s %8s %9s\n' round compare path "MB/s" "gw CPU" "garage" "client" "commit s"
 for ((r = 1 - WARMUP; r <= RUNS; r++)); do
     for step in "${STEPS[@]}"; do
@@ -570,7 +570,7 @@ for cmp in sftp https-put https-get; do
     echo "goal gateway >= ${GOAL}x direct, $(label_of "$cmp"): ${MET[$cmp]} ($(ratio "$g" "$d"); all rounds gw: $(for s in ${SPEEDS[$cmp.gw]}; do printf '%s ' "$(mb "$s")"; done)/ direct: $(for s in ${SPEEDS[$cmp.direct]}; do printf '%s ' "$(mb "$s")"; done)MB/s)"
 done
 if [[ -n $COMMITS ]]; then
-    echo "HTTPS PUT commit (last body byte -> response: last parts in flight, CompleteMultipartUpload, metadata self-copy):"
+    echo "HTTPS PUT commit (last body byte -> response: last parts in flight, CompleteMultipartUpload, digest object):"
     printf '   median %.2f s of a median %.2f s request (rounds: %s)\n' "$(vals "$COMMITS" | median)" "$(vals "${SECSS[https-put.gw]}" | median)" "${COMMITS% }"
 fi
 echo
