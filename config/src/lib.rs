@@ -138,6 +138,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// The SFTP (SSH) front end; `None` when the `[sftp]` section is absent.
     pub sftp: Option<SftpConfig>,
+    /// The admin listener (metrics, health); `None` when the `[admin]` section is absent.
+    pub admin: Option<AdminConfig>,
     /// Settings that only make sense in development mode.
     pub development: DevelopmentConfig,
 }
@@ -179,6 +181,17 @@ pub enum TlsProfile {
     Aes256,
     /// Broader suite list for older clients.
     Intermediate,
+}
+
+/// The admin listener: Prometheus `/metrics`, `/healthz`, `/readyz`, plain HTTP, meant for
+/// loopback or a private network.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address to listen on (default `127.0.0.1:9090`).
+    pub listen: SocketAddr,
+    /// File holding a bearer token (0600) that `/metrics` then requires; the health
+    /// endpoints stay open for load balancers.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Settings of the SFTP (SSH) listener, present only when `[sftp]` is configured.

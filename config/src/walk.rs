@@ -12,9 +12,9 @@ use crate::duration::{parse_duration, DURATION_FORMAT};
 use crate::ssh::{self, AlgorithmKind};
 use crate::text::{check_name, normalize_home, parse_sha256};
 use crate::{
-    AuditConfig, Config, ConfigError, DevelopmentConfig, ExplicitAlgorithms, HttpsConfig, Mode, NamedStorage,
-    PasswordHash, Permissions, S3Credentials, S3Storage, SftpConfig, Sse, SshAlgorithms, SshProfile, StorageBackend,
-    StorageConfig, TenantConfig, TenantStorage, TlsProfile, TokenConfig, UserConfig,
+    AdminConfig, AuditConfig, Config, ConfigError, DevelopmentConfig, ExplicitAlgorithms, HttpsConfig, Mode,
+    NamedStorage, PasswordHash, Permissions, S3Credentials, S3Storage, SftpConfig, Sse, SshAlgorithms, SshProfile,
+    StorageBackend, StorageConfig, TenantConfig, TenantStorage, TlsProfile, TokenConfig, UserConfig,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -23,6 +23,7 @@ const TOP_KEYS: &[&str] = &[
     "shutdown_grace",
     "https",
     "sftp",
+    "admin",
     "storage",
     "storages",
     "audit",
@@ -32,6 +33,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 const HTTPS_KEYS: &[&str] =
     &["listen", "tls_profile", "cert", "key", "handshake_timeout", "idle_timeout", "max_connections", "hsts_max_age"];
+const ADMIN_KEYS: &[&str] = &["listen", "token_file"];
 const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir", "max_object_size"];
 const AUDIT_KEYS: &[&str] =
     &["path", "signing_key", "checkpoint_every_records", "checkpoint_interval", "append_timeout"];
@@ -424,6 +426,7 @@ impl Ctx<'_> {
         let audit_table = self.table(root, "", "audit").unwrap_or(&empty);
         let audit = self.audit(audit_table, &data_dir);
         let sftp = self.table(root, "", "sftp").map(|t| self.sftp(t, &data_dir, https.listen));
+        let admin = self.table(root, "", "admin").map(|t| self.admin(t));
 
         let storage_entries = self.tables(root, "", "storages");
         let storages = self.storages(&storage_entries);
@@ -448,8 +451,17 @@ impl Ctx<'_> {
             tenants,
             users,
             sftp,
+            admin,
             development,
         }
+    }
+
+    fn admin(&mut self, t: &Table) -> AdminConfig {
+        const P: &str = "admin";
+        self.check_keys(t, P, ADMIN_KEYS);
+        let listen = self.socket_addr(t, P, "listen", SocketAddr::from(([127, 0, 0, 1], 9090)));
+        let token_file = self.path(t, P, "token_file");
+        AdminConfig { listen, token_file }
     }
 
     fn https(&mut self, t: &Table, data_dir: &std::path::Path) -> HttpsConfig {

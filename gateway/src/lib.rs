@@ -7,11 +7,13 @@
 //! [`server`] assembles it all from the configuration.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod digest;
 pub mod https;
 pub mod listener;
+pub mod metrics;
 pub mod path;
 pub mod reload;
 pub mod secrets;

@@ -378,6 +378,15 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let sftp_addr = sftp.as_ref().map(|l| l.local_addr()).transpose()?;
+        let admin = match &config.admin {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a.listen)
+                    .await
+                    .with_context(|| format!("admin.listen: cannot bind {}", a.listen))?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
         let shutdown = shutdown_signal().context("cannot install the SIGINT/SIGTERM handlers")?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot install the SIGHUP handler")?;
@@ -403,7 +412,10 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                 println!("  then:          sftp -P {} {}@{}", sftp_addr.port(), demo.user, sftp_addr.ip());
             }
         }
-        gateway.run(gateway::Listeners { https: listener, sftp }, shutdown).await;
+        if let Some(a) = admin_addr {
+            println!("admin listening on http://{a}/metrics (also /healthz, /readyz)");
+        }
+        gateway.run(gateway::Listeners { https: listener, sftp, admin }, shutdown).await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

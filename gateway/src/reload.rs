@@ -59,6 +59,7 @@ impl std::fmt::Debug for CertReloader {
 impl CertReloader {
     /// A reloader for the pair at these paths, now being served by `holder`.
     pub fn new(cert_path: PathBuf, key_path: PathBuf, holder: Arc<ReloadableCert>, audit: AuditLog) -> Self {
+        crate::metrics::metrics().set_cert_not_after(holder.current().info.not_after.unix_timestamp());
         let mut reloader = CertReloader { cert_path, key_path, holder, audit, seen: None, warned: None };
         reloader.seen = reloader.content_digest();
         reloader
@@ -90,6 +91,7 @@ impl CertReloader {
             Ok(new) if new.info.sha256_fingerprint == old.info.sha256_fingerprint => Outcome::Unchanged,
             Ok(new) => {
                 self.holder.replace(new.clone());
+                crate::metrics::metrics().set_cert_not_after(new.info.not_after.unix_timestamp());
                 tracing::info!(
                     subject = %new.info.subject,
                     key = %new.info.key,

@@ -161,6 +161,11 @@ pub fn check_files(config: &Config) -> Vec<String> {
             }
         }
     }
+    if let Some(path) = config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        if let Err(e) = admin_token(path) {
+            problems.push(format!("admin.token_file: {e}"));
+        }
+    }
     for (i, s) in config.storages.iter().enumerate() {
         if let gateway_config::S3Credentials::Files { access_key_id, secret_access_key, session_token } =
             &s.s3.credentials
@@ -204,6 +209,16 @@ pub fn check_files(config: &Config) -> Vec<String> {
 /// hold one; the trail records any left as `interrupted`.
 const TRANSFERS_DROP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// SHA-256 of the admin bearer token in `path` (0600, one line, not empty).
+fn admin_token(path: &Path) -> Result<[u8; 32], String> {
+    let content = crate::secrets::read_secret_file(path).map_err(|e| e.to_string())?;
+    let token = std::str::from_utf8(&content).map_err(|_| format!("{}: not UTF-8", path.display()))?.trim();
+    if token.len() < 16 {
+        return Err(format!("{}: the token must be at least 16 characters", path.display()));
+    }
+    Ok(crate::digest::sha256(token.as_bytes()))
+}
+
 /// A configured gateway, ready to run on bound listeners.
 pub struct Gateway {
     tls: Arc<rustls::ServerConfig>,
@@ -220,6 +235,10 @@ pub struct Gateway {
     extra_token: Option<crate::reload::ExtraToken>,
     /// The configuration file to watch for user changes, once [`Gateway::watch_config`] names it.
     config_file: Option<std::path::PathBuf>,
+    /// What `/readyz` looks at; flips to draining first at shutdown.
+    readiness: Arc<crate::admin::Readiness>,
+    /// SHA-256 of the admin token `/metrics` requires, if configured.
+    admin_token: Option<[u8; 32]>,
     api: Arc<Api>,
     sftp: Option<SftpFrontend>,
     audit: AuditLog,
@@ -234,6 +253,8 @@ pub struct Listeners {
     pub https: TcpListener,
     /// SFTP, when configured.
     pub sftp: Option<TcpListener>,
+    /// The admin endpoints (`/metrics`, `/healthz`, `/readyz`), when configured.
+    pub admin: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -309,6 +330,16 @@ impl Gateway {
             TlsProfile::Intermediate => CipherProfile::Intermediate,
         };
         let tls = gateway_certs::server_config(profile, cert.clone()).map_err(|e| StartupError(vec![e.to_string()]))?;
+        let readiness = Arc::new(crate::admin::Readiness::new(
+            audit.clone(),
+            cert.clone(),
+            store.clone(),
+            config.tenants.iter().map(|t| t.name.clone()).collect(),
+        ));
+        let admin_token = match config.admin.as_ref().and_then(|a| a.token_file.as_deref()) {
+            Some(path) => Some(admin_token(path).map_err(|e| StartupError(vec![format!("admin.token_file: {e}")]))?),
+            None => None,
+        };
         let transfers = Transfers::new(store, audit.clone(), config.storage.max_object_size);
         let directory = Arc::new(Users::new(directory));
         let sftp = match &config.sftp {
@@ -332,6 +363,8 @@ impl Gateway {
                 sha256: d.token.sha256(),
             }),
             config_file: None,
+            readiness,
+            admin_token,
             api: Arc::new(api),
             sftp,
             audit,
@@ -400,10 +433,22 @@ impl Gateway {
                 _ => {}
             }
         };
+        let readiness = self.readiness.clone();
         let trigger = async {
             shutdown.await;
+            // Readiness first, so load balancers stop sending while the front ends drain.
+            readiness.start_draining();
             stop.cancel();
         };
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        let admin = listeners.admin.map(|l| {
+            tokio::spawn(crate::admin::serve(
+                l,
+                self.readiness.clone(),
+                self.admin_token,
+                admin_stop.clone().cancelled_owned(),
+            ))
+        });
         tokio::join!(https, sftp, trigger);
         let _ = reloading.await;
         let alive = self.transfers.wait_until_idle(TRANSFERS_DROP_LIMIT).await;
@@ -411,5 +456,9 @@ impl Gateway {
             tracing::warn!(alive, "transfers still alive after every connection ended; closing the audit trail anyway");
         }
         self.audit.close().await;
+        admin_stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
     }
 }

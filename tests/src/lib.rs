@@ -224,7 +224,7 @@ impl Builder {
         let sftp_addr = sftp.as_ref().map(|l| l.local_addr().unwrap());
         let host_key_fingerprints = gw.host_key_fingerprints().to_vec();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(gw.run(gateway::Listeners { https: listener, sftp }, async move {
+        let handle = tokio::spawn(gw.run(gateway::Listeners { https: listener, sftp, admin: None }, async move {
             let _ = rx.await;
         }));
         TestGateway {

@@ -81,9 +81,10 @@ impl GatewayFiles {
                 let _ = tx.send(line);
             }
         });
-        let (mut https, mut sftp) = (None, None);
+        let (mut https, mut sftp, mut admin) = (None, None, None);
+        let want_admin = std::fs::read_to_string(&self.config_path).unwrap_or_default().contains("\n[admin]");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while https.is_none() || sftp.is_none() {
+        while https.is_none() || sftp.is_none() || (want_admin && admin.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
@@ -95,8 +96,18 @@ impl GatewayFiles {
             if let Some(rest) = line.strip_prefix("SFTP listening on ") {
                 sftp = rest.split(';').next().and_then(|a| a.parse::<SocketAddr>().ok());
             }
+            if let Some(rest) = line.strip_prefix("admin listening on http://") {
+                admin = rest.split('/').next().and_then(|a| a.parse::<SocketAddr>().ok());
+            }
         }
-        ServedGateway { child, https_port: https.unwrap(), sftp_addr: sftp.unwrap(), log, ca_pem: self.ca_pem.clone() }
+        ServedGateway {
+            child,
+            https_port: https.unwrap(),
+            sftp_addr: sftp.unwrap(),
+            admin_addr: admin,
+            log,
+            ca_pem: self.ca_pem.clone(),
+        }
     }
 
     /// Every parseable record of the trail.
@@ -154,6 +165,8 @@ pub struct ServedGateway {
     pub child: Child,
     pub https_port: u16,
     pub sftp_addr: SocketAddr,
+    /// The admin listener, when the configuration has an `[admin]` section.
+    pub admin_addr: Option<SocketAddr>,
     /// Its stderr.
     pub log: PathBuf,
     ca_pem: PathBuf,

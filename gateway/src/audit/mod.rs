@@ -131,6 +131,8 @@ pub struct AuditLog {
     slots: Arc<Semaphore>,
     append_timeout: Duration,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Why the trail refuses records, once it does (shared with the writer).
+    broken: Arc<Mutex<Option<String>>>,
     #[cfg(test)]
     faults: Arc<faults::Faults>,
 }
@@ -205,6 +207,7 @@ impl AuditLog {
             last_checkpoint: Instant::now(),
             key,
             broken: None,
+            shared_broken: Arc::default(),
             pending: PendingOutcomes::default(),
             clean_tail: tail.clean_shutdown,
             config: config.clone(),
@@ -218,6 +221,7 @@ impl AuditLog {
             );
             writer.write_entries(&pending.interrupt_all(Interruption::Crash)).map_err(open_err)?;
         }
+        let broken = writer.shared_broken.clone();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -228,6 +232,7 @@ impl AuditLog {
             slots: Arc::new(Semaphore::new(QUEUE_LIMIT)),
             append_timeout: config.append_timeout,
             thread: Arc::new(Mutex::new(Some(thread))),
+            broken,
             #[cfg(test)]
             faults,
         })
@@ -238,6 +243,19 @@ impl AuditLog {
     /// queued; fails with [`AuditError::Timeout`] when the record is not confirmed within
     /// [`AuditConfig::append_timeout`] (withdrawing it if the writer has not taken it yet).
     pub async fn append(&self, entry: AuditEntry, durable: bool) -> Result<u64, AuditError> {
+        crate::metrics::metrics().observe_record(&entry);
+        let started = Instant::now();
+        let result = self.append_inner(entry, durable).await;
+        crate::metrics::metrics().audit_append(started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// Why the trail refuses records, if it does (for readiness).
+    pub fn broken(&self) -> Option<String> {
+        self.broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    async fn append_inner(&self, entry: AuditEntry, durable: bool) -> Result<u64, AuditError> {
         let claim = Arc::new(AtomicU8::new(QUEUED));
         let write = async {
             let permit = self.slots.clone().acquire_owned().await.map_err(|_| stopped())?;
@@ -262,6 +280,7 @@ impl AuditLog {
     /// order, before the final checkpoint. This bypasses the queue bound: such records are
     /// bounded by the transfers in flight (each owes at most one or two), not by clients.
     pub fn append_detached(&self, entry: AuditEntry) {
+        crate::metrics::metrics().observe_record(&entry);
         if self.tx.send(Msg::Append { entry: Box::new(entry), durable: true, ack: None, slot: None }).is_err() {
             tracing::error!("audit writer stopped; a record was lost");
         }
@@ -435,6 +454,8 @@ struct Writer {
     key: CheckpointKey,
     config: AuditConfig,
     broken: Option<String>,
+    /// `broken`, as the handles see it.
+    shared_broken: Arc<Mutex<Option<String>>>,
     /// Transfers and changes written without their outcome yet.
     pending: PendingOutcomes,
     /// Nothing was written since the clean-shutdown checkpoint that ends the trail.
@@ -469,12 +490,26 @@ impl Writer {
                         return;
                     }
                     self.checkpoint_if_needed(self.since_checkpoint >= self.config.checkpoint_every_records);
+                    self.publish_broken();
                 }
-                Err(RecvTimeoutError::Timeout) => self.checkpoint_if_needed(true),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.checkpoint_if_needed(true);
+                    self.publish_broken();
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.shutdown();
                     return;
                 }
+            }
+        }
+    }
+
+    /// Let the handles see that the trail broke.
+    fn publish_broken(&self) {
+        if let Some(why) = &self.broken {
+            let mut shared = self.shared_broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if shared.is_none() {
+                *shared = Some(why.clone());
             }
         }
     }

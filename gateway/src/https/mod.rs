@@ -120,6 +120,7 @@ pub async fn serve(
                     return;
                 }
             };
+            let _session = crate::metrics::metrics().session("https");
             let (version, suite) = tls_names(tls.get_ref().1);
             let conn = Arc::new(Connection::new(ClientInfo::https(peer, version, suite)));
             let service = service_fn(move |req| {

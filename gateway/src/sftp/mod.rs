@@ -233,6 +233,7 @@ impl SftpFrontend {
         let mut conns = crate::listener::accept_until(listener, self.max_connections, limit, shutdown, |tcp, peer| {
             let (ssh, shared, stop) = (ssh.clone(), shared.clone(), stop.clone());
             async move {
+                let _session = crate::metrics::metrics().session("sftp");
                 let conn_stop = stop.child_token();
                 let wire = Arc::new(wire::WireState::default());
                 let stream = wire::WireStream::new(tcp, grace_time, wire.clone());

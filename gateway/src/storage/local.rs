@@ -526,6 +526,18 @@ impl ObjectStore for LocalStore {
         .boxed()
     }
 
+    fn ready<'a>(&'a self, _tenant: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            for dir in [&self.objects, &self.staging] {
+                let meta = tokio::fs::metadata(dir).await?;
+                if !meta.is_dir() {
+                    return Err(StorageError::Backend(format!("{} is not a directory", dir.display())));
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn delete(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>> {
         let path = self.object_path(tenant, key);
         let has_key = self.key(tenant).map(|_| ());

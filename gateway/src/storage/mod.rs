@@ -276,6 +276,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
     /// Remove an object.
     fn delete(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// Can `tenant`'s objects be reached now? One cheap request (S3: `HeadBucket`), for
+    /// readiness checks.
+    fn ready<'a>(&'a self, _tenant: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// What `key` is (object or directory), cheaply and without decrypting anything.
     fn head(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ListEntry, StorageError>>;
     /// Create the directory `key`; its parent must exist.

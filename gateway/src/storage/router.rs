@@ -86,6 +86,9 @@ impl ObjectStore for TenantRouter {
     fn delete(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>> {
         route!(self, tenant, |s| s.delete(tenant, key))
     }
+    fn ready<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        route!(self, tenant, |s| s.ready(tenant))
+    }
     fn head(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ListEntry, StorageError>> {
         route!(self, tenant, |s| s.head(tenant, key))
     }
@@ -152,7 +155,9 @@ async fn client_for(named: &NamedStorage) -> Result<aws_sdk_s3::Client, String> 
         .force_path_style(s.force_path_style)
         // The gateway sends its own SHA-256 checksums; no second (CRC) pass by the SDK.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        // Latency and errors per operation, for /metrics.
+        .interceptor(crate::metrics::S3Interceptor);
     if let Some(url) = &s.endpoint_url {
         builder = builder.endpoint_url(url);
     }

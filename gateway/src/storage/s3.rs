@@ -1247,6 +1247,20 @@ impl ObjectStore for TenantS3 {
         self.get(self.0.full_key(key), meta.clone(), range).boxed()
     }
 
+    fn ready<'a>(&'a self, _tenant: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        async move {
+            self.0
+                .client
+                .head_bucket()
+                .bucket(self.0.bucket())
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| map_err("HeadBucket", e))
+        }
+        .boxed()
+    }
+
     fn delete(&self, _tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>> {
         let key = key.clone();
         let full = self.0.full_key(&key);

@@ -333,6 +333,10 @@ impl ObjectStore for SealingStore {
         self.inner.delete(tenant, key)
     }
 
+    fn ready<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.inner.ready(tenant)
+    }
+
     fn head(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ListEntry, StorageError>> {
         let inner = self.inner.head(tenant, key);
         async move {
