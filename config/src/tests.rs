@@ -193,7 +193,7 @@ permissions = ["all"]
     // Display formats.
     assert_eq!(
         errors[0].to_string(),
-        "bad.toml: colour: unknown key \"colour\" (accepted: mode, data_dir, shutdown_grace, https, sftp, storage, storages, audit, tenants, users, development)"
+        "bad.toml: colour: unknown key \"colour\" (accepted: mode, data_dir, shutdown_grace, https, sftp, admin, storage, storages, audit, tenants, users, development)"
     );
     let all = ConfigErrors(errors).to_string();
     assert_eq!(all.lines().count(), 7);
@@ -1236,4 +1236,17 @@ fn audit_append_timeout_defaults_to_ten_seconds_and_must_be_positive() {
     );
     let got = errs("mode = \"development\"\n[audit]\nappend_timeout = \"0s\"");
     assert!(has(&got, "audit.append_timeout", "greater than 0"), "{got:#?}");
+}
+
+#[test]
+fn admin_listener_is_opt_in_with_loopback_default_and_checked_keys() {
+    assert!(ok(MINIMAL).admin.is_none(), "no [admin] section, no admin listener");
+    let admin = ok(&format!("{MINIMAL}[admin]\n")).admin.unwrap();
+    assert_eq!(admin.listen.to_string(), "127.0.0.1:9090");
+    assert!(admin.token_file.is_none());
+    let admin = ok(&format!("{MINIMAL}[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"/etc/t\"\n")).admin.unwrap();
+    assert_eq!(admin.token_file.as_deref(), Some(std::path::Path::new("/etc/t")));
+    let got = errs(&format!("{MINIMAL}[admin]\nlisten = \"nowhere\"\ntoken = \"x\"\n"));
+    assert!(has(&got, "admin.listen", ""), "{got:#?}");
+    assert!(has(&got, "admin.token", "unknown key"), "{got:#?}");
 }
