@@ -39,6 +39,13 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Exit 0 if a plain-HTTP URL answers 200 (the container HEALTHCHECK: the admin
+    /// listener's `/healthz`).
+    Healthcheck {
+        /// URL to GET.
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
     /// Run the gateway.
     Serve {
         /// Configuration file.
@@ -181,6 +188,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
+        Command::Healthcheck { url } => healthcheck(&url),
         Command::CheckConfig { config } => check_config(&config),
         Command::Audit { command: AuditCommand::Verify { public_key, checkpoints, files } } => {
             audit_verify(public_key, checkpoints, &files)
@@ -456,5 +464,37 @@ fn print_banner(config: &gateway_config::Config, dev: &gateway::DevMaterial, add
         println!("  curl --cacert {} {auth} -T README.md {base}/README.md", ca.display());
         println!("  curl --cacert {} {auth} {base}/README.md", ca.display());
         println!("  curl --cacert {} {auth} {base}/", ca.display());
+    }
+}
+
+/// GET a plain-HTTP URL (the admin listener's `/healthz`) and succeed on 200: the container's
+/// HEALTHCHECK, which has no shell or curl to call.
+fn healthcheck(url: &str) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+    let rest = url.strip_prefix("http://").context("healthcheck: only http:// URLs (the admin listener)")?;
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, format!("/{p}")),
+        None => (rest, "/".to_owned()),
+    };
+    let addr = authority
+        .to_socket_addrs()
+        .with_context(|| format!("healthcheck: {authority}: not an address"))?
+        .next()
+        .with_context(|| format!("healthcheck: {authority}: no address"))?;
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, LIMIT).with_context(|| format!("healthcheck: {url}"))?;
+    tcp.set_read_timeout(Some(LIMIT))?;
+    tcp.set_write_timeout(Some(LIMIT))?;
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    let mut head = Vec::new();
+    tcp.take(4096).read_to_end(&mut head).with_context(|| format!("healthcheck: {url}"))?;
+    let text = String::from_utf8_lossy(&head);
+    let status = text.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("healthcheck: {url}: {status}");
+        Ok(ExitCode::FAILURE)
     }
 }
