@@ -616,7 +616,14 @@ async fn paramiko_put_get_listdir_stat_rename_remove() {
         assert!(s(&st, "ssh_client").starts_with("SSH-2.0-paramiko"), "{st:#}");
         assert_eq!(s(&done, "credential_id"), fp);
         assert_eq!(s(&done, "sha256"), sum);
-        assert_eq!(done["bytes"], size as u64);
+        if op == "download" {
+            // paramiko's prefetching get() can decide too early that it is done (a race in
+            // its request thread, its PR #2519) and read the rest again with plain READs:
+            // the record counts what was sent, at least the whole file.
+            assert!(done["bytes"].as_u64().unwrap() >= size as u64, "{done:#}");
+        } else {
+            assert_eq!(done["bytes"], size as u64);
+        }
         assert_eq!(s(&done, "ssh_cipher"), out["cipher"].as_str().unwrap());
     }
     for (op, path) in [("rename", "pm/a.bin -> pm/b.bin"), ("delete", "pm/b.bin"), ("mkdir", "pm"), ("rmdir", "pm")] {
