@@ -373,25 +373,15 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let mut gateway = Gateway::new(&config, &dev).await?;
         gateway.watch_config(path.to_owned());
-        let listener = tokio::net::TcpListener::bind(config.https.listen)
-            .await
-            .with_context(|| format!("https.listen: cannot bind {}", config.https.listen))?;
+        let listener = bind("https.listen", config.https.listen).await?;
         let addr = listener.local_addr()?;
         let sftp = match &config.sftp {
-            Some(s) => Some(
-                tokio::net::TcpListener::bind(s.listen)
-                    .await
-                    .with_context(|| format!("sftp.listen: cannot bind {}", s.listen))?,
-            ),
+            Some(s) => Some(bind("sftp.listen", s.listen).await?),
             None => None,
         };
         let sftp_addr = sftp.as_ref().map(|l| l.local_addr()).transpose()?;
         let admin = match &config.admin {
-            Some(a) => Some(
-                tokio::net::TcpListener::bind(a.listen)
-                    .await
-                    .with_context(|| format!("admin.listen: cannot bind {}", a.listen))?,
-            ),
+            Some(a) => Some(bind("admin.listen", a.listen).await?),
             None => None,
         };
         let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -427,6 +417,11 @@ fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Bind the listener configured at `field`, naming the field if that fails.
+async fn bind(field: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{field}: cannot bind {addr}"))
 }
 
 /// SIGINT or SIGTERM. The handlers are installed when this is called, before the banner

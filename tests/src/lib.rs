@@ -732,19 +732,7 @@ impl TestGateway {
 
     /// A rustls client config trusting the test CA, restricted to `alpn`.
     pub fn client_tls(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls_pki_types::pem::PemObject;
-        for cert in rustls_pki_types::CertificateDer::pem_file_iter(&self.ca_pem).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-        Arc::new(cfg)
+        client_tls_trusting(&self.ca_pem, alpn)
     }
 
     /// Open a TLS connection (for raw tests such as a mid-upload disconnect).
@@ -1014,3 +1002,20 @@ impl TestGateway {
 
 /// `gateway serve` as a process on files that outlive it (restarts, crashes), with its log.
 pub mod served;
+
+/// A rustls client config trusting the CA certificates in `ca_pem`, restricted to `alpn`.
+pub fn client_tls_trusting(ca_pem: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_pem).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
+}

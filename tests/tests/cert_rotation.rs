@@ -27,21 +27,6 @@ fn leaf_fingerprint(pem: &Path) -> String {
     fingerprint(first.as_ref())
 }
 
-fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(cfg)
-}
-
 /// A verified TLS connection to the gateway; returns it and the leaf's fingerprint.
 fn handshake(
     cfg: &Arc<rustls::ClientConfig>,
@@ -227,7 +212,7 @@ fn a_certificate_swapped_on_disk_is_served_to_new_handshakes_without_a_single_fa
         .replace(&format!("{:?}", pki.join("server.key")), &format!("{:?}", live("server.key")));
     std::fs::write(&files.config_path, text).unwrap();
     let mut gw = files.serve();
-    let cfg = client_config(&files.ca_pem);
+    let cfg = gateway_e2e::client_tls_trusting(&files.ca_pem, &[b"http/1.1"]);
     let v1 = leaf_fingerprint(&tls.join("v1/server.pem"));
     assert_eq!(openssl_fingerprint(&gw, &files.ca_pem), v1);
 

@@ -598,12 +598,12 @@ impl S3Store {
         }
     }
 
-    /// Copy `src` → `dst` (of `size` bytes) and, when `src`'s digest lives in a digest object,
-    /// give `dst` one for its new ETag.
-    async fn copy_with_digest(&self, src: &str, dst: &str, size: u64) -> Result<(), StorageError> {
+    /// Copy `src` → `dst` and, when `src`'s digest lives in a digest object, give `dst` one
+    /// for its new ETag.
+    async fn copy_with_digest(&self, src: &str, dst: &str) -> Result<(), StorageError> {
         let head = self.head_object(src).await?;
         let side_digest = if hex_digest(head.metadata()).is_none() { self.digest_of(src, &head).await? } else { None };
-        let at = self.copy(src, dst, size, None).await?;
+        let at = self.copy(src, dst, &head).await?;
         if let (Some(d), Some(etag)) = (side_digest, at.etag.as_deref()) {
             if let Err(e) = self.put_digest(dst, d, etag).await {
                 self.delete_quietly(dst).await;
@@ -652,15 +652,15 @@ impl S3Store {
         Ok(exists.then_some(EntryKind::Dir))
     }
 
-    /// Server-side copy `src` → `dst` keeping metadata, with the tenant's encryption on both
-    /// sides; `UploadPartCopy` above 5 GiB. `replace_meta` replaces the user metadata.
+    /// Server-side copy `src` (whose HEAD is `head`) → `dst` keeping metadata, with the
+    /// tenant's encryption on both sides; `UploadPartCopy` above 5 GiB.
     async fn copy(
         &self,
         src: &str,
         dst: &str,
-        size: u64,
-        replace_meta: Option<HashMap<String, String>>,
+        head: &aws_sdk_s3::operation::head_object::HeadObjectOutput,
     ) -> Result<StoredAt, StorageError> {
+        let size = head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
         let source = copy_source(self.bucket(), src);
         if size <= MAX_SINGLE_COPY {
             let req = self
@@ -670,12 +670,7 @@ impl S3Store {
                 .key(dst)
                 .copy_source(&source)
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .metadata_directive(if replace_meta.is_some() {
-                    MetadataDirective::Replace
-                } else {
-                    MetadataDirective::Copy
-                })
-                .set_metadata(replace_meta);
+                .metadata_directive(MetadataDirective::Copy);
             let req = write_sse!(req, &*self.sse);
             let req = copy_source_ssec!(req, &*self.sse);
             let out = req.send().await.map_err(|e| map_err("CopyObject", e))?;
@@ -696,10 +691,7 @@ impl S3Store {
             });
         }
         // Multipart copy: the source's metadata travels only if we pass it along.
-        let meta = match replace_meta {
-            Some(m) => Some(m),
-            None => self.head_object(src).await?.metadata().cloned(),
-        };
+        let meta = head.metadata().cloned();
         let create = self
             .client
             .create_multipart_upload()
@@ -797,7 +789,7 @@ impl S3Store {
     }
 
     /// Every object key under `dir_prefix` (for a directory rename), at most `limit`.
-    async fn keys_under(&self, dir_prefix: &str, limit: usize) -> Result<Vec<(String, u64)>, StorageError> {
+    async fn keys_under(&self, dir_prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -812,7 +804,7 @@ impl S3Store {
                 .map_err(|e| map_err("ListObjectsV2", e))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
-                    out.push((k.to_owned(), o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0)));
+                    out.push(k.to_owned());
                 }
             }
             if out.len() > limit {
@@ -1397,9 +1389,7 @@ impl ObjectStore for TenantS3 {
             match src_kind {
                 EntryKind::File => {
                     let (src, dst) = (s.full_key(from), s.full_key(to));
-                    let size =
-                        s.head_object(&src).await?.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-                    s.copy_with_digest(&src, &dst, size).await?;
+                    s.copy_with_digest(&src, &dst).await?;
                     s.client
                         .delete_object()
                         .bucket(s.bucket())
@@ -1411,9 +1401,9 @@ impl ObjectStore for TenantS3 {
                 }
                 EntryKind::Dir => {
                     let (src_dir, dst_dir) = (s.dir_prefix(from), s.dir_prefix(to));
-                    for (key, size) in s.keys_under(&src_dir, MAX_DIR_RENAME).await? {
+                    for key in s.keys_under(&src_dir, MAX_DIR_RENAME).await? {
                         let dst = format!("{dst_dir}{}", &key[src_dir.len()..]);
-                        s.copy_with_digest(&key, &dst, size).await?;
+                        s.copy_with_digest(&key, &dst).await?;
                         s.client
                             .delete_object()
                             .bucket(s.bucket())
