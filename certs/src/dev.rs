@@ -1,24 +1,22 @@
-//! Development PKI: a local CA and a `localhost` server certificate.
+//! Development PKI: a local CA, a `localhost` server certificate and a client certificate.
 //!
-//! Development only. Lets the gateway start over HTTPS with zero setup, and
-//! gives tests real CA-signed chains. The CA is reused across runs so a
-//! developer only has to trust `ca.pem` once.
+//! Development only. Lets the gateway start over HTTPS with zero setup ([`ensure_dev_pki`],
+//! which reuses the CA across runs so a developer only has to trust `ca.pem` once), gives
+//! tests real CA-signed chains ([`mint`]), and backs `gateway certs dev` ([`create_dev_set`]).
 
-use std::fs::{DirBuilder, OpenOptions};
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PublicKeyData, RsaKeySize, SanType, SerialNumber,
-};
+use rcgen::{KeyPair, PublicKeyData};
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use crate::error::CertError;
-use crate::load::{read_chain, read_file, validate_cert_files};
+use crate::files::{create_parent, create_private_dir, refuse_existing, write};
+pub use crate::issue::KeyKind;
+use crate::issue::{issue, write_key_pem, CertKind, LeafRequest, SigningCa, SubjectAltName};
+use crate::load::{fingerprint, read_chain, read_file, validate_cert_files};
 
 /// Subject CN of the development CA.
 const CA_CN: &str = "Gateway Development CA";
@@ -44,19 +42,6 @@ pub struct DevPki {
     pub generated: bool,
 }
 
-/// Key algorithm for minted certificates (CA and server use the same kind).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
-    /// ECDSA on P-256 with SHA-256 (the dev default).
-    EcdsaP256,
-    /// ECDSA on P-384 with SHA-384.
-    EcdsaP384,
-    /// RSA 2048 with PKCS#1 v1.5 SHA-256.
-    Rsa2048,
-    /// RSA 3072 with PKCS#1 v1.5 SHA-256.
-    Rsa3072,
-}
-
 /// Development only: create (or reuse if present and the server cert is valid for > 1 more day) a dev CA and a server certificate signed by it.
 ///
 /// CA files are `dir/ca.pem` and `dir/ca.key`; the server chain (leaf then CA)
@@ -78,22 +63,15 @@ pub fn ensure_dev_pki(dir: &Path, server_cert: &Path, server_key: &Path) -> Resu
 
     create_private_dir(dir)?;
     for path in [server_cert, server_key] {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            create_private_dir(parent)?;
-        }
+        create_parent(path)?;
     }
 
     let ca = match load_ca(&pki.ca_cert, &pki.ca_key, now) {
         Some(ca) => ca,
-        None => {
-            let ca = new_ca(KeyKind::EcdsaP256, now, &pki.ca_cert)?;
-            write_file(&pki.ca_key, ca.issuer.key().serialize_pem().as_bytes(), true)?;
-            write_file(&pki.ca_cert, ca.pem.as_bytes(), false)?;
-            ca
-        }
+        None => new_ca(KeyKind::EcdsaP256, now, &pki.ca_cert, &pki.ca_key, true)?,
     };
-    let server_not_after = (now + Duration::days(SERVER_DAYS)).min(ca.not_after);
-    write_server(&ca, KeyKind::EcdsaP256, now, server_not_after, &pki)?;
+    let days = SERVER_DAYS.min((ca.not_after() - now).whole_days());
+    write_leaf(&ca, &localhost_request(KeyKind::EcdsaP256, days), now, &pki.server_cert, &pki.server_key, true)?;
     pki.generated = true;
     Ok(pki)
 }
@@ -109,19 +87,115 @@ pub fn mint(dir: &Path, key: KeyKind) -> Result<DevPki, CertError> {
     };
     let now = OffsetDateTime::now_utc();
     create_private_dir(dir)?;
-    let ca = new_ca(key, now, &pki.ca_cert)?;
-    write_file(&pki.ca_key, ca.issuer.key().serialize_pem().as_bytes(), true)?;
-    write_file(&pki.ca_cert, ca.pem.as_bytes(), false)?;
-    write_server(&ca, key, now, now + Duration::days(SERVER_DAYS), &pki)?;
+    let ca = new_ca(key, now, &pki.ca_cert, &pki.ca_key, true)?;
+    write_leaf(&ca, &localhost_request(key, SERVER_DAYS), now, &pki.server_cert, &pki.server_key, true)?;
     Ok(pki)
 }
 
-/// A CA able to sign server certificates.
-struct DevCa {
-    issuer: Issuer<'static, KeyPair>,
-    /// PEM of the CA certificate (exactly one block).
-    pem: String,
-    not_after: OffsetDateTime,
+/// What `gateway certs dev` makes.
+#[derive(Debug, Clone)]
+pub struct DevSetOptions {
+    /// Key algorithm of all three keys.
+    pub key: KeyKind,
+    /// SANs of the server certificate (its CN is the first).
+    pub server_sans: Vec<SubjectAltName>,
+    /// CN of the client certificate.
+    pub client_name: String,
+}
+
+impl Default for DevSetOptions {
+    fn default() -> Self {
+        DevSetOptions { key: KeyKind::EcdsaP256, server_sans: localhost_sans(), client_name: "client".to_owned() }
+    }
+}
+
+/// One certificate of a [`DevSet`]: where it went and its fingerprints.
+#[derive(Debug, Clone)]
+pub struct DevFile {
+    /// Certificate (chain) file.
+    pub cert: PathBuf,
+    /// Key file (0600).
+    pub key: PathBuf,
+    /// SHA-256 of the new certificate (the leaf for server and client).
+    pub sha256_fingerprint: String,
+    /// SHA-256 of the certificate it replaced (with `force`), if one was readable.
+    pub previous_sha256: Option<String>,
+}
+
+/// The files written by [`create_dev_set`].
+#[derive(Debug, Clone)]
+pub struct DevSet {
+    /// `ca.pem` / `ca.key`.
+    pub ca: DevFile,
+    /// `server.pem` (leaf then CA) / `server.key`.
+    pub server: DevFile,
+    /// `client.pem` (leaf then CA) / `client.key`.
+    pub client: DevFile,
+}
+
+/// Development only: write a new CA (`ca.pem`, `ca.key`), a server certificate (`server.pem`,
+/// leaf then CA, `server.key`) and a client certificate (`client.pem`, `client.key`,
+/// `clientAuth`) into `dir` (created 0700). Keys are 0600. Refuses, before writing anything,
+/// if any of the six files exists, unless `force`.
+pub fn create_dev_set(dir: &Path, options: &DevSetOptions, force: bool) -> Result<DevSet, CertError> {
+    let file = |cert: &str, key: &str| DevFile {
+        cert: dir.join(cert),
+        key: dir.join(key),
+        sha256_fingerprint: String::new(),
+        previous_sha256: None,
+    };
+    let mut set = DevSet {
+        ca: file("ca.pem", "ca.key"),
+        server: file("server.pem", "server.key"),
+        client: file("client.pem", "client.key"),
+    };
+    let all = [&set.ca, &set.server, &set.client];
+    refuse_existing(&all.iter().flat_map(|f| [f.cert.as_path(), f.key.as_path()]).collect::<Vec<_>>(), force)?;
+    create_private_dir(dir)?;
+    for f in [&mut set.ca, &mut set.server, &mut set.client] {
+        f.previous_sha256 = read_chain(&f.cert).ok().and_then(|c| c.first().map(|d| fingerprint(d.as_ref())));
+    }
+
+    let now = OffsetDateTime::now_utc();
+    let ca = new_ca(options.key, now, &set.ca.cert, &set.ca.key, force)?;
+    set.ca.sha256_fingerprint = read_chain(&set.ca.cert)?.first().map(|d| fingerprint(d.as_ref())).unwrap_or_default();
+    let server = LeafRequest {
+        kind: CertKind::Server,
+        common_name: None,
+        sans: options.server_sans.clone(),
+        days: SERVER_DAYS as u32,
+        key: options.key,
+    };
+    set.server.sha256_fingerprint = write_leaf(&ca, &server, now, &set.server.cert, &set.server.key, force)?;
+    let client = LeafRequest {
+        kind: CertKind::Client,
+        common_name: Some(options.client_name.clone()),
+        sans: Vec::new(),
+        days: SERVER_DAYS as u32,
+        key: options.key,
+    };
+    set.client.sha256_fingerprint = write_leaf(&ca, &client, now, &set.client.cert, &set.client.key, force)?;
+    Ok(set)
+}
+
+/// `localhost`, `127.0.0.1`, `::1`.
+fn localhost_sans() -> Vec<SubjectAltName> {
+    vec![
+        SubjectAltName::Dns("localhost".to_owned()),
+        SubjectAltName::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        SubjectAltName::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    ]
+}
+
+/// The development server certificate: CN `localhost`, [`localhost_sans`].
+fn localhost_request(key: KeyKind, days: i64) -> LeafRequest {
+    LeafRequest {
+        kind: CertKind::Server,
+        common_name: Some("localhost".to_owned()),
+        sans: localhost_sans(),
+        days: u32::try_from(days.max(1)).unwrap_or(1),
+        key,
+    }
 }
 
 /// True if the existing server chain/key are valid for > 1 day and chain up to the current CA file.
@@ -143,7 +217,7 @@ fn server_is_reusable(pki: &DevPki, now: OffsetDateTime) -> bool {
 ///
 /// Anything wrong (missing, corrupt, mismatched, expiring) yields `None`, and
 /// the caller generates a fresh CA: this is development material.
-fn load_ca(cert_path: &Path, key_path: &Path, now: OffsetDateTime) -> Option<DevCa> {
+fn load_ca(cert_path: &Path, key_path: &Path, now: OffsetDateTime) -> Option<SigningCa> {
     let chain = read_chain(cert_path).ok()?;
     let [der] = chain.as_slice() else {
         return None;
@@ -156,158 +230,44 @@ fn load_ca(cert_path: &Path, key_path: &Path, now: OffsetDateTime) -> Option<Dev
     {
         return None;
     }
-    let pem = extract_cert_block(&String::from_utf8(read_file(cert_path).ok()?).ok()?)?;
     let key_pem = String::from_utf8(read_file(key_path).ok()?).ok()?;
     let key = KeyPair::from_pem(&key_pem).ok()?;
     if key.subject_public_key_info() != cert.public_key().raw {
         return None;
     }
-    let issuer = Issuer::from_ca_cert_der(der, key).ok()?;
-    Some(DevCa { issuer, pem, not_after })
+    SigningCa::from_parts(der, key)
 }
 
-/// Generate a key pair of the given kind.
-fn generate_key(kind: KeyKind) -> Result<KeyPair, rcgen::Error> {
-    match kind {
-        KeyKind::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-        KeyKind::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
-        KeyKind::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048),
-        KeyKind::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072),
-    }
-}
-
-/// Random positive 16-byte serial (browsers reject reused issuer+serial pairs).
-fn random_serial() -> Result<SerialNumber, String> {
-    let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| "random number generator failed".to_owned())?;
-    bytes[0] &= 0x7f;
-    bytes[0] |= 0x01; // never zero-length after normalisation
-    Ok(SerialNumber::from_slice(&bytes))
-}
-
-fn gen_err(path: &Path) -> impl Fn(String) -> CertError + '_ {
-    move |detail| CertError::Generate { path: path.to_path_buf(), detail }
-}
-
-/// Create a new self-signed development CA (not yet written to disk).
-fn new_ca(kind: KeyKind, now: OffsetDateTime, ca_path: &Path) -> Result<DevCa, CertError> {
-    let err = gen_err(ca_path);
-    let key = generate_key(kind).map_err(|e| err(e.to_string()))?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, CA_CN);
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(CA_DAYS);
-    params.serial_number = Some(random_serial().map_err(&err)?);
-    let cert = params.self_signed(&key).map_err(|e| err(e.to_string()))?;
-    Ok(DevCa { pem: cert.pem(), not_after: params.not_after, issuer: Issuer::new(params, key) })
-}
-
-/// Issue a `localhost` server certificate from `ca` and write chain + key.
-fn write_server(
-    ca: &DevCa,
+/// Create a new self-signed development CA and write it (key first).
+fn new_ca(
     kind: KeyKind,
     now: OffsetDateTime,
-    not_after: OffsetDateTime,
-    pki: &DevPki,
-) -> Result<(), CertError> {
-    let err = gen_err(&pki.server_cert);
-    let key = generate_key(kind).map_err(|e| err(e.to_string()))?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, "localhost");
-    params.subject_alt_names = vec![
-        SanType::DnsName("localhost".to_owned().try_into().map_err(|e: rcgen::Error| err(e.to_string()))?),
-        SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-    ];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = now - Duration::hours(1);
-    params.not_after = not_after;
-    params.serial_number = Some(random_serial().map_err(&err)?);
-    let cert = params.signed_by(&key, &ca.issuer).map_err(|e| err(e.to_string()))?;
-
-    let mut chain = cert.pem();
-    if !chain.ends_with('\n') {
-        chain.push('\n');
-    }
-    chain.push_str(&ca.pem);
-    // Key first: a chain without its key is useless, the reverse is harmless.
-    write_file(&pki.server_key, key.serialize_pem().as_bytes(), true)?;
-    write_file(&pki.server_cert, chain.as_bytes(), false)
+    cert_path: &Path,
+    key_path: &Path,
+    force: bool,
+) -> Result<SigningCa, CertError> {
+    let (ca, key) = SigningCa::generate(kind, CA_CN, CA_DAYS, now)
+        .map_err(|detail| CertError::Generate { path: cert_path.to_path_buf(), detail })?;
+    write_key_pem(key_path, &key, force)?;
+    write(cert_path, ca.cert_pem().as_bytes(), false, force)?;
+    Ok(ca)
 }
 
-/// The single `CERTIFICATE` block of a PEM text, normalised to end in a newline.
-fn extract_cert_block(text: &str) -> Option<String> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let start = text.find(BEGIN)?;
-    let end = start + text.get(start..)?.find(END)? + END.len();
-    Some(format!("{}\n", text.get(start..end)?))
-}
-
-/// Create `dir` (and missing parents) with mode 0700; existing dirs are left alone.
-fn create_private_dir(dir: &Path) -> Result<(), CertError> {
-    let mut builder = DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|source| CertError::Io { path: dir.to_path_buf(), source })
-}
-
-/// Atomically write `contents` to `path` (temp file + rename); `private` => mode 0600.
-///
-/// Atomic so a gateway reloading on file change never reads a half-written file.
-fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), CertError> {
-    let io_err = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| CertError::Io { path: p, source }
-    };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
-
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    let result = (|| {
-        let mut file = options.open(&tmp).map_err(io_err(&tmp))?;
-        #[cfg(unix)]
-        {
-            // `mode` only applies on creation; enforce it if a stale temp file existed.
-            use std::os::unix::fs::PermissionsExt;
-            let mode = if private { 0o600 } else { 0o644 };
-            file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
-        }
-        file.write_all(contents).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn extracts_single_block() {
-        let text = "subject=CN=x\n-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\ntrailer";
-        assert_eq!(extract_cert_block(text).unwrap(), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
-        assert!(extract_cert_block("-----BEGIN CERTIFICATE-----\nAAAA").is_none());
-    }
+/// Issue a leaf from `ca` and write chain + key (key first: a chain without its key is
+/// useless, the reverse is harmless); returns the leaf's fingerprint.
+fn write_leaf(
+    ca: &SigningCa,
+    request: &LeafRequest,
+    now: OffsetDateTime,
+    cert_path: &Path,
+    key_path: &Path,
+    force: bool,
+) -> Result<String, CertError> {
+    let issued = issue(ca, request, now).map_err(|e| match e {
+        CertError::BadRequest(detail) => CertError::Generate { path: cert_path.to_path_buf(), detail },
+        other => other,
+    })?;
+    write_key_pem(key_path, &issued.key_pem, force)?;
+    write(cert_path, issued.chain_pem.as_bytes(), false, force)?;
+    Ok(issued.sha256_fingerprint)
 }

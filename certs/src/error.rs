@@ -130,6 +130,17 @@ pub enum CertError {
         index: usize,
     },
 
+    /// An output file exists and `--force` was not given.
+    #[error("{}: already exists; pass --force to replace it", path.display())]
+    Exists {
+        /// The existing file.
+        path: PathBuf,
+    },
+
+    /// A request to issue a certificate is not acceptable (bad SAN, validity past the CA, ...).
+    #[error("{0}")]
+    BadRequest(String),
+
     /// Certificate generation (dev PKI) failed.
     #[error("{}: certificate generation failed: {detail}", path.display())]
     Generate {

@@ -8,13 +8,18 @@
 //! * a restricted rustls crypto provider and server configuration
 //!   ([`provider`], [`server_config`]) so cipher policy lives in one place;
 //! * hot certificate rotation without dropping connections ([`ReloadableCert`]);
-//! * a development PKI generator ([`dev`]) for local runs and tests.
+//! * issuing server and client certificates from a CA ([`issue`]) and reading them back
+//!   for people and monitors ([`inspect`]), behind `gateway certs`;
+//! * a development PKI generator ([`dev`]) for local runs, tests and `gateway certs dev`.
 //!
 //! Only the aws-lc-rs crypto stack is used (through rustls, rcgen and aws-lc-rs).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
 pub mod dev;
 mod error;
+mod files;
+pub mod inspect;
+pub mod issue;
 mod load;
 mod reload;
 mod tls;

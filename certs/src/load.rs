@@ -17,6 +17,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::signature_algorithm::SignatureAlgorithm;
+use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::error::CertError;
 use crate::tls::{provider, CipherProfile};
@@ -151,7 +152,7 @@ pub(crate) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Ce
 }
 
 /// Read the first private key (PKCS#8, SEC1 or PKCS#1) from a PEM file.
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     let bytes = read_file(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         pem::Error::NoItemsFound => {
@@ -216,11 +217,34 @@ fn check_signature(path: &Path, leaf: &X509Certificate<'_>) -> Result<(), CertEr
 ///
 /// Errors name the key file: replacing the key is the fix.
 fn describe_key(key_path: &Path, leaf: &X509Certificate<'_>) -> Result<String, CertError> {
-    let spki = leaf.public_key();
-    let unsupported = |algorithm: String| CertError::UnsupportedKey { path: key_path.to_path_buf(), algorithm };
+    match classify_key(leaf.public_key()) {
+        Ok((name, _bits)) => Ok(name),
+        Err(KeyRefusal::Weak { bits }) => Err(CertError::WeakRsaKey { path: key_path.to_path_buf(), bits }),
+        Err(KeyRefusal::Unsupported(algorithm)) => {
+            Err(CertError::UnsupportedKey { path: key_path.to_path_buf(), algorithm })
+        }
+    }
+}
+
+/// Why the gateway's key policy refuses a public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyRefusal {
+    /// RSA below 2048 bits.
+    Weak {
+        /// Modulus size.
+        bits: usize,
+    },
+    /// An algorithm or curve the gateway does not serve (its description).
+    Unsupported(String),
+}
+
+/// The key policy, in one place: a public key's description ("ECDSA P-256", "RSA 3072",
+/// "Ed25519") and size in bits, or why the gateway refuses it.
+pub(crate) fn classify_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<(String, usize), KeyRefusal> {
+    let unsupported = |algorithm: &str| KeyRefusal::Unsupported(algorithm.to_owned());
     let alg_oid = spki.algorithm.algorithm.to_id_string();
     match alg_oid.as_str() {
-        "1.3.101.112" => Ok("Ed25519".to_owned()),
+        "1.3.101.112" => Ok(("Ed25519".to_owned(), 256)),
         "1.2.840.10045.2.1" => {
             let curve = spki
                 .algorithm
@@ -230,28 +254,28 @@ fn describe_key(key_path: &Path, leaf: &X509Certificate<'_>) -> Result<String, C
                 .map(|oid| oid.to_id_string())
                 .unwrap_or_default();
             match curve.as_str() {
-                "1.2.840.10045.3.1.7" => Ok("ECDSA P-256".to_owned()),
-                "1.3.132.0.34" => Ok("ECDSA P-384".to_owned()),
-                "1.3.132.0.35" => Ok("ECDSA P-521".to_owned()),
-                "" => Err(unsupported("ECDSA with unnamed curve".to_owned())),
-                other => Err(unsupported(format!("ECDSA curve {other}"))),
+                "1.2.840.10045.3.1.7" => Ok(("ECDSA P-256".to_owned(), 256)),
+                "1.3.132.0.34" => Ok(("ECDSA P-384".to_owned(), 384)),
+                "1.3.132.0.35" => Ok(("ECDSA P-521".to_owned(), 521)),
+                "" => Err(unsupported("ECDSA with unnamed curve")),
+                other => Err(unsupported(&format!("ECDSA curve {other}"))),
             }
         }
         "1.2.840.113549.1.1.1" => match spki.parsed() {
             Ok(PublicKey::RSA(rsa)) => {
                 let bits = modulus_bits(rsa.modulus);
                 if bits < 2048 {
-                    Err(CertError::WeakRsaKey { path: key_path.to_path_buf(), bits })
+                    Err(KeyRefusal::Weak { bits })
                 } else {
-                    Ok(format!("RSA {bits}"))
+                    Ok((format!("RSA {bits}"), bits))
                 }
             }
-            _ => Err(unsupported("RSA with malformed public key".to_owned())),
+            _ => Err(unsupported("RSA with malformed public key")),
         },
-        "1.2.840.113549.1.1.10" => Err(unsupported("RSASSA-PSS-only key".to_owned())),
-        "1.3.101.113" => Err(unsupported("Ed448".to_owned())),
-        "1.2.840.10040.4.1" => Err(unsupported("DSA".to_owned())),
-        other => Err(unsupported(format!("with OID {other}"))),
+        "1.2.840.113549.1.1.10" => Err(unsupported("RSASSA-PSS-only key")),
+        "1.3.101.113" => Err(unsupported("Ed448")),
+        "1.2.840.10040.4.1" => Err(unsupported("DSA")),
+        other => Err(unsupported(&format!("with OID {other}"))),
     }
 }
 
@@ -287,7 +311,7 @@ pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// SHA-256 fingerprint in `openssl x509 -fingerprint -sha256` style.
-fn fingerprint(der: &[u8]) -> String {
+pub(crate) fn fingerprint(der: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
     digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }

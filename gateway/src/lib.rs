@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod digest;
 pub mod https;
+pub mod keyring;
 pub mod listener;
 pub mod metrics;
 pub mod path;

@@ -144,7 +144,7 @@ pub fn check_files(config: &Config) -> Vec<String> {
     }
     for (i, t) in config.tenants.iter().enumerate() {
         if !missing(&t.key_file) {
-            if let Err(e) = TenantKey::load(&t.key_file) {
+            if let Err(e) = crate::keyring::TenantKeyring::load(&t.key_file) {
                 problems.push(format!("tenants[{i}].key_file: {e}"));
             }
         }
@@ -281,9 +281,9 @@ impl Gateway {
         };
         let mut keys = HashMap::new();
         for t in &config.tenants {
-            match TenantKey::load(&t.key_file) {
-                Ok(k) => {
-                    keys.insert(t.name.clone(), k);
+            match crate::keyring::TenantKeyring::load(&t.key_file) {
+                Ok(ring) => {
+                    keys.insert(t.name.clone(), crate::keyring::SharedKeyring::new(ring));
                 }
                 Err(e) => errors.push(e.to_string()),
             }

@@ -24,8 +24,9 @@ use super::{
     RangeRequest, StorageError,
 };
 use crate::digest::Sha256;
+use crate::keyring::{SharedKeyring, TenantKeyring};
 use crate::path::ObjectKey;
-use crate::secrets::{random_bytes, TenantKey};
+use crate::secrets::random_bytes;
 
 /// Plaintext buffered per upload before it is sealed and written (bounds memory per transfer).
 pub const BATCH: usize = 16 * CHUNK;
@@ -34,7 +35,7 @@ pub const BATCH: usize = 16 * CHUNK;
 pub struct LocalStore {
     objects: PathBuf,
     staging: PathBuf,
-    keys: HashMap<String, TenantKey>,
+    keys: HashMap<String, Arc<SharedKeyring>>,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -61,12 +62,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn integrity(e: sealed::SealError) -> StorageError {
-    StorageError::Integrity(e.0.to_owned())
+    StorageError::Integrity(e.0)
 }
 
 impl LocalStore {
     /// Open (creating if needed) a store under `root` serving the given tenants.
-    pub fn open(root: &Path, keys: HashMap<String, TenantKey>) -> Result<LocalStore, StorageError> {
+    pub fn open(root: &Path, keys: HashMap<String, Arc<SharedKeyring>>) -> Result<LocalStore, StorageError> {
         let objects = root.join("objects");
         let staging = root.join("staging");
         for dir in [&objects, &staging] {
@@ -86,8 +87,9 @@ impl LocalStore {
         Ok(LocalStore { objects, staging, keys })
     }
 
-    fn key(&self, tenant: &str) -> Result<TenantKey, StorageError> {
-        self.keys.get(tenant).cloned().ok_or_else(|| StorageError::NoTenantKey(tenant.to_owned()))
+    /// The tenant's keyring in force now.
+    fn key(&self, tenant: &str) -> Result<Arc<TenantKeyring>, StorageError> {
+        self.keys.get(tenant).map(|k| k.current()).ok_or_else(|| StorageError::NoTenantKey(tenant.to_owned()))
     }
 
     fn object_path(&self, tenant: &str, key: &ObjectKey) -> PathBuf {
@@ -104,7 +106,10 @@ fn mtime_secs(t: SystemTime) -> u64 {
 }
 
 /// Read and authenticate header and metadata of an open sealed file.
-fn open_sealed(file: &mut File, key: &TenantKey) -> Result<(Opener, SealedMeta), StorageError> {
+pub(super) fn open_sealed(
+    file: &mut File,
+    key: &TenantKeyring,
+) -> Result<(Opener, SealedMeta, [u8; HEADER_LEN]), StorageError> {
     let mut head = [0u8; DATA_OFFSET as usize];
     file.read_exact(&mut head).map_err(|e| match e.kind() {
         ErrorKind::UnexpectedEof => StorageError::Integrity("object is shorter than its header".into()),
@@ -122,7 +127,7 @@ fn open_sealed(file: &mut File, key: &TenantKey) -> Result<(Opener, SealedMeta),
             sealed::sealed_len(meta.size)
         )));
     }
-    Ok((opener, meta))
+    Ok((opener, meta, *header))
 }
 
 fn to_meta(m: &SealedMeta) -> ObjectMeta {
@@ -472,7 +477,7 @@ impl ObjectStore for LocalStore {
             let tenant_key = tenant_key?;
             blocking(move || {
                 let mut file = open_file(&path)?;
-                let (_, meta) = open_sealed(&mut file, &tenant_key)?;
+                let (_, meta, _) = open_sealed(&mut file, &tenant_key)?;
                 Ok(to_meta(&meta))
             })
             .await
@@ -492,7 +497,7 @@ impl ObjectStore for LocalStore {
             let tenant_key = tenant_key?;
             let (reader, first, meta, range) = blocking(move || {
                 let mut file = open_file(&path)?;
-                let (opener, meta) = open_sealed(&mut file, &tenant_key)?;
+                let (opener, meta, _) = open_sealed(&mut file, &tenant_key)?;
                 let range = range.resolve(meta.size).map_err(|u| StorageError::RangeNotSatisfiable { size: u.size })?;
                 let final_chunk = sealed::chunk_count(meta.size) - 1;
                 let (next, last_needed) = if range.is_empty() {
@@ -770,7 +775,10 @@ mod tests {
     async fn sizes_on_chunk_and_batch_boundaries() {
         let dir = tempfile::tempdir().unwrap();
         let mut keys = HashMap::new();
-        keys.insert("t".to_owned(), TenantKey::generate().unwrap());
+        keys.insert(
+            "t".to_owned(),
+            SharedKeyring::new(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap())),
+        );
         let store = LocalStore::open(dir.path(), keys).unwrap();
         let sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, BATCH, BATCH + 1, 3 * BATCH, 3 * BATCH + 7];
         for (i, size) in sizes.into_iter().enumerate() {
@@ -786,7 +794,10 @@ mod tests {
     async fn digest_mismatch_and_drop_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut keys = HashMap::new();
-        keys.insert("t".to_owned(), TenantKey::generate().unwrap());
+        keys.insert(
+            "t".to_owned(),
+            SharedKeyring::new(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap())),
+        );
         let store = LocalStore::open(dir.path(), keys).unwrap();
         let key = ObjectKey::home("x").unwrap();
         let mut w = store.begin_put("t", &key, None).await.unwrap();
@@ -815,7 +826,10 @@ mod tests {
     async fn rename_replaces_only_when_asked() {
         let dir = tempfile::tempdir().unwrap();
         let mut keys = HashMap::new();
-        keys.insert("t".to_owned(), TenantKey::generate().unwrap());
+        keys.insert(
+            "t".to_owned(),
+            SharedKeyring::new(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap())),
+        );
         let store = LocalStore::open(dir.path(), keys).unwrap();
         let k = |n: &str| ObjectKey::home(n).unwrap();
         put(&store, "a", b"aaa").await;

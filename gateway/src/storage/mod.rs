@@ -10,6 +10,7 @@
 //! nothing behind.
 
 pub mod local;
+pub mod reencrypt;
 pub mod router;
 pub mod s3;
 pub mod sealed;

@@ -25,8 +25,8 @@ use super::sealing::SealingStore;
 use super::{
     ListCursor, ListEntry, ListPage, ObjectMeta, ObjectRead, ObjectStore, ObjectWriter, RangeRequest, StorageError,
 };
+use crate::keyring::SharedKeyring;
 use crate::path::ObjectKey;
-use crate::secrets::TenantKey;
 
 /// Routes every call to the tenant's backend.
 pub struct TenantRouter {
@@ -168,7 +168,7 @@ async fn client_for(named: &NamedStorage) -> Result<aws_sdk_s3::Client, String> 
 /// others. Every problem is collected, each naming its tenant or storage.
 pub async fn open_stores(
     config: &Config,
-    keys: HashMap<String, TenantKey>,
+    keys: HashMap<String, Arc<SharedKeyring>>,
 ) -> Result<Arc<dyn ObjectStore>, Vec<String>> {
     let mut errors = Vec::new();
     let mut clients = HashMap::new();
@@ -186,7 +186,7 @@ pub async fn open_stores(
             }
         }
     }
-    let local_keys: HashMap<String, TenantKey> = config
+    let local_keys: HashMap<String, Arc<SharedKeyring>> = config
         .tenants
         .iter()
         .filter(|t| t.storage == TenantStorage::Local)
@@ -208,7 +208,11 @@ pub async fn open_stores(
         else {
             continue;
         };
-        let Some(tenant_key) = keys.get(&tenant.name) else { continue };
+        let Some(ring) = keys.get(&tenant.name) else { continue };
+        // Listing cursors and the SSE-C fingerprint derive from the base key, which rotation
+        // leaves in place, so they stay the same across rotations.
+        let base = ring.current();
+        let tenant_key = base.base();
         let sse = match sse {
             gateway_config::Sse::S3 => Sse::S3,
             gateway_config::Sse::Kms { key_id, bucket_key } => Sse::kms(&tenant.name, key_id.clone(), *bucket_key),
@@ -240,7 +244,7 @@ pub async fn open_stores(
         };
         probes.push((tenant.name.clone(), named.s3.bucket.clone(), named.s3.orphan_upload_age, store.clone()));
         let s3: Arc<dyn ObjectStore> = Arc::new(TenantS3(store));
-        let routed: Arc<dyn ObjectStore> = if *seal { Arc::new(SealingStore::new(s3, tenant_key.clone())) } else { s3 };
+        let routed: Arc<dyn ObjectStore> = if *seal { Arc::new(SealingStore::new(s3, ring.clone())) } else { s3 };
         stores.insert(tenant.name.clone(), routed);
     }
     for (tenant, bucket, age, store) in probes {

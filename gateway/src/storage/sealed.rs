@@ -1,9 +1,10 @@
 //! The sealed object format of the local store: AES-256-GCM in a STREAM construction.
 //!
 //! ```text
-//! offset 0    magic "GWSEAL01"                      8 bytes
+//! offset 0    magic "GWSEAL03"                      8 bytes
 //!        8    chunk size (u32 BE, 65536)             4 bytes
-//!        12   salt (random per object)              32 bytes
+//!        12   key id (which tenant key sealed it)    8 bytes
+//!        20   salt (random per object)              24 bytes
 //!        44   sealed metadata: size u64 | sha256 | modified u64, + tag   64 bytes
 //!        108  chunks: ciphertext of CHUNK plaintext bytes + 16-byte tag, the last one shorter
 //! ```
@@ -11,20 +12,32 @@
 //! The per-object key is HKDF-SHA256(tenant key, salt), so nonces never repeat across objects.
 //! Chunk `i` uses the nonce `00 00 00 | i (u64 BE) | last-flag`; the metadata block uses a nonce
 //! whose first byte is 1. Every block is authenticated with the 44 header bytes as AAD, so a
-//! changed header, a reordered, dropped or appended chunk, or a truncated tail fails to open.
-//! An empty object still has one (empty, final) chunk.
+//! changed header (the key id included), a reordered, dropped or appended chunk, or a truncated
+//! tail fails to open. An empty object still has one (empty, final) chunk.
+//!
+//! Versions: `GWSEAL01` (metadata first) and `GWSEAL02` (metadata last, see [`MAGIC_TRAILER`])
+//! were written before keys could rotate: no key id, a 32-byte salt in its place, and always
+//! the tenant's base key (its key file, generation 0). They stay readable; new objects are
+//! `GWSEAL03` / `GWSEAL04`, the same layouts with the key id. The header length is the same in
+//! every version, so sizes follow from file lengths alike. An id not in the tenant's keyring
+//! is an error that names the id, never data.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::hkdf::{Salt, HKDF_SHA256};
 
+use crate::keyring::{KeyId, TenantKeyring};
 use crate::secrets::{random_bytes, TenantKey};
 
-/// File magic and format version: metadata block after the header (local store).
+/// File magic and format version: metadata block after the header (local store), no key id.
 pub const MAGIC: &[u8; 8] = b"GWSEAL01";
 /// Streaming variant: the same chunks, the metadata block last (a trailer), so an object can
 /// be written front to back in one pass (S3 multipart parts cannot be rewritten). Same length
 /// for the same plaintext; the magic is part of the AAD, so one layout never opens as the other.
 pub const MAGIC_TRAILER: &[u8; 8] = b"GWSEAL02";
+/// [`MAGIC`] with a key id: what the local store writes.
+pub const MAGIC_KEYED: &[u8; 8] = b"GWSEAL03";
+/// [`MAGIC_TRAILER`] with a key id: what gateway-side sealing on S3 writes.
+pub const MAGIC_TRAILER_KEYED: &[u8; 8] = b"GWSEAL04";
 /// Plaintext bytes per chunk.
 pub const CHUNK: usize = 64 * 1024;
 /// AES-GCM tag length.
@@ -37,11 +50,52 @@ pub const META_LEN: usize = META_PLAIN + TAG;
 /// Where chunk 0 starts.
 pub const DATA_OFFSET: u64 = (HEADER_LEN + META_LEN) as u64;
 const HKDF_INFO: &[u8] = b"gateway sealed object v1";
+const HKDF_INFO_KEYED: &[u8] = b"gateway sealed object v3";
 
 /// Authentication failed, or the bytes are not a sealed object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct SealError(pub &'static str);
+pub struct SealError(pub String);
+
+impl SealError {
+    fn new(what: &str) -> SealError {
+        SealError(what.to_owned())
+    }
+}
+
+/// Which layout an object has: the metadata block after the header, or last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Metadata after the header (the local store; `GWSEAL01`/`03`).
+    MetaFirst,
+    /// Metadata last (streaming, gateway-side sealing on S3; `GWSEAL02`/`04`).
+    Trailer,
+}
+
+impl Layout {
+    fn magics(self) -> (&'static [u8; 8], &'static [u8; 8]) {
+        match self {
+            Layout::MetaFirst => (MAGIC, MAGIC_KEYED),
+            Layout::Trailer => (MAGIC_TRAILER, MAGIC_TRAILER_KEYED),
+        }
+    }
+}
+
+/// The key id a header names: `Ok(None)` for a header from before key ids (sealed with the
+/// tenant's base key), an error if it is no sealed header of `layout` at all.
+pub fn header_key_id(header: &[u8; HEADER_LEN], layout: Layout) -> Result<Option<KeyId>, SealError> {
+    let (legacy, keyed) = layout.magics();
+    let magic = header.get(..8).ok_or_else(|| SealError::new("short header"))?;
+    if magic == keyed {
+        let mut id = [0u8; 8];
+        id.copy_from_slice(header.get(12..20).ok_or_else(|| SealError::new("short header"))?);
+        Ok(Some(KeyId(id)))
+    } else if magic == legacy {
+        Ok(None)
+    } else {
+        Err(SealError::new("not a sealed object (bad magic)"))
+    }
+}
 
 /// Metadata stored sealed inside the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,9 +139,10 @@ fn meta_nonce() -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-fn object_key(tenant: &TenantKey, salt: &[u8]) -> Result<LessSafeKey, SealError> {
+fn object_key(tenant: &TenantKey, salt: &[u8], info: &[u8]) -> Result<LessSafeKey, SealError> {
     let prk = Salt::new(HKDF_SHA256, salt).extract(tenant.expose());
-    let okm = prk.expand(&[HKDF_INFO], &AES_256_GCM).map_err(|_| SealError("key derivation failed"))?;
+    let infos = [info];
+    let okm = prk.expand(&infos, &AES_256_GCM).map_err(|_| SealError::new("key derivation failed"))?;
     Ok(LessSafeKey::new(UnboundKey::from(okm)))
 }
 
@@ -99,23 +154,45 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// A sealer with a fresh random salt.
-    pub fn new(tenant: &TenantKey) -> Result<Sealer, SealError> {
-        Sealer::with_magic(tenant, MAGIC)
+    /// A sealer with a fresh random salt, under the ring's newest key ([`MAGIC_KEYED`]).
+    pub fn new(ring: &TenantKeyring) -> Result<Sealer, SealError> {
+        Sealer::keyed(ring, Layout::MetaFirst)
     }
 
-    /// A sealer for the streaming layout ([`MAGIC_TRAILER`]): header, chunks, metadata.
-    pub fn streaming(tenant: &TenantKey) -> Result<Sealer, SealError> {
-        Sealer::with_magic(tenant, MAGIC_TRAILER)
+    /// A sealer for the streaming layout ([`MAGIC_TRAILER_KEYED`]): header, chunks, metadata.
+    pub fn streaming(ring: &TenantKeyring) -> Result<Sealer, SealError> {
+        Sealer::keyed(ring, Layout::Trailer)
     }
 
-    fn with_magic(tenant: &TenantKey, magic: &[u8; 8]) -> Result<Sealer, SealError> {
-        let salt = random_bytes::<32>().map_err(|_| SealError("random generator failed"))?;
+    fn keyed(ring: &TenantKeyring, layout: Layout) -> Result<Sealer, SealError> {
+        let newest = ring.newest();
+        let salt = random_bytes::<24>().map_err(|_| SealError::new("random generator failed"))?;
         let mut header = [0u8; HEADER_LEN];
-        header[..8].copy_from_slice(magic);
+        header[..8].copy_from_slice(layout.magics().1);
+        header[8..12].copy_from_slice(&(CHUNK as u32).to_be_bytes());
+        header[12..20].copy_from_slice(&newest.id.0);
+        header[20..].copy_from_slice(&salt);
+        Ok(Sealer { key: object_key(newest.key(), &salt, HKDF_INFO_KEYED)?, header, next: 0 })
+    }
+
+    /// A sealer of the format before key ids ([`MAGIC`] / [`MAGIC_TRAILER`]), to make the
+    /// objects older gateways wrote.
+    #[cfg(test)]
+    pub fn legacy(tenant: &TenantKey, layout: Layout) -> Result<Sealer, SealError> {
+        let salt = random_bytes::<32>().map_err(|_| SealError::new("random generator failed"))?;
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(layout.magics().0);
         header[8..12].copy_from_slice(&(CHUNK as u32).to_be_bytes());
         header[12..].copy_from_slice(&salt);
-        Ok(Sealer { key: object_key(tenant, &salt)?, header, next: 0 })
+        Ok(Sealer { key: object_key(tenant, &salt, HKDF_INFO)?, header, next: 0 })
+    }
+
+    /// The key id this sealer writes under.
+    pub fn key_id(&self) -> Option<KeyId> {
+        header_key_id(&self.header, Layout::MetaFirst)
+            .or_else(|_| header_key_id(&self.header, Layout::Trailer))
+            .ok()
+            .flatten()
     }
 
     /// The header to write at offset 0.
@@ -136,13 +213,13 @@ impl Sealer {
     pub fn seal_tail(&mut self, out: &mut Vec<u8>, start: usize, last: bool) -> Result<(), SealError> {
         let len = out.len().saturating_sub(start);
         if len > CHUNK || (!last && len != CHUNK) {
-            return Err(SealError("chunk of wrong size"));
+            return Err(SealError::new("chunk of wrong size"));
         }
-        let in_out = out.get_mut(start..).ok_or(SealError("buffer"))?;
+        let in_out = out.get_mut(start..).ok_or(SealError::new("buffer"))?;
         let tag = self
             .key
             .seal_in_place_separate_tag(chunk_nonce(self.next, last), Aad::from(&self.header), in_out)
-            .map_err(|_| SealError("encryption failed"))?;
+            .map_err(|_| SealError::new("encryption failed"))?;
         out.extend_from_slice(tag.as_ref());
         self.next += 1;
         Ok(())
@@ -157,7 +234,7 @@ impl Sealer {
         let tag = self
             .key
             .seal_in_place_separate_tag(meta_nonce(), Aad::from(&self.header), &mut block[..META_PLAIN])
-            .map_err(|_| SealError("encryption failed"))?;
+            .map_err(|_| SealError::new("encryption failed"))?;
         block[META_PLAIN..].copy_from_slice(tag.as_ref());
         Ok(block)
     }
@@ -170,24 +247,35 @@ pub struct Opener {
 }
 
 impl Opener {
-    /// Check the header and derive the object key.
-    pub fn new(tenant: &TenantKey, header: &[u8; HEADER_LEN]) -> Result<Opener, SealError> {
-        Opener::with_magic(tenant, header, MAGIC)
+    /// Check the header and derive the object key, with the ring's key the header names.
+    pub fn new(ring: &TenantKeyring, header: &[u8; HEADER_LEN]) -> Result<Opener, SealError> {
+        Opener::with_layout(ring, header, Layout::MetaFirst)
     }
 
-    /// Check the header of a streaming-layout object ([`MAGIC_TRAILER`]).
-    pub fn streaming(tenant: &TenantKey, header: &[u8; HEADER_LEN]) -> Result<Opener, SealError> {
-        Opener::with_magic(tenant, header, MAGIC_TRAILER)
+    /// Check the header of a streaming-layout object ([`MAGIC_TRAILER`], [`MAGIC_TRAILER_KEYED`]).
+    pub fn streaming(ring: &TenantKeyring, header: &[u8; HEADER_LEN]) -> Result<Opener, SealError> {
+        Opener::with_layout(ring, header, Layout::Trailer)
     }
 
-    fn with_magic(tenant: &TenantKey, header: &[u8; HEADER_LEN], magic: &[u8; 8]) -> Result<Opener, SealError> {
-        if &header[..8] != magic {
-            return Err(SealError("not a sealed object (bad magic)"));
-        }
+    fn with_layout(ring: &TenantKeyring, header: &[u8; HEADER_LEN], layout: Layout) -> Result<Opener, SealError> {
+        let id = header_key_id(header, layout)?;
         if header[8..12] != (CHUNK as u32).to_be_bytes() {
-            return Err(SealError("unsupported chunk size"));
+            return Err(SealError::new("unsupported chunk size"));
         }
-        Ok(Opener { key: object_key(tenant, &header[12..])?, header: *header })
+        let key = match id {
+            None => object_key(ring.base(), &header[12..], HKDF_INFO)?,
+            Some(id) => {
+                let tenant = ring.get(&id).ok_or_else(|| {
+                    SealError(format!(
+                        "sealed with key id {id}, which is not in the tenant's keyring (in force: {}); \
+                         was a rotated key file removed?",
+                        ring.ids().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+                object_key(tenant, &header[20..], HKDF_INFO_KEYED)?
+            }
+        };
+        Ok(Opener { key, header: *header })
     }
 
     /// Authenticate and decode the metadata block.
@@ -196,13 +284,13 @@ impl Opener {
         let plain = self
             .key
             .open_in_place(meta_nonce(), Aad::from(&self.header), &mut buf)
-            .map_err(|_| SealError("metadata block failed authentication"))?;
+            .map_err(|_| SealError::new("metadata block failed authentication"))?;
         let mut size = [0u8; 8];
         let mut sha256 = [0u8; 32];
         let mut modified = [0u8; 8];
-        size.copy_from_slice(plain.get(..8).ok_or(SealError("short metadata"))?);
-        sha256.copy_from_slice(plain.get(8..40).ok_or(SealError("short metadata"))?);
-        modified.copy_from_slice(plain.get(40..48).ok_or(SealError("short metadata"))?);
+        size.copy_from_slice(plain.get(..8).ok_or(SealError::new("short metadata"))?);
+        sha256.copy_from_slice(plain.get(8..40).ok_or(SealError::new("short metadata"))?);
+        modified.copy_from_slice(plain.get(40..48).ok_or(SealError::new("short metadata"))?);
         Ok(SealedMeta { size: u64::from_be_bytes(size), sha256, modified: u64::from_be_bytes(modified) })
     }
 
@@ -210,7 +298,7 @@ impl Opener {
     pub fn open_chunk<'a>(&self, index: u64, last: bool, data: &'a mut [u8]) -> Result<&'a mut [u8], SealError> {
         self.key
             .open_in_place(chunk_nonce(index, last), Aad::from(&self.header), data)
-            .map_err(|_| SealError("chunk failed authentication"))
+            .map_err(|_| SealError::new("chunk failed authentication"))
     }
 }
 
@@ -218,8 +306,11 @@ impl Opener {
 mod tests {
     use super::*;
 
-    fn seal_all(key: &TenantKey, data: &[u8]) -> (Vec<u8>, Vec<usize>) {
-        let mut s = Sealer::new(key).unwrap();
+    fn seal_all(ring: &TenantKeyring, data: &[u8]) -> (Vec<u8>, Vec<usize>) {
+        seal_with(Sealer::new(ring).unwrap(), data)
+    }
+
+    fn seal_with(mut s: Sealer, data: &[u8]) -> (Vec<u8>, Vec<usize>) {
         let mut out = s.header().to_vec();
         out.extend_from_slice(&[0u8; META_LEN]);
         let chunks: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(CHUNK).collect() };
@@ -235,12 +326,12 @@ mod tests {
         (out, lens)
     }
 
-    fn open_all(key: &TenantKey, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    fn open_all(ring: &TenantKeyring, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
         let header: [u8; HEADER_LEN] = sealed[..HEADER_LEN].try_into().unwrap();
-        let o = Opener::new(key, &header)?;
+        let o = Opener::new(ring, &header)?;
         let meta = o.open_meta(sealed[HEADER_LEN..DATA_OFFSET as usize].try_into().unwrap())?;
         if sealed_len(meta.size) != sealed.len() as u64 {
-            return Err(SealError("length"));
+            return Err(SealError::new("length"));
         }
         let n = chunk_count(meta.size);
         let mut out = Vec::new();
@@ -255,7 +346,7 @@ mod tests {
 
     #[test]
     fn round_trip_sizes() {
-        let key = TenantKey::generate().unwrap();
+        let key = TenantKeyring::single(TenantKey::generate().unwrap());
         for size in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17] {
             let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
             let (sealed, _) = seal_all(&key, &data);
@@ -267,7 +358,7 @@ mod tests {
 
     #[test]
     fn any_flipped_byte_is_detected() {
-        let key = TenantKey::generate().unwrap();
+        let key = TenantKeyring::single(TenantKey::generate().unwrap());
         let data = vec![42u8; 2 * CHUNK + 5];
         let (sealed, _) = seal_all(&key, &data);
         for pos in [0, 9, 20, HEADER_LEN + 3, DATA_OFFSET as usize + 1, sealed.len() / 2, sealed.len() - 1] {
@@ -279,12 +370,48 @@ mod tests {
 
     #[test]
     fn wrong_key_and_truncation_are_detected() {
-        let key = TenantKey::generate().unwrap();
+        let key = TenantKeyring::single(TenantKey::generate().unwrap());
         let (sealed, _) = seal_all(&key, &vec![1u8; 2 * CHUNK]);
-        assert!(open_all(&TenantKey::generate().unwrap(), &sealed).is_err());
+        assert!(open_all(&TenantKeyring::single(TenantKey::generate().unwrap()), &sealed).is_err());
         // Drop the final chunk and its tag: the (now) last chunk was not sealed as last.
         let mut cut = sealed.clone();
         cut.truncate(sealed.len() - (CHUNK + TAG));
         assert!(open_all(&key, &cut).is_err());
+    }
+
+    #[test]
+    fn key_ids_rotation_and_old_objects() {
+        let base = TenantKey::generate().unwrap();
+        let ring = TenantKeyring::single(base.clone());
+        let data: Vec<u8> = (0..CHUNK + 9).map(|i| i as u8).collect();
+        // An object from before key ids: no id, the base key; still readable after rotation.
+        let (legacy, _) = seal_with(Sealer::legacy(&base, Layout::MetaFirst).unwrap(), &data);
+        assert_eq!(&legacy[..8], MAGIC);
+        let header: [u8; HEADER_LEN] = legacy[..HEADER_LEN].try_into().unwrap();
+        assert_eq!(header_key_id(&header, Layout::MetaFirst).unwrap(), None);
+        let (old, _) = seal_all(&ring, &data);
+        assert_eq!(&old[..8], MAGIC_KEYED);
+        let header: [u8; HEADER_LEN] = old[..HEADER_LEN].try_into().unwrap();
+        assert_eq!(header_key_id(&header, Layout::MetaFirst).unwrap(), Some(KeyId::of(&base)));
+        assert!(header_key_id(&header, Layout::Trailer).is_err(), "one layout never passes as the other");
+        let rotated = ring.clone().with_newer(TenantKey::generate().unwrap());
+        let (new, _) = seal_all(&rotated, &data);
+        let header: [u8; HEADER_LEN] = new[..HEADER_LEN].try_into().unwrap();
+        assert_eq!(header_key_id(&header, Layout::MetaFirst).unwrap(), Some(rotated.newest().id));
+        assert_ne!(rotated.newest().id, KeyId::of(&base));
+        for sealed in [&legacy, &old, &new] {
+            assert_eq!(open_all(&rotated, sealed).unwrap(), data);
+        }
+        // The old ring does not know the new key: a clear error naming the id, no data.
+        let err = open_all(&ring, &new).unwrap_err().0;
+        assert!(err.contains(&rotated.newest().id.to_string()) && err.contains("not in the tenant's keyring"), "{err}");
+        // The key id is authenticated: pointing it at another key of the ring fails to open,
+        // and so does dropping it (claiming the old format).
+        let mut swapped = new.clone();
+        swapped[12..20].copy_from_slice(&KeyId::of(&base).0);
+        assert!(open_all(&rotated, &swapped).is_err());
+        let mut downgraded = new.clone();
+        downgraded[..8].copy_from_slice(MAGIC);
+        assert!(open_all(&rotated, &downgraded).is_err());
     }
 }

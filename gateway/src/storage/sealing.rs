@@ -23,20 +23,22 @@ use super::{
     StorageError,
 };
 use crate::digest::Sha256;
+use crate::keyring::SharedKeyring;
 use crate::path::ObjectKey;
-use crate::secrets::TenantKey;
 
 /// Chunks sealed per write to the inner store (1 MiB of plaintext).
 const BATCH_CHUNKS: usize = 16;
 
 fn integrity(e: sealed::SealError) -> StorageError {
-    StorageError::Integrity(e.0.to_owned())
+    StorageError::Integrity(e.0)
 }
 
 /// Seals one tenant's objects before they reach `inner`.
 pub struct SealingStore {
     inner: Arc<dyn ObjectStore>,
-    key: TenantKey,
+    /// The tenant's keyring (replaced when keys rotate): new objects under its newest key,
+    /// reads with the key each object's header names.
+    key: Arc<SharedKeyring>,
 }
 
 impl std::fmt::Debug for SealingStore {
@@ -46,8 +48,8 @@ impl std::fmt::Debug for SealingStore {
 }
 
 impl SealingStore {
-    /// Seal with `key` on top of `inner`.
-    pub fn new(inner: Arc<dyn ObjectStore>, key: TenantKey) -> SealingStore {
+    /// Seal with the keys of `key` on top of `inner`.
+    pub fn new(inner: Arc<dyn ObjectStore>, key: Arc<SharedKeyring>) -> SealingStore {
         SealingStore { inner, key }
     }
 
@@ -65,7 +67,7 @@ impl SealingStore {
             head.as_ref().try_into().map_err(|_| StorageError::Integrity("short header".into()))?;
         let block: &[u8; META_LEN] =
             tail.as_ref().try_into().map_err(|_| StorageError::Integrity("short metadata block".into()))?;
-        let opener = Opener::streaming(&self.key, header).map_err(integrity)?;
+        let opener = Opener::streaming(&self.key.current(), header).map_err(integrity)?;
         let meta = opener.open_meta(block).map_err(integrity)?;
         if meta.size != size {
             return Err(StorageError::Integrity("stored length and sealed size disagree".into()));
@@ -230,7 +232,7 @@ impl ObjectStore for SealingStore {
         size_hint: Option<u64>,
     ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
         let inner = self.inner.begin_put(tenant, key, size_hint.map(sealed::sealed_len));
-        let sealer = Sealer::streaming(&self.key);
+        let sealer = Sealer::streaming(&self.key.current());
         async move {
             let sealer = sealer.map_err(integrity)?;
             let mut inner = inner.await?;
@@ -494,6 +496,10 @@ mod tests {
         }
     }
 
+    fn ring() -> Arc<SharedKeyring> {
+        SharedKeyring::new(crate::keyring::TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap()))
+    }
+
     async fn read(store: &SealingStore, name: &str, range: RangeRequest) -> Result<Vec<u8>, StorageError> {
         let r = store.open("t", &ObjectKey::home(name).unwrap(), range).await?;
         let parts: Vec<Bytes> = r.body.try_collect().await?;
@@ -503,7 +509,7 @@ mod tests {
     #[tokio::test]
     async fn round_trips_ranges_and_sizes_through_the_streaming_layout() {
         let mem = Arc::new(Memory::default());
-        let store = SealingStore::new(mem.clone(), TenantKey::generate().unwrap());
+        let store = SealingStore::new(mem.clone(), ring());
         for size in [0usize, 1, CHUNK - 1, CHUNK, CHUNK + 1, 17 * CHUNK + 5, 40 * CHUNK] {
             let data: Vec<u8> = (0..size).map(|i| (i * 13 % 251) as u8).collect();
             let name = format!("f{size}");
@@ -516,7 +522,7 @@ mod tests {
             assert_eq!((meta.size, meta.sha256), (size as u64, Some(crate::digest::sha256(&data))));
             let stored = mem.0.lock().unwrap().get(key.as_str()).cloned().unwrap();
             assert_eq!(stored.len() as u64, sealed::sealed_len(size as u64));
-            assert_eq!(&stored[..8], sealed::MAGIC_TRAILER);
+            assert_eq!(&stored[..8], sealed::MAGIC_TRAILER_KEYED);
             assert_eq!(read(&store, &name, RangeRequest::All).await.unwrap(), data, "{size}");
             assert_eq!(store.head("t", &key).await.unwrap().size, size as u64);
             assert_eq!(store.stat("t", &key).await.unwrap().sha256, Some(crate::digest::sha256(&data)));
@@ -534,7 +540,7 @@ mod tests {
     #[tokio::test]
     async fn tampering_truncation_and_wrong_keys_fail_and_a_bad_digest_stores_nothing() {
         let mem = Arc::new(Memory::default());
-        let store = SealingStore::new(mem.clone(), TenantKey::generate().unwrap());
+        let store = SealingStore::new(mem.clone(), ring());
         let data = vec![9u8; 3 * CHUNK + 10];
         let key = ObjectKey::home("x").unwrap();
         let mut w = store.begin_put("t", &key, None).await.unwrap();
@@ -554,12 +560,58 @@ mod tests {
         mem.0.lock().unwrap().insert("x".into(), cut);
         assert!(matches!(read(&store, "x", RangeRequest::All).await, Err(StorageError::Integrity(_))));
         mem.0.lock().unwrap().insert("x".into(), good);
-        let other = SealingStore::new(mem.clone(), TenantKey::generate().unwrap());
+        let other = SealingStore::new(mem.clone(), ring());
         assert!(matches!(read(&other, "x", RangeRequest::All).await, Err(StorageError::Integrity(_))));
         let y = ObjectKey::home("y").unwrap();
         let mut w = store.begin_put("t", &y, None).await.unwrap();
         w.write(Bytes::from_static(b"abc")).await.unwrap();
         assert!(matches!(w.commit(Some([0; 32])).await, Err(StorageError::DigestMismatch)));
         assert!(mem.0.lock().unwrap().get("y").is_none());
+    }
+
+    #[tokio::test]
+    async fn rotated_keys_seal_new_objects_and_older_ones_stay_readable() {
+        use crate::keyring::{KeyId, TenantKeyring};
+        let mem = Arc::new(Memory::default());
+        let base = crate::secrets::TenantKey::generate().unwrap();
+        let shared = SharedKeyring::new(TenantKeyring::single(base.clone()));
+        let store = SealingStore::new(mem.clone(), shared.clone());
+        let put = |name: &'static str, data: Vec<u8>| {
+            let store = &store;
+            async move {
+                let mut w = store.begin_put("t", &ObjectKey::home(name).unwrap(), None).await.unwrap();
+                w.write(Bytes::from(data)).await.unwrap();
+                w.commit(None).await.unwrap();
+            }
+        };
+        let id_of = |name: &str| {
+            let stored = mem.0.lock().unwrap().get(name).cloned().unwrap();
+            sealed::header_key_id(stored[..HEADER_LEN].try_into().unwrap(), sealed::Layout::Trailer).unwrap()
+        };
+        // An object from before key ids (GWSEAL02, the base key).
+        let legacy = vec![5u8; CHUNK + 3];
+        let mut s = Sealer::legacy(&base, sealed::Layout::Trailer).unwrap();
+        let mut out = s.header().to_vec();
+        s.seal_chunk(&legacy[..CHUNK], false, &mut out).unwrap();
+        s.seal_chunk(&legacy[CHUNK..], true, &mut out).unwrap();
+        let meta = SealedMeta { size: legacy.len() as u64, sha256: crate::digest::sha256(&legacy), modified: 1 };
+        out.extend_from_slice(&s.seal_meta(&meta).unwrap());
+        mem.0.lock().unwrap().insert("legacy".into(), out);
+        assert_eq!(id_of("legacy"), None);
+        put("old", b"old".to_vec()).await;
+        assert_eq!(id_of("old"), Some(KeyId::of(&base)));
+        let ring = TenantKeyring::single(base).with_newer(crate::secrets::TenantKey::generate().unwrap());
+        shared.replace(ring.clone());
+        put("new", b"new".to_vec()).await;
+        assert_eq!(id_of("new"), Some(ring.newest().id));
+        assert_eq!(read(&store, "legacy", RangeRequest::All).await.unwrap(), legacy);
+        assert_eq!(read(&store, "old", RangeRequest::All).await.unwrap(), b"old");
+        assert_eq!(read(&store, "new", RangeRequest::All).await.unwrap(), b"new");
+        // Without the newest key the new object is a clear error naming its key id.
+        shared.replace(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap()));
+        match read(&store, "new", RangeRequest::All).await {
+            Err(StorageError::Integrity(e)) => assert!(e.contains(&ring.newest().id.to_string()), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

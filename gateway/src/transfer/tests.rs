@@ -33,7 +33,12 @@ fn audit_config(dir: &std::path::Path, append_timeout: Duration) -> AuditConfig 
 
 fn fixture(append_timeout: Duration) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let keys = HashMap::from([("t".to_owned(), crate::secrets::TenantKey::generate().unwrap())]);
+    let keys = HashMap::from([(
+        "t".to_owned(),
+        crate::keyring::SharedKeyring::new(crate::keyring::TenantKeyring::single(
+            crate::secrets::TenantKey::generate().unwrap(),
+        )),
+    )]);
     let store = Arc::new(LocalStore::open(&dir.path().join("store"), keys).unwrap());
     let key = CheckpointKey::generate(&dir.path().join("k.key")).unwrap();
     let audit = AuditLog::open(audit_config(dir.path(), append_timeout), key).unwrap();

@@ -1,0 +1,276 @@
+//! A tenant's storage keys: the configured key file and the keys rotated in after it.
+//!
+//! Layout: the tenant's `key_file` (say `keys/acme.key`) is generation 0 and stays valid on
+//! its own; `gateway keys rotate` adds `keys/acme.key.1`, `keys/acme.key.2`, … beside it (each
+//! a 0600 file of 64 hex characters, written under a temporary name and renamed into place,
+//! so a reader never sees half a key). The highest generation is the *newest* key: new
+//! objects are sealed with it. Every key has an id ([`KeyId`], derived from the key with
+//! HMAC-SHA256, so it names the key without revealing anything about it) that sealed objects
+//! carry in their header; objects written before key ids existed carry none and were sealed
+//! with generation 0.
+//!
+//! The running gateway holds each tenant's ring in a [`SharedKeyring`], which the reloader
+//! replaces when the files change (see `reload.rs`), so a rotation needs no restart.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::secrets::{SecretError, TenantKey};
+
+/// Names a storage key without revealing it: the first 8 bytes of
+/// HMAC-SHA256(key, "gateway storage key id v1").
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub [u8; 8]);
+
+impl KeyId {
+    /// The id of `key`.
+    pub fn of(key: &TenantKey) -> KeyId {
+        let mac_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key.expose());
+        let tag = aws_lc_rs::hmac::sign(&mac_key, b"gateway storage key id v1");
+        let mut id = [0u8; 8];
+        id.copy_from_slice(tag.as_ref().get(..8).unwrap_or(&[0u8; 8]));
+        KeyId(id)
+    }
+
+    /// Parse the 16 hex characters [`fmt::Display`] prints.
+    pub fn parse(text: &str) -> Option<KeyId> {
+        let mut id = [0u8; 8];
+        hex::decode_to_slice(text, &mut id).ok()?;
+        Some(KeyId(id))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// One key of a ring.
+#[derive(Clone)]
+pub struct RingKey {
+    /// 0 for the key file itself, `n` for `<key_file>.<n>`.
+    pub generation: u32,
+    /// Its id.
+    pub id: KeyId,
+    /// The file it came from (empty for keys made in memory).
+    pub path: PathBuf,
+    key: TenantKey,
+}
+
+impl fmt::Debug for RingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingKey").field("generation", &self.generation).field("id", &self.id).finish()
+    }
+}
+
+/// A tenant's keys: the key file and those rotated in after it, oldest first.
+#[derive(Clone, Debug)]
+pub struct TenantKeyring {
+    base: RingKey,
+    rotated: Vec<RingKey>,
+}
+
+/// The rotated key files beside `key_file`: `(generation, path)`, ascending.
+fn rotated_files(key_file: &Path) -> Result<Vec<(u32, PathBuf)>, SecretError> {
+    let dir = match key_file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(base) = key_file.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{base}.");
+    let entries = std::fs::read_dir(&dir).map_err(|source| SecretError::Io { path: dir.clone(), source })?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| SecretError::Io { path: dir.clone(), source })?;
+        let name = entry.file_name();
+        let Some(suffix) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(generation) = suffix.parse::<u32>() else { continue };
+        if generation == 0 {
+            continue;
+        }
+        found.push((generation, entry.path()));
+    }
+    found.sort();
+    Ok(found)
+}
+
+impl TenantKeyring {
+    /// A ring of one key (generation 0), made in memory.
+    pub fn single(key: TenantKey) -> TenantKeyring {
+        TenantKeyring {
+            base: RingKey { generation: 0, id: KeyId::of(&key), path: PathBuf::new(), key },
+            rotated: Vec::new(),
+        }
+    }
+
+    /// This ring with `key` added as the newest (in memory; for tests and tools).
+    pub fn with_newer(mut self, key: TenantKey) -> TenantKeyring {
+        let generation = self.newest().generation + 1;
+        self.rotated.push(RingKey { generation, id: KeyId::of(&key), path: PathBuf::new(), key });
+        self
+    }
+
+    /// Load `key_file` and every `<key_file>.<n>` beside it (each 0600, 64 hex characters).
+    /// Two files holding the same key are refused (an id must name one key).
+    pub fn load(key_file: &Path) -> Result<TenantKeyring, SecretError> {
+        let base = TenantKey::load(key_file)?;
+        let mut ring = TenantKeyring {
+            base: RingKey { generation: 0, id: KeyId::of(&base), path: key_file.to_owned(), key: base },
+            rotated: Vec::new(),
+        };
+        for (generation, path) in rotated_files(key_file)? {
+            let key = TenantKey::load(&path)?;
+            let id = KeyId::of(&key);
+            if let Some(same) = ring.keys().find(|k| k.id == id) {
+                return Err(SecretError::Malformed {
+                    path,
+                    what: format!("holds the same key as {} (key id {id})", same.path.display()),
+                });
+            }
+            ring.rotated.push(RingKey { generation, id, path, key });
+        }
+        Ok(ring)
+    }
+
+    /// Add a fresh key as `<key_file>.<n+1>` (n the highest generation now present) and
+    /// return it. The key is written to a temporary name and renamed into place, so a
+    /// gateway looking at the directory sees either no new file or the whole key.
+    pub fn rotate(key_file: &Path) -> Result<RingKey, SecretError> {
+        let ring = TenantKeyring::load(key_file)?;
+        let generation = ring.newest().generation + 1;
+        let key = TenantKey::generate()?;
+        let mut name = key_file.as_os_str().to_owned();
+        name.push(format!(".{generation}"));
+        let path = PathBuf::from(name);
+        let mut tmp_name = key_file.as_os_str().to_owned();
+        tmp_name.push(format!(".{generation}.tmp"));
+        let tmp = PathBuf::from(tmp_name);
+        key.save(&tmp)?;
+        if path.exists() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(SecretError::Malformed { path, what: "already exists; not overwritten".into() });
+        }
+        if let Err(source) = std::fs::rename(&tmp, &path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(SecretError::Io { path, source });
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| SecretError::Io { path: dir.to_owned(), source })?;
+        }
+        Ok(RingKey { generation, id: KeyId::of(&key), path, key })
+    }
+
+    /// The key file itself (generation 0): the key of objects that carry no key id, and the
+    /// root of keys derived for other purposes (listing cursors, fingerprints), which stay
+    /// the same across rotations.
+    pub fn base(&self) -> &TenantKey {
+        &self.base.key
+    }
+
+    /// The newest key: new objects are sealed with it.
+    pub fn newest(&self) -> &RingKey {
+        self.rotated.last().unwrap_or(&self.base)
+    }
+
+    /// The key with this id.
+    pub fn get(&self, id: &KeyId) -> Option<&TenantKey> {
+        self.keys().find(|k| k.id == *id).map(|k| &k.key)
+    }
+
+    /// Every key, oldest first.
+    pub fn keys(&self) -> impl Iterator<Item = &RingKey> {
+        std::iter::once(&self.base).chain(&self.rotated)
+    }
+
+    /// Every key id, oldest first.
+    pub fn ids(&self) -> Vec<KeyId> {
+        self.keys().map(|k| k.id).collect()
+    }
+}
+
+impl RingKey {
+    /// The key itself, for the storage cipher.
+    pub fn key(&self) -> &TenantKey {
+        &self.key
+    }
+}
+
+/// A tenant's ring as the running gateway holds it: replaced whole by the reloader, read by
+/// every object open and every new upload (which keep the ring they started with).
+#[derive(Debug)]
+pub struct SharedKeyring(RwLock<Arc<TenantKeyring>>);
+
+impl SharedKeyring {
+    /// Hold `ring`.
+    pub fn new(ring: TenantKeyring) -> Arc<SharedKeyring> {
+        Arc::new(SharedKeyring(RwLock::new(Arc::new(ring))))
+    }
+
+    /// The ring in force.
+    pub fn current(&self) -> Arc<TenantKeyring> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Put `ring` in force.
+    pub fn replace(&self, ring: TenantKeyring) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(ring);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn load_rotate_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("acme.key");
+        let base = TenantKey::generate().unwrap();
+        base.save(&file).unwrap();
+        let ring = TenantKeyring::load(&file).unwrap();
+        assert_eq!(ring.keys().count(), 1);
+        assert_eq!(ring.newest().id, KeyId::of(&base));
+        let r1 = TenantKeyring::rotate(&file).unwrap();
+        let r2 = TenantKeyring::rotate(&file).unwrap();
+        assert_eq!((r1.generation, r2.generation), (1, 2));
+        assert_eq!(r2.path, dir.path().join("acme.key.2"));
+        assert_ne!(r1.id, r2.id);
+        let ring = TenantKeyring::load(&file).unwrap();
+        assert_eq!(ring.ids(), vec![KeyId::of(&base), r1.id, r2.id]);
+        assert_eq!(ring.newest().id, r2.id);
+        assert_eq!(ring.base().expose(), base.expose());
+        assert_eq!(ring.get(&r1.id).unwrap().expose(), r1.key().expose());
+        assert!(ring.get(&KeyId([0; 8])).is_none());
+        // No temporary file is left behind; an unrelated name is ignored.
+        std::fs::write(dir.path().join("acme.key.bak"), "x").unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+        // The id is stable, printable and parses back; nothing of the key shows.
+        assert_eq!(KeyId::parse(&r1.id.to_string()), Some(r1.id));
+        assert!(!format!("{ring:?}").contains(&hex::encode(r1.key().expose())));
+        // A loosened rotated key refuses the whole ring, naming the file.
+        std::fs::set_permissions(&r1.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = TenantKeyring::load(&file).unwrap_err().to_string();
+        assert!(err.contains("acme.key.1") && err.contains("0644"), "{err}");
+        std::fs::set_permissions(&r1.path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // The same key twice is refused.
+        std::fs::copy(&file, dir.path().join("acme.key.7")).unwrap();
+        let err = TenantKeyring::load(&file).unwrap_err().to_string();
+        assert!(err.contains("acme.key.7") && err.contains("same key as"), "{err}");
+    }
+}
