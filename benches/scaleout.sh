@@ -104,6 +104,7 @@ echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 for c in curl sftp ssh-keygen openssl python3 sha256sum base64 timeout; do
     command -v $c >/dev/null || die "$c is required"
 done
+python3 -c 'import boto3' 2>/dev/null || die "the python3 module boto3 is required (pip install boto3)"
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     flag=""; [[ $PROFILE == release ]] && flag=--release
     echo "== cargo build $flag -p gateway (no-op when up to date)"
