@@ -718,18 +718,21 @@ PH=$(now)
 echo
 echo "== storage drill: $UPLOADS uploads of 4-16 MiB through HAProxy, $PARALLEL at once; SIGKILL to Garage node 2 after $((UPLOADS / 4))"
 KILLED_AT=""
-kill_garage() {
-    KILLED_AT=$(since "$PH")
-    echo "   HAProxy: Garage node 2 has served $(server_sessions garage g2) S3 connections, $(haproxy_cmd "show stat" | awk -F, '$1 == "garage" && $2 == "g2" { print $5 }') open now; every upload also replicates its blocks to it"
+kill_garage() {   # kill first, report after: the uploads in flight are the point
+    local running_now
+    running_now=$(running)
+    D1_INFLIGHT=$running_now
     kill -KILL "${GA_PIDS[2]}" 2>/dev/null || true
+    KILLED_AT=$(since "$PH")
     wait "${GA_PIDS[2]}" 2>/dev/null || true
     GA_PIDS[2]=""
-    echo "   Garage node 2 killed at ${KILLED_AT} s ($(finished d1) uploads finished, $(running) running)"
+    echo "   Garage node 2 killed at ${KILLED_AT} s ($(finished d1) uploads finished, $running_now in flight); it had served $(server_sessions garage g2) of the gateways' S3 connections, and every upload replicates its blocks to it"
 }
 run_drill d1 "$UPLOADS" kill_garage
 D1_S=$(since "$PH")
 wait_state garage g2 DOWN 5 && g2=DOWN || g2=$(server_state garage g2)
 echo "   stream done in ${D1_S} s; HAProxy sees Garage node 2 $g2; gateways ready: A $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$A_ADMIN/readyz"), B $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$B_ADMIN/readyz")"
+expect "storage drill: kill mid-stream" "$D1_INFLIGHT uploads in flight when Garage node 2 was killed" test "${D1_INFLIGHT:-0}" -gt 0
 check_drill d1 "storage drill"
 D1_ACKED=$D_ACKED D1_FAILED=$D_FAILED
 D1_S3_ERR="A $(s3_errors A), B $(s3_errors B)"
@@ -741,16 +744,20 @@ echo
 echo "== gateway drill: $GW_UPLOADS uploads through HAProxy, $PARALLEL at once; SIGTERM to gateway B after $((GW_UPLOADS / 4))"
 STOPPED_AT=""
 stop_b() {
-    STOPPED_AT=$(since "$PH")
-    echo "   SIGTERM to gateway B at ${STOPPED_AT} s ($(finished d2) uploads finished, $(running) running)"
+    local running_now
+    running_now=$(running)
+    D2_INFLIGHT=$running_now
     gw_stop B &   # drains in the background: the stream goes on meanwhile
     GW_STOPPER=$!
+    STOPPED_AT=$(since "$PH")
+    echo "   SIGTERM to gateway B at ${STOPPED_AT} s ($(finished d2) uploads finished, $running_now in flight)"
 }
 run_drill d2 "$GW_UPLOADS" stop_b
 wait "$GW_STOPPER" 2>/dev/null || true
 GW_PID[B]=""
 D2_S=$(since "$PH")
 echo "   stream done in ${D2_S} s; HAProxy sees B: https $(server_state gateways_https B), sftp $(server_state gateways_sftp B)"
+expect "gateway drill: stop mid-stream" "$D2_INFLIGHT uploads in flight when gateway B got SIGTERM" test "${D2_INFLIGHT:-0}" -gt 0
 check_drill d2 "gateway drill"
 D2_ACKED=$D_ACKED D2_FAILED=$D_FAILED
 # B comes back on the same ports; HAProxy must send it traffic again.
@@ -772,11 +779,14 @@ garage_start() { # garage_start I: (re)start node I on its configuration and dat
     GA_PIDS[$1]=$!
 }
 kill_garage1() {
-    KILLED1_AT=$(since "$PH")
+    local running_now
+    running_now=$(running)
+    D3_INFLIGHT=$running_now
     kill -KILL "${GA_PIDS[1]}" 2>/dev/null || true
+    KILLED1_AT=$(since "$PH")
     wait "${GA_PIDS[1]}" 2>/dev/null || true
     GA_PIDS[1]=""
-    echo "   Garage node 1 killed at ${KILLED1_AT} s ($(finished d3) uploads finished, $(running) running)"
+    echo "   Garage node 1 killed at ${KILLED1_AT} s ($(finished d3) uploads finished, $running_now in flight)"
 }
 UPLOAD_VIA=direct
 run_drill d3 "$Q_UPLOADS" kill_garage1
@@ -793,6 +803,7 @@ for i in 1 2; do   # node 0 would find them again by itself, within a minute; te
 done
 for ((t = 0; t < STARTUP_TIMEOUT * 5; t++)); do healthy && break; sleep 0.2; done
 expect "garage heals" "nodes 1 and 2 restarted on their data: cluster healthy after $(since "$PH") s into the drill" healthy
+expect "quorum drill: kill mid-stream" "$D3_INFLIGHT uploads in flight when Garage node 1 was killed" test "${D3_INFLIGHT:-0}" -gt 0
 check_drill d3 "quorum drill"
 D3_ACKED=$D_ACKED D3_FAILED=$D_FAILED
 # A failed upload aborts its multipart upload, but without a quorum the abort fails too: what is

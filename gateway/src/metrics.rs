@@ -86,7 +86,7 @@ pub struct Metrics {
     sessions: [AtomicI64; 2],
     audit_append: Histogram,
     audit_append_failures: AtomicU64,
-    /// (what, result) → count, for certificate and configuration reloads.
+    /// (what, result) → count, for certificate, configuration and host key reloads.
     reloads: Mutex<BTreeMap<(String, String), u64>>,
     /// operation → (latency, errors by kind), for S3 requests.
     storage: Mutex<BTreeMap<String, StorageOp>>,
@@ -245,7 +245,12 @@ impl Metrics {
         header(o, "gateway_audit_append_failures_total", "counter", "Audit appends that failed or timed out.");
         let _ =
             writeln!(o, "gateway_audit_append_failures_total {}", self.audit_append_failures.load(Ordering::Relaxed));
-        header(o, "gateway_reloads_total", "counter", "Certificate and configuration reloads, by result.");
+        header(
+            o,
+            "gateway_reloads_total",
+            "counter",
+            "Certificate, configuration and SSH host key reloads, by result.",
+        );
         for ((what, result), v) in self.reloads.lock().unwrap_or_else(PoisonError::into_inner).iter() {
             let _ = writeln!(o, "gateway_reloads_total{{what=\"{what}\",result=\"{result}\"}} {v}");
         }

@@ -11,6 +11,12 @@
 //! an error in the log and an audit record, and the old pair keeps serving. A pair half-way
 //! through being replaced (new certificate, old key) is refused the same way and taken as
 //! soon as the key follows, since the content changes again.
+//!
+//! [`HostKeyReloader`] (in `reload/host_keys.rs`) does the same for the SSH host keys.
+
+mod host_keys;
+
+pub use host_keys::HostKeyReloader;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -160,6 +166,7 @@ impl CertReloader {
 pub async fn run(
     mut cert: CertReloader,
     mut users: Option<UsersReloader>,
+    mut host_keys: Option<HostKeyReloader>,
     hup: Arc<Notify>,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -179,12 +186,19 @@ pub async fn run(
                 if let Some(u) = users.as_mut() {
                     u.check(true).await;
                 }
+                if let Some(h) = host_keys.as_mut() {
+                    h.forget();
+                    h.check(true).await;
+                }
             }
         }
         cert.check().await;
         cert.warn_expiry(time::OffsetDateTime::now_utc());
         if let Some(u) = users.as_mut() {
             u.check(false).await;
+        }
+        if let Some(h) = host_keys.as_mut() {
+            h.check(false).await;
         }
     }
 }

@@ -225,6 +225,8 @@ pub struct Gateway {
     cert: Arc<ReloadableCert>,
     /// Certificate and key files, watched for rotation.
     cert_files: (std::path::PathBuf, std::path::PathBuf),
+    /// The SSH host key files loaded at start, watched for rotation.
+    host_key_files: Vec<std::path::PathBuf>,
     /// Notified to look at the certificate files and the configuration now (SIGHUP).
     reload: Arc<tokio::sync::Notify>,
     /// The users in force (replaced on a configuration reload).
@@ -354,6 +356,7 @@ impl Gateway {
             tls: Arc::new(tls),
             cert,
             cert_files: (config.https.cert.clone(), config.https.key.clone()),
+            host_key_files: config.sftp.as_ref().map(|s| s.host_keys.clone()).unwrap_or_default(),
             reload: Arc::new(tokio::sync::Notify::new()),
             users: directory.clone(),
             tenants: config.tenants.iter().map(|t| t.name.clone()).collect(),
@@ -396,8 +399,8 @@ impl Gateway {
     }
 
     /// Host key fingerprint lines (`ssh-keygen -l` style), when SFTP is configured.
-    pub fn host_key_fingerprints(&self) -> &[String] {
-        self.sftp.as_ref().map(|s| s.host_key_lines.as_slice()).unwrap_or_default()
+    pub fn host_key_fingerprints(&self) -> Vec<String> {
+        self.sftp.as_ref().map(|s| s.host_keys().lines()).unwrap_or_default()
     }
 
     /// Serve until `shutdown` resolves; then drain, fail what is left, write the final
@@ -421,8 +424,21 @@ impl Gateway {
                 self.audit.clone(),
             )
         });
-        let reloading =
-            tokio::spawn(crate::reload::run(cert, users, self.reload.clone(), stop.clone().cancelled_owned()));
+        let host_keys = self.sftp.as_ref().map(|s| {
+            crate::reload::HostKeyReloader::new(
+                self.host_key_files.clone(),
+                self.config_file.clone(),
+                s.host_keys(),
+                self.audit.clone(),
+            )
+        });
+        let reloading = tokio::spawn(crate::reload::run(
+            cert,
+            users,
+            host_keys,
+            self.reload.clone(),
+            stop.clone().cancelled_owned(),
+        ));
         let https = https::serve(listeners.https, self.tls, self.api, self.https, stop.clone().cancelled_owned());
         let sftp = async {
             match (self.sftp, listeners.sftp) {

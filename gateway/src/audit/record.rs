@@ -113,6 +113,9 @@ pub struct AuditEntry {
     /// For a certificate reload: the certificate served before and the one served now.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub certificate: Option<CertFacts>,
+    /// For an SSH host key reload: the keys served before and the ones served now.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub host_keys: Option<HostKeyFacts>,
 }
 
 /// A TLS certificate reload: what is served after it (the new certificate, or the old one if
@@ -128,6 +131,20 @@ pub struct CertFacts {
     pub subject: String,
     /// Its end of validity (RFC 3339).
     pub not_after: String,
+}
+
+/// An SSH host key reload: the keys served after it (the new set, or the old one if the new
+/// was refused) and, when they changed, the keys served before. Public facts only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKeyFacts {
+    /// `SHA256:…` fingerprints of the keys served before, when a new set went live.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub previous_sha256: Option<Vec<String>>,
+    /// `SHA256:…` fingerprints (as `ssh-keygen -l` prints them) of the keys now served, in
+    /// their configured order.
+    pub sha256: Vec<String>,
+    /// The key files the attempt looked at.
+    pub files: Vec<String>,
 }
 
 /// What S3 said about an object a transfer wrote or read. Never key material: SSE-C keys
@@ -190,6 +207,7 @@ impl AuditEntry {
             signature: None,
             s3: None,
             certificate: None,
+            host_keys: None,
         }
     }
 }

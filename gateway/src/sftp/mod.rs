@@ -11,6 +11,7 @@
 
 pub mod budget;
 pub mod handler;
+pub mod host_keys;
 pub mod inflight;
 pub mod keys;
 pub mod negotiation;
@@ -63,18 +64,17 @@ pub struct SftpShared {
 
 /// A configured SFTP frontend.
 pub struct SftpFrontend {
-    ssh: Arc<SshConfig>,
+    /// The russh configuration (host keys) handed to each new connection.
+    host_keys: Arc<host_keys::ServedHostKeys>,
     shared: Arc<SftpShared>,
     login_grace: Duration,
     max_connections: usize,
     connection_rate: u32,
-    /// Fingerprint lines of the host keys, as `ssh-keygen -l` prints them.
-    pub host_key_lines: Vec<String>,
 }
 
 impl std::fmt::Debug for SftpFrontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SftpFrontend").field("host_keys", &self.host_key_lines).finish()
+        f.debug_struct("SftpFrontend").field("host_keys", &self.host_keys).finish()
     }
 }
 
@@ -174,6 +174,29 @@ fn preferred(algs: &SshAlgorithms) -> Result<Preferred, String> {
     })
 }
 
+/// The russh server configuration for `[sftp]` with these host keys (`passwords`: whether
+/// password login is offered).
+fn ssh_config(config: &SftpConfig, passwords: bool, host_keys: Vec<PrivateKey>) -> Result<SshConfig, String> {
+    Ok(SshConfig {
+        server_id: SshId::Standard(Cow::Owned(format!("SSH-2.0-Gateway_{}", env!("CARGO_PKG_VERSION")))),
+        methods: handler::methods(passwords),
+        auth_rejection_time: config.auth_rejection_delay,
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: host_keys,
+        max_auth_attempts: config.max_auth_attempts as usize,
+        inactivity_timeout: Some(config.idle_timeout),
+        keepalive_interval: None,
+        window_size: 16 * 1024 * 1024,
+        maximum_packet_size: 64 * 1024,
+        // The session reader drains its channel at once; a short buffer bounds what
+        // russh holds per channel when a session's budget is spent (64 × 32 KiB).
+        channel_buffer_size: 64,
+        nodelay: true,
+        preferred: preferred(&config.algorithms)?,
+        ..Default::default()
+    })
+}
+
 impl SftpFrontend {
     /// Build from configuration and loaded host keys.
     pub fn new(
@@ -183,27 +206,12 @@ impl SftpFrontend {
         transfers: Transfers,
     ) -> Result<SftpFrontend, String> {
         let passwords = directory.current().any_password_users();
-        let host_key_lines = host_keys.iter().map(|k| keys::describe(k.public_key())).collect();
-        let ssh = SshConfig {
-            server_id: SshId::Standard(Cow::Owned(format!("SSH-2.0-Gateway_{}", env!("CARGO_PKG_VERSION")))),
-            methods: handler::methods(passwords),
-            auth_rejection_time: config.auth_rejection_delay,
-            auth_rejection_time_initial: Some(Duration::ZERO),
-            keys: host_keys,
-            max_auth_attempts: config.max_auth_attempts as usize,
-            inactivity_timeout: Some(config.idle_timeout),
-            keepalive_interval: None,
-            window_size: 16 * 1024 * 1024,
-            maximum_packet_size: 64 * 1024,
-            // The session reader drains its channel at once; a short buffer bounds what
-            // russh holds per channel when a session's budget is spent (64 × 32 KiB).
-            channel_buffer_size: 64,
-            nodelay: true,
-            preferred: preferred(&config.algorithms)?,
-            ..Default::default()
-        };
+        let (served, report) = host_keys::ServedHostKeys::new(config, passwords, host_keys)?;
+        for line in report.unused {
+            tracing::warn!("sftp.host_keys: {line}");
+        }
         Ok(SftpFrontend {
-            ssh: Arc::new(ssh),
+            host_keys: Arc::new(served),
             shared: Arc::new(SftpShared {
                 directory,
                 transfers,
@@ -220,18 +228,24 @@ impl SftpFrontend {
             login_grace: config.login_grace_time,
             max_connections: config.max_connections,
             connection_rate: config.connection_rate_per_source,
-            host_key_lines,
         })
+    }
+
+    /// The host keys in force, for the reloader to swap and the banner to print.
+    pub fn host_keys(&self) -> Arc<host_keys::ServedHostKeys> {
+        self.host_keys.clone()
     }
 
     /// Serve until `shutdown`; then stop accepting, give sessions `grace` to finish,
     /// disconnect the rest and wait until every session has written its records.
     pub async fn serve(self, listener: TcpListener, grace: Duration, shutdown: impl Future<Output = ()>) {
         let stop = tokio_util::sync::CancellationToken::new();
-        let (ssh, shared, grace_time) = (self.ssh.clone(), self.shared.clone(), self.login_grace);
+        let (host_keys, shared, grace_time) = (self.host_keys.clone(), self.shared.clone(), self.login_grace);
         let limit = crate::listener::SourceRateLimit::new(self.connection_rate);
         let mut conns = crate::listener::accept_until(listener, self.max_connections, limit, shutdown, |tcp, peer| {
-            let (ssh, shared, stop) = (ssh.clone(), shared.clone(), stop.clone());
+            // The host keys in force when the connection is accepted: a reload changes what
+            // later connections get, never this one's.
+            let (ssh, shared, stop) = (host_keys.ssh(), shared.clone(), stop.clone());
             async move {
                 let _session = crate::metrics::metrics().session("sftp");
                 let conn_stop = stop.child_token();
