@@ -15,6 +15,7 @@
 //! Only the aws-lc-rs crypto stack is used (through rustls, rcgen and aws-lc-rs).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
+mod client;
 pub mod dev;
 mod error;
 mod files;
@@ -24,6 +25,7 @@ mod load;
 mod reload;
 mod tls;
 
+pub use client::{load_client_trust, ClientTrust, PeerCert, ReloadableClientVerifier};
 pub use error::CertError;
 pub use load::{load_server_cert, validate_cert_files, CertInfo, LoadedCert};
 pub use reload::ReloadableCert;

@@ -269,7 +269,7 @@ fn server_config_suites_per_profile() {
     let pki = mint(dir.path(), KeyKind::EcdsaP256).unwrap();
     let resolver = Arc::new(ReloadableCert::new(load_server_cert(&pki.server_cert, &pki.server_key).unwrap()));
     let suites = |profile| -> Vec<CipherSuite> {
-        let cfg = server_config(profile, resolver.clone()).unwrap();
+        let cfg = server_config(profile, resolver.clone(), None).unwrap();
         assert!(cfg.ignore_client_order);
         assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
         let groups: Vec<_> = cfg.crypto_provider().kx_groups.iter().map(|g| g.name()).collect();
@@ -384,7 +384,7 @@ fn handshakes_follow_profile() {
 
     // Aes256: TLS 1.3 picks AES-256 even though the client offers all suites.
     let resolver = Arc::new(ReloadableCert::new(load(&ec)));
-    let cfg = Arc::new(server_config(CipherProfile::Aes256, resolver.clone()).unwrap());
+    let cfg = Arc::new(server_config(CipherProfile::Aes256, resolver.clone(), None).unwrap());
     let done = connect(&client(&ec.ca_cert, false), &cfg).unwrap();
     assert_eq!(done.suite, CipherSuite::TLS13_AES_256_GCM_SHA384);
     assert_eq!(done.alpn.as_deref(), Some(&b"h2"[..]));
@@ -396,7 +396,7 @@ fn handshakes_follow_profile() {
     weak.suites = Some(vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256]);
     assert!(connect(&weak, &cfg).is_err());
     // ... but can with Intermediate.
-    let cfg_i = Arc::new(server_config(CipherProfile::Intermediate, resolver.clone()).unwrap());
+    let cfg_i = Arc::new(server_config(CipherProfile::Intermediate, resolver.clone(), None).unwrap());
     assert_eq!(connect(&weak, &cfg_i).unwrap().suite, CipherSuite::TLS13_AES_128_GCM_SHA256);
 
     // Rotation: replace() takes effect for new handshakes on the same config.
@@ -482,7 +482,7 @@ fn ensure_dev_pki_generates_then_reuses() {
 
     // Re-issued cert verifies against the reused CA in a real handshake.
     let resolver = Arc::new(ReloadableCert::new(load_server_cert(&cert, &key).unwrap()));
-    let cfg = Arc::new(server_config(CipherProfile::Aes256, resolver).unwrap());
+    let cfg = Arc::new(server_config(CipherProfile::Aes256, resolver, None).unwrap());
     let c = Client { ca: first.ca_cert.clone(), profile: CipherProfile::Aes256, tls12_only: false, suites: None };
     connect(&c, &cfg).unwrap();
 

@@ -9,6 +9,7 @@ use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider, kx_group};
 use rustls::crypto::CryptoProvider;
 use rustls::ServerConfig;
 
+use crate::client::ReloadableClientVerifier;
 use crate::error::CertError;
 use crate::reload::ReloadableCert;
 
@@ -52,13 +53,21 @@ pub fn provider(profile: CipherProfile) -> CryptoProvider {
 }
 
 /// Build the listener's rustls config: TLS 1.3/1.2, server-preferred suites,
-/// ALPN h2 then http/1.1, no client auth, certificate from `resolver`.
-pub fn server_config(profile: CipherProfile, resolver: Arc<ReloadableCert>) -> Result<ServerConfig, CertError> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider(profile)))
+/// ALPN h2 then http/1.1, certificate from `resolver`; client certificates checked by
+/// `clients` when given (mTLS), otherwise not asked for.
+pub fn server_config(
+    profile: CipherProfile,
+    resolver: Arc<ReloadableCert>,
+    clients: Option<Arc<ReloadableClientVerifier>>,
+) -> Result<ServerConfig, CertError> {
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider(profile)))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(CertError::Tls)?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(CertError::Tls)?;
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)

@@ -172,6 +172,80 @@ pub struct HttpsConfig {
     pub max_connections: usize,
     /// `Strict-Transport-Security` max-age sent to browsers (default 365d).
     pub hsts_max_age: Duration,
+    /// Client certificates (mTLS), when `[https.client_auth]` is configured.
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// `[https.client_auth]`: which client certificates the HTTPS listener asks for and trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuthConfig {
+    /// Whether a client must present a certificate.
+    pub mode: ClientAuthMode,
+    /// PEM bundle of the CAs that issue client certificates.
+    pub ca: PathBuf,
+    /// Certificate revocation lists (PEM or DER), checked for the client's own certificate.
+    pub crls: Vec<PathBuf>,
+}
+
+/// Whether the HTTPS listener requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// Asked for; a client without one still connects (and then needs a token). A certificate
+    /// that is presented must verify.
+    Optional,
+    /// Every handshake must present a certificate that verifies.
+    Required,
+}
+
+/// What ties a client certificate to a user (`users.client_certificates`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CertBinding {
+    /// `sha256:<hex>`: the SHA-256 of the certificate (DER), colons optional.
+    Sha256([u8; 32]),
+    /// `cn:<name>`: the subject's common name.
+    CommonName(String),
+    /// `san:<name>`: a DNS name, e-mail address or URI among the subject alternative names.
+    San(String),
+}
+
+impl CertBinding {
+    /// Parse `sha256:…`, `cn:…` or `san:…`.
+    pub fn parse(text: &str) -> Result<CertBinding, String> {
+        let (kind, value) =
+            text.split_once(':').ok_or_else(|| "expected sha256:<hex>, cn:<name> or san:<name>".to_owned())?;
+        if value.is_empty() || value.len() > 1024 || value.chars().any(char::is_control) {
+            return Err(format!("{kind}: value must be 1 to 1024 printable characters"));
+        }
+        match kind {
+            "sha256" => {
+                let hex: String = value.chars().filter(|c| *c != ':').collect();
+                let mut out = [0u8; 32];
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err("sha256: expected 64 hex digits (colons allowed)".into());
+                }
+                for (i, byte) in out.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+                }
+                Ok(CertBinding::Sha256(out))
+            }
+            "cn" => Ok(CertBinding::CommonName(value.to_owned())),
+            "san" => Ok(CertBinding::San(value.to_owned())),
+            other => Err(format!("unknown binding kind {other:?} (accepted: sha256, cn, san)")),
+        }
+    }
+}
+
+impl fmt::Display for CertBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CertBinding::Sha256(d) => {
+                f.write_str("sha256:")?;
+                d.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+            CertBinding::CommonName(n) => write!(f, "cn:{n}"),
+            CertBinding::San(n) => write!(f, "san:{n}"),
+        }
+    }
 }
 
 /// TLS cipher-suite policy, named rather than listed so operators cannot weaken it piecemeal.
@@ -498,6 +572,9 @@ pub struct UserConfig {
     pub authorized_keys: Vec<String>,
     /// PBKDF2 password hash; password login is enabled only when this is set.
     pub password_hash: Option<PasswordHash>,
+    /// Client certificates that are this user's (`sha256:`, `cn:`, `san:`). A user with any
+    /// must present one of them on HTTPS; one alone also logs the user in.
+    pub client_certificates: Vec<CertBinding>,
 }
 
 /// A password hash `pbkdf2-sha256$<iterations>$<salt base64>$<hash base64>`,

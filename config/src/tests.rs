@@ -1250,3 +1250,46 @@ fn admin_listener_is_opt_in_with_loopback_default_and_checked_keys() {
     assert!(has(&got, "admin.listen", ""), "{got:#?}");
     assert!(has(&got, "admin.token", "unknown key"), "{got:#?}");
 }
+
+#[test]
+fn client_auth_and_certificate_bindings() {
+    let base = "mode = \"development\"\n[https.client_auth]\nmode = \"optional\"\nca = \"/etc/gw/clients.pem\"\ncrls = [\"/etc/gw/a.crl\"]\n\
+                [[tenants]]\nname = \"acme\"\n";
+    let fp = "AB:".repeat(31) + "AB";
+    let config = ok(&format!(
+        "{base}[[users]]\nname = \"alice\"\ntenant = \"acme\"\nhome = \"/\"\npermissions = [\"read\"]\n\
+         client_certificates = [\"sha256:{fp}\", \"cn:alice\", \"san:alice@example.com\"]\n"
+    ));
+    let ca = config.https.client_auth.clone().unwrap();
+    assert_eq!(ca.mode, ClientAuthMode::Optional);
+    assert_eq!(ca.crls.len(), 1);
+    assert_eq!(
+        config.users[0].client_certificates,
+        vec![
+            CertBinding::Sha256([0xab; 32]),
+            CertBinding::CommonName("alice".into()),
+            CertBinding::San("alice@example.com".into())
+        ]
+    );
+    // Every problem at once, with its path.
+    let got = errs(
+        "mode = \"development\"\n[https.client_auth]\nmode = \"sometimes\"\nkey = \"x\"\n[[tenants]]\nname = \"acme\"\n\
+         [[users]]\nname = \"a\"\ntenant = \"acme\"\nhome = \"/\"\npermissions = [\"read\"]\nclient_certificates = [\"sha256:12\", \"uid:7\", \"cn:x\"]\n\
+         [[users]]\nname = \"b\"\ntenant = \"acme\"\nhome = \"/\"\npermissions = [\"read\"]\nclient_certificates = [\"cn:x\"]\n",
+    );
+    assert!(has(&got, "https.client_auth.mode", "unknown mode"), "{got:#?}");
+    assert!(has(&got, "https.client_auth.ca", "missing required key"), "{got:#?}");
+    assert!(has(&got, "https.client_auth.key", "unknown key"), "{got:#?}");
+    assert!(has(&got, "users[0].client_certificates[0]", "64 hex digits"), "{got:#?}");
+    assert!(has(&got, "users[0].client_certificates[1]", "unknown binding kind"), "{got:#?}");
+    assert!(
+        has(&got, "users[1].client_certificates[0]", "already bound at users[0].client_certificates[2]"),
+        "{got:#?}"
+    );
+    // Bindings without a client CA can never match: refused.
+    let got = errs(
+        "mode = \"development\"\n[[tenants]]\nname = \"acme\"\n[[users]]\nname = \"a\"\ntenant = \"acme\"\nhome = \"/\"\n\
+         permissions = [\"read\"]\nclient_certificates = [\"cn:a\"]\n",
+    );
+    assert!(has(&got, "users[0].client_certificates", "no [https.client_auth]"), "{got:#?}");
+}

@@ -12,9 +12,10 @@ use crate::duration::{parse_duration, DURATION_FORMAT};
 use crate::ssh::{self, AlgorithmKind};
 use crate::text::{check_name, normalize_home, parse_sha256};
 use crate::{
-    AdminConfig, AuditConfig, Config, ConfigError, DevelopmentConfig, ExplicitAlgorithms, HttpsConfig, Mode,
-    NamedStorage, PasswordHash, Permissions, S3Credentials, S3Storage, SftpConfig, Sse, SshAlgorithms, SshProfile,
-    StorageBackend, StorageConfig, TenantConfig, TenantStorage, TlsProfile, TokenConfig, UserConfig,
+    AdminConfig, AuditConfig, CertBinding, ClientAuthConfig, ClientAuthMode, Config, ConfigError, DevelopmentConfig,
+    ExplicitAlgorithms, HttpsConfig, Mode, NamedStorage, PasswordHash, Permissions, S3Credentials, S3Storage,
+    SftpConfig, Sse, SshAlgorithms, SshProfile, StorageBackend, StorageConfig, TenantConfig, TenantStorage, TlsProfile,
+    TokenConfig, UserConfig,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -31,8 +32,20 @@ const TOP_KEYS: &[&str] = &[
     "users",
     "development",
 ];
-const HTTPS_KEYS: &[&str] =
-    &["listen", "tls_profile", "cert", "key", "handshake_timeout", "idle_timeout", "max_connections", "hsts_max_age"];
+const HTTPS_KEYS: &[&str] = &[
+    "listen",
+    "tls_profile",
+    "cert",
+    "key",
+    "handshake_timeout",
+    "idle_timeout",
+    "max_connections",
+    "hsts_max_age",
+    "client_auth",
+];
+const CLIENT_AUTH_KEYS: &[&str] = &["mode", "ca", "crls"];
+const CLIENT_AUTH_MODES: &[(&str, ClientAuthMode)] =
+    &[("optional", ClientAuthMode::Optional), ("required", ClientAuthMode::Required)];
 const ADMIN_KEYS: &[&str] = &["listen", "token_file"];
 const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir", "max_object_size"];
 const AUDIT_KEYS: &[&str] =
@@ -77,7 +90,8 @@ const SFTP_KEYS: &[&str] = &[
     "max_buffer_per_connection",
     "max_buffer_total",
 ];
-const USER_KEYS: &[&str] = &["name", "tenant", "home", "permissions", "tokens", "authorized_keys", "password_hash"];
+const USER_KEYS: &[&str] =
+    &["name", "tenant", "home", "permissions", "tokens", "authorized_keys", "password_hash", "client_certificates"];
 const TOKEN_KEYS: &[&str] = &["id", "sha256"];
 const DEVELOPMENT_KEYS: &[&str] = &["demo_user"];
 
@@ -434,6 +448,16 @@ impl Ctx<'_> {
         let (tenants, tenant_names) = self.tenants(&tenant_entries, &storage.keys_dir, &storages);
         let user_entries = self.tables(root, "", "users");
         let (users, user_names) = self.users(&user_entries, &tenant_names);
+        if https.client_auth.is_none() {
+            for (at, t) in &user_entries {
+                if matches!(t.get("client_certificates"), Some(Value::Array(a)) if !a.is_empty()) {
+                    self.err(
+                        &child(at, "client_certificates"),
+                        "no [https.client_auth] is configured, so no client can present a certificate",
+                    );
+                }
+            }
+        }
 
         let development = match self.table(root, "", "development") {
             Some(table) => self.development(table, mode, &user_names),
@@ -476,7 +500,49 @@ impl Ctx<'_> {
         let max_connections =
             usize::try_from(self.bounded(t, P, "max_connections", (1, MAX_CONNECTIONS), 1024)).unwrap_or(1024);
         let hsts_max_age = self.duration(t, P, "hsts_max_age", Duration::from_secs(365 * 86_400));
-        HttpsConfig { listen, tls_profile, cert, key, handshake_timeout, idle_timeout, max_connections, hsts_max_age }
+        let client_auth = self.table(t, P, "client_auth").map(|t| self.client_auth(t));
+        HttpsConfig {
+            listen,
+            tls_profile,
+            cert,
+            key,
+            handshake_timeout,
+            idle_timeout,
+            max_connections,
+            hsts_max_age,
+            client_auth,
+        }
+    }
+
+    fn client_auth(&mut self, t: &Table) -> ClientAuthConfig {
+        const P: &str = "https.client_auth";
+        self.check_keys(t, P, CLIENT_AUTH_KEYS);
+        let mode = if t.contains_key("mode") {
+            self.choice(t, P, "mode", CLIENT_AUTH_MODES).unwrap_or(ClientAuthMode::Required)
+        } else {
+            self.missing(P, "mode", " (accepted: optional, required)");
+            ClientAuthMode::Required
+        };
+        let ca = if t.contains_key("ca") {
+            self.path(t, P, "ca")
+        } else {
+            self.missing(P, "ca", " (PEM bundle of the CAs that issue client certificates)");
+            None
+        };
+        let crls = self
+            .strings(t, P, "crls")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(at, s)| {
+                if s.is_empty() || s.contains('\0') {
+                    self.err(&at, "path must be non-empty and without NUL");
+                    None
+                } else {
+                    Some(PathBuf::from(s))
+                }
+            })
+            .collect();
+        ClientAuthConfig { mode, ca: ca.unwrap_or_default(), crls }
     }
 
     fn sftp(&mut self, t: &Table, data_dir: &std::path::Path, https_listen: SocketAddr) -> SftpConfig {
@@ -867,6 +933,7 @@ impl Ctx<'_> {
         let mut users = Vec::new();
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         let mut token_ids: BTreeMap<String, String> = BTreeMap::new();
+        let mut bindings: BTreeMap<CertBinding, String> = BTreeMap::new();
         for (at, t) in entries {
             self.check_keys(t, at, USER_KEYS);
             let mut ok = true;
@@ -916,6 +983,8 @@ impl Ctx<'_> {
                 }
             });
 
+            let client_certificates = self.client_certificates(t, at, &mut bindings);
+
             if let (true, Some(name), Some(tenant), Some(home)) = (ok, name, tenant, home) {
                 users.push(UserConfig {
                     name: name.to_owned(),
@@ -925,6 +994,7 @@ impl Ctx<'_> {
                     tokens,
                     authorized_keys,
                     password_hash,
+                    client_certificates,
                 });
             }
         }
@@ -977,6 +1047,30 @@ impl Ctx<'_> {
             self.err(&here, format!("grants nothing; list at least one of: {}", PERMISSION_NAMES.join(", ")));
         }
         perms
+    }
+
+    /// The user's client-certificate bindings; one binding may name one user only.
+    fn client_certificates(
+        &mut self,
+        t: &Table,
+        at: &str,
+        seen: &mut BTreeMap<CertBinding, String>,
+    ) -> Vec<CertBinding> {
+        let mut out = Vec::new();
+        for (at_j, raw) in self.strings(t, at, "client_certificates").unwrap_or_default() {
+            match CertBinding::parse(raw.trim()) {
+                Ok(b) => {
+                    if let Some(first) = seen.get(&b) {
+                        self.err(&at_j, format!("{b} is already bound at {first}; a certificate names one user"));
+                        continue;
+                    }
+                    seen.insert(b.clone(), at_j);
+                    out.push(b);
+                }
+                Err(why) => self.err(&at_j, why),
+            }
+        }
+        out
     }
 
     /// The user's SSH keys, trimmed; bad or repeated lines are reported and skipped.

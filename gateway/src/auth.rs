@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use gateway_config::{Config, Permissions};
+use gateway_certs::PeerCert;
+use gateway_config::{CertBinding, Config, Permissions};
 
 use crate::path::ObjectKey;
 use crate::secrets::Token;
@@ -50,6 +51,8 @@ struct UserEntry {
     ssh_keys: Vec<(russh::keys::PublicKey, String)>,
     /// PBKDF2 parameters; password login is off when absent.
     password: Option<PasswordHash>,
+    /// Client certificates bound to the user; when any, HTTPS requires one of them.
+    client_certs: Vec<CertBinding>,
 }
 
 /// `pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>`, parsed.
@@ -111,6 +114,8 @@ struct TokenEntry {
 pub struct Directory {
     users: HashMap<String, Arc<UserEntry>>,
     tokens: HashMap<String, TokenEntry>,
+    /// Client-certificate bindings → their user (the configuration allows one user each).
+    certs: HashMap<CertBinding, Arc<UserEntry>>,
 }
 
 impl std::fmt::Debug for Directory {
@@ -154,7 +159,7 @@ impl Directory {
     /// Build from a validated configuration; every unusable key or hash is reported, with
     /// its field path.
     pub fn from_config(config: &Config) -> Result<Directory, Vec<String>> {
-        let mut dir = Directory { users: HashMap::new(), tokens: HashMap::new() };
+        let mut dir = Directory { users: HashMap::new(), tokens: HashMap::new(), certs: HashMap::new() };
         let mut errors = Vec::new();
         for (i, u) in config.users.iter().enumerate() {
             let home = match ObjectKey::home(&u.home) {
@@ -189,7 +194,11 @@ impl Directory {
                 permissions: u.permissions,
                 ssh_keys,
                 password,
+                client_certs: u.client_certificates.clone(),
             });
+            for b in &u.client_certificates {
+                dir.certs.insert(b.clone(), entry.clone());
+            }
             dir.users.insert(u.name.clone(), entry);
             for t in &u.tokens {
                 if let Err(e) = dir.add_token(&u.name, &t.id, t.sha256) {
@@ -285,6 +294,62 @@ impl Directory {
         }
         self.tokens.insert(id.to_owned(), TokenEntry { user, sha256 });
         Ok(())
+    }
+
+    /// The user a client certificate is bound to, by fingerprint, common name or SAN.
+    /// `Err` when the certificate matches bindings of more than one user.
+    fn cert_user(&self, cert: &PeerCert) -> Result<Option<&Arc<UserEntry>>, &'static str> {
+        let mut found: Option<&Arc<UserEntry>> = None;
+        let candidates = std::iter::once(CertBinding::Sha256(cert.sha256))
+            .chain(cert.common_names.iter().map(|n| CertBinding::CommonName(n.clone())))
+            .chain(cert.sans.iter().map(|n| CertBinding::San(n.clone())));
+        for binding in candidates {
+            if let Some(user) = self.certs.get(&binding) {
+                match found {
+                    Some(f) if !Arc::ptr_eq(f, user) => return Err("client certificate matches several users"),
+                    _ => found = Some(user),
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Authenticate an HTTPS request: a bearer token, a client certificate bound to a user,
+    /// or both. A certificate bound to another user than the token's is refused, and so is a
+    /// token of a user with bound certificates that comes without one of them.
+    pub fn authenticate_https(&self, header: Option<&str>, cert: Option<&PeerCert>) -> Result<Principal, AuthFailure> {
+        let cert_user = match cert.map(|c| self.cert_user(c)).transpose() {
+            Ok(u) => u.flatten(),
+            Err(reason) => return Err(AuthFailure { credential_id: None, user: None, reason }),
+        };
+        if header.is_none() {
+            return match (cert, cert_user) {
+                (Some(c), Some(user)) => {
+                    Ok(Self::principal(user, "client_certificate", format!("sha256:{}", c.sha256_hex())))
+                }
+                (Some(_), None) => Err(AuthFailure {
+                    credential_id: None,
+                    user: None,
+                    reason: "client certificate is not bound to any user, and no token",
+                }),
+                (None, _) => Err(AuthFailure { credential_id: None, user: None, reason: "no credentials" }),
+            };
+        }
+        let mut who = self.authenticate_bearer(header)?;
+        let (credential_id, user) = (who.credential_id.clone(), who.user.to_string());
+        let refuse = move |reason| AuthFailure { credential_id: Some(credential_id), user: Some(user), reason };
+        let token_user = self.users.get(&*who.user);
+        match (cert_user, token_user) {
+            (Some(c), Some(t)) if !Arc::ptr_eq(c, t) => Err(refuse("client certificate belongs to another user")),
+            (Some(_), _) => {
+                who.auth_method = "bearer+client_certificate";
+                Ok(who)
+            }
+            (None, Some(t)) if !t.client_certs.is_empty() => {
+                Err(refuse("user requires a client certificate bound to it"))
+            }
+            (None, _) => Ok(who),
+        }
     }
 
     /// Check an `Authorization` header value.

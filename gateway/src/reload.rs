@@ -54,6 +54,105 @@ pub struct CertReloader {
     seen: Option<[u8; 32]>,
     /// The expiry warning last given: (fingerprint, threshold in days).
     warned: Option<(String, i64)>,
+    /// The client CA bundle and CRLs, when the listener asks for client certificates.
+    clients: Option<ClientTrustWatch>,
+}
+
+/// The client CA bundle and CRLs of `[https.client_auth]`, reloaded like the certificate:
+/// by content, validated whole, refused material leaves the old trust in force.
+pub struct ClientTrustWatch {
+    ca: PathBuf,
+    crls: Vec<PathBuf>,
+    profile: gateway_certs::CipherProfile,
+    mandatory: bool,
+    holder: Arc<gateway_certs::ReloadableClientVerifier>,
+    seen: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ClientTrustWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTrustWatch").field("ca", &self.ca).field("crls", &self.crls).finish()
+    }
+}
+
+impl ClientTrustWatch {
+    /// Watch the files of `config`, whose content `trust` was loaded from.
+    pub fn new(
+        config: &gateway_config::ClientAuthConfig,
+        profile: gateway_certs::CipherProfile,
+        trust: &gateway_certs::ClientTrust,
+    ) -> ClientTrustWatch {
+        let mandatory = config.mode == gateway_config::ClientAuthMode::Required;
+        let mut watch = ClientTrustWatch {
+            ca: config.ca.clone(),
+            crls: config.crls.clone(),
+            profile,
+            mandatory,
+            holder: Arc::new(gateway_certs::ReloadableClientVerifier::new(trust, mandatory)),
+            seen: None,
+        };
+        watch.seen = watch.content_digest();
+        watch
+    }
+
+    /// The verifier the listener uses.
+    pub fn verifier(&self) -> Arc<gateway_certs::ReloadableClientVerifier> {
+        self.holder.clone()
+    }
+
+    fn content_digest(&self) -> Option<[u8; 32]> {
+        let mut all = Vec::new();
+        for path in std::iter::once(&self.ca).chain(self.crls.iter()) {
+            let part = std::fs::read(path).ok()?;
+            all.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            all.extend_from_slice(&part);
+        }
+        Some(crate::digest::sha256(&all))
+    }
+
+    async fn check(&mut self, audit: &AuditLog) -> Outcome {
+        let digest = self.content_digest();
+        if digest.is_none() || digest == self.seen {
+            return Outcome::Unchanged;
+        }
+        let previous = self.seen.map(hex::encode);
+        self.seen = digest;
+        let now = digest.map(hex::encode);
+        let (outcome, error) = match gateway_certs::load_client_trust(
+            self.profile,
+            &self.ca,
+            &self.crls,
+            self.mandatory,
+        ) {
+            Ok(trust) => {
+                self.holder.replace(&trust);
+                tracing::info!(cas = trust.cas, crls = trust.crls, ca = %self.ca.display(), "client CA bundle and CRLs reloaded; new handshakes use them");
+                (Outcome::Reloaded, None)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new client CA bundle or CRL refused; the old ones stay in force");
+                (Outcome::Refused, Some(e.to_string()))
+            }
+        };
+        let entry = AuditEntry {
+            protocol: Some("https".into()),
+            operation: Some("client_ca_reload".into()),
+            path: Some(self.ca.display().to_string()),
+            result: Some(if error.is_none() { "ok" } else { "error" }.into()),
+            error,
+            certificate: Some(CertFacts {
+                previous_sha256: previous,
+                sha256: now.unwrap_or_default(),
+                subject: format!("client CA bundle {} and {} CRL file(s)", self.ca.display(), self.crls.len()),
+                not_after: String::new(),
+            }),
+            ..AuditEntry::new(AuditEvent::Operation)
+        };
+        if let Err(e) = audit.append(entry, true).await {
+            tracing::error!(error = %e, "client CA reload could not be audited");
+        }
+        outcome
+    }
 }
 
 impl std::fmt::Debug for CertReloader {
@@ -66,7 +165,7 @@ impl CertReloader {
     /// A reloader for the pair at these paths, now being served by `holder`.
     pub fn new(cert_path: PathBuf, key_path: PathBuf, holder: Arc<ReloadableCert>, audit: AuditLog) -> Self {
         crate::metrics::metrics().set_cert_not_after(holder.current().info.not_after.unix_timestamp());
-        let mut reloader = CertReloader { cert_path, key_path, holder, audit, seen: None, warned: None };
+        let mut reloader = CertReloader { cert_path, key_path, holder, audit, seen: None, warned: None, clients: None };
         reloader.seen = reloader.content_digest();
         reloader
     }
@@ -81,6 +180,19 @@ impl CertReloader {
             both.extend_from_slice(part);
         }
         Some(crate::digest::sha256(&both))
+    }
+
+    /// Also watch the client CA bundle and CRLs.
+    pub fn watch_clients(&mut self, clients: Option<ClientTrustWatch>) {
+        self.clients = clients;
+    }
+
+    /// Look at the client CA bundle and CRLs once.
+    pub async fn check_clients(&mut self) -> Outcome {
+        match self.clients.as_mut() {
+            Some(c) => c.check(&self.audit).await,
+            None => Outcome::Unchanged,
+        }
     }
 
     /// Look at the files once; load, validate and swap in new content.
@@ -180,6 +292,9 @@ pub async fn run(
             () = hup.notified() => {
                 // Asked explicitly: look again even at content already refused.
                 cert.seen = None;
+                if let Some(c) = cert.clients.as_mut() {
+                    c.seen = None;
+                }
                 if cert.content_digest().is_none() {
                     tracing::error!(cert = %cert.cert_path.display(), key = %cert.key_path.display(), "SIGHUP: the TLS certificate or key cannot be read; the old pair keeps serving");
                 }
@@ -193,6 +308,7 @@ pub async fn run(
             }
         }
         cert.check().await;
+        cert.check_clients().await;
         cert.warn_expiry(time::OffsetDateTime::now_utc());
         if let Some(u) = users.as_mut() {
             u.check(false).await;

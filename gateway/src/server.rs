@@ -225,6 +225,8 @@ pub struct Gateway {
     cert: Arc<ReloadableCert>,
     /// Certificate and key files, watched for rotation.
     cert_files: (std::path::PathBuf, std::path::PathBuf),
+    /// The client CA bundle and CRLs (mTLS), watched like the certificate.
+    clients: Option<crate::reload::ClientTrustWatch>,
     /// The SSH host key files loaded at start, watched for rotation.
     host_key_files: Vec<std::path::PathBuf>,
     /// Notified to look at the certificate files and the configuration now (SIGHUP).
@@ -281,6 +283,23 @@ impl Gateway {
                 None
             }
         };
+        let profile = match config.https.tls_profile {
+            TlsProfile::Aes256 => CipherProfile::Aes256,
+            TlsProfile::Intermediate => CipherProfile::Intermediate,
+        };
+        let clients = match &config.https.client_auth {
+            Some(ca) => {
+                let mandatory = ca.mode == gateway_config::ClientAuthMode::Required;
+                match gateway_certs::load_client_trust(profile, &ca.ca, &ca.crls, mandatory) {
+                    Ok(trust) => Some(crate::reload::ClientTrustWatch::new(ca, profile, &trust)),
+                    Err(e) => {
+                        errors.push(format!("https.client_auth: {e}"));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let mut keys = HashMap::new();
         for t in &config.tenants {
             match crate::keyring::TenantKeyring::load(&t.key_file) {
@@ -327,11 +346,8 @@ impl Gateway {
             signing,
         )
         .map_err(|e| StartupError(vec![e.to_string()]))?;
-        let profile = match config.https.tls_profile {
-            TlsProfile::Aes256 => CipherProfile::Aes256,
-            TlsProfile::Intermediate => CipherProfile::Intermediate,
-        };
-        let tls = gateway_certs::server_config(profile, cert.clone()).map_err(|e| StartupError(vec![e.to_string()]))?;
+        let tls = gateway_certs::server_config(profile, cert.clone(), clients.as_ref().map(|c| c.verifier()))
+            .map_err(|e| StartupError(vec![e.to_string()]))?;
         let readiness = Arc::new(crate::admin::Readiness::new(
             audit.clone(),
             cert.clone(),
@@ -356,6 +372,7 @@ impl Gateway {
             tls: Arc::new(tls),
             cert,
             cert_files: (config.https.cert.clone(), config.https.key.clone()),
+            clients,
             host_key_files: config.sftp.as_ref().map(|s| s.host_keys.clone()).unwrap_or_default(),
             reload: Arc::new(tokio::sync::Notify::new()),
             users: directory.clone(),
@@ -414,7 +431,8 @@ impl Gateway {
         let stop = tokio_util::sync::CancellationToken::new();
         let grace = self.https.grace;
         let (cert_path, key_path) = self.cert_files.clone();
-        let cert = crate::reload::CertReloader::new(cert_path, key_path, self.cert.clone(), self.audit.clone());
+        let mut cert = crate::reload::CertReloader::new(cert_path, key_path, self.cert.clone(), self.audit.clone());
+        cert.watch_clients(self.clients);
         let users = self.config_file.clone().map(|path| {
             crate::reload::UsersReloader::new(
                 path,

@@ -75,6 +75,8 @@ pub struct ClientInfo {
     pub tls_version: Option<String>,
     /// TLS cipher suite, for HTTPS.
     pub tls_cipher: Option<String>,
+    /// The verified TLS client certificate, for HTTPS with mTLS.
+    pub client_cert: Option<Arc<gateway_certs::PeerCert>>,
     /// SSH client version string, for SFTP.
     pub ssh_client: Option<String>,
     /// SSH kex, for SFTP.
@@ -93,6 +95,7 @@ impl ClientInfo {
             remote_addr,
             tls_version,
             tls_cipher,
+            client_cert: None,
             ssh_client: None,
             ssh_kex: None,
             ssh_cipher: None,
@@ -118,6 +121,8 @@ impl ClientInfo {
             remote_addr: Some(self.remote_addr.to_string()),
             tls_version: self.tls_version.clone(),
             tls_cipher: self.tls_cipher.clone(),
+            client_cert_sha256: self.client_cert.as_ref().map(|c| c.sha256_hex()),
+            client_cert_subject: self.client_cert.as_ref().map(|c| c.subject.clone()),
             ssh_client: self.ssh_client.clone(),
             ssh_kex: self.ssh_kex.clone(),
             ssh_cipher: self.ssh_cipher.clone(),

@@ -50,6 +50,7 @@ pub struct Builder {
     storage: Option<StorageKind>,
     s3_extra: String,
     tenant_extra: Vec<(String, String)>,
+    user_extra: Vec<(String, String)>,
 }
 
 /// Where a test gateway keeps its tenants' objects.
@@ -111,6 +112,7 @@ impl Default for Builder {
             storage: None,
             s3_extra: String::new(),
             tenant_extra: Vec::new(),
+            user_extra: Vec::new(),
         }
     }
 }
@@ -207,6 +209,12 @@ impl Builder {
     }
 
     /// Serve these users instead of the default alice, reader and bob.
+    /// Extra lines in one user's `[[users]]` stanza.
+    pub fn user_settings(mut self, user: &str, lines: &str) -> Self {
+        self.user_extra.push((user.to_owned(), format!("{lines}\n")));
+        self
+    }
+
     pub fn users(mut self, users: Vec<UserSpec>) -> Self {
         self.users = users;
         self
@@ -432,6 +440,9 @@ impl Builder {
                 if lines.is_empty() { String::new() } else { format!("authorized_keys = [{}]\n", lines.join(", ")) };
             for (_, hash) in self.passwords.iter().filter(|(n, _)| *n == u.name) {
                 keys.push_str(&format!("password_hash = {hash:?}\n"));
+            }
+            for (_, lines) in self.user_extra.iter().filter(|(n, _)| n == u.name) {
+                keys.push_str(lines);
             }
             text.push_str(&format!(
                 "[[users]]\nname = {:?}\ntenant = {:?}\nhome = {:?}\npermissions = [{}]\n{keys}[[users.tokens]]\nid = \"{}-1\"\nsha256 = \"{}\"\n\n",

@@ -65,6 +65,12 @@ pub struct AuditEntry {
     /// Negotiated TLS cipher suite.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub tls_cipher: Option<String>,
+    /// SHA-256 (hex) of the TLS client certificate the peer presented (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_sha256: Option<String>,
+    /// Subject of that client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_subject: Option<String>,
     /// SSH client version string.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ssh_client: Option<String>,
@@ -191,6 +197,8 @@ impl AuditEntry {
             remote_addr: None,
             tls_version: None,
             tls_cipher: None,
+            client_cert_sha256: None,
+            client_cert_subject: None,
             ssh_client: None,
             ssh_kex: None,
             ssh_cipher: None,

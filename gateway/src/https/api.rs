@@ -231,7 +231,9 @@ impl Api {
 
     async fn authenticate(&self, headers: &HeaderMap, conn: &Connection) -> Result<Principal, ApiError> {
         let value = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
-        match self.directory.current().authenticate_bearer(value) {
+        let cert = conn.client.client_cert.as_deref();
+        let method = if value.is_none() && cert.is_some() { "client_certificate" } else { "bearer" };
+        match self.directory.current().authenticate_https(value, cert) {
             Ok(who) => {
                 let first_use = {
                     let mut last = conn.last_credential.lock().unwrap_or_else(|p| p.into_inner());
@@ -253,7 +255,7 @@ impl Api {
             Err(failure) => {
                 let entry = crate::audit::AuditEntry {
                     user: failure.user,
-                    auth_method: Some("bearer".into()),
+                    auth_method: Some(method.into()),
                     credential_id: failure.credential_id,
                     result: Some("error".into()),
                     error: Some(failure.reason.into()),

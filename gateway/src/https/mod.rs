@@ -122,7 +122,16 @@ pub async fn serve(
             };
             let _session = crate::metrics::metrics().session("https");
             let (version, suite) = tls_names(tls.get_ref().1);
-            let conn = Arc::new(Connection::new(ClientInfo::https(peer, version, suite)));
+            let mut client = ClientInfo::https(peer, version, suite);
+            // Verified by the handshake (mTLS); kept for binding users and for the audit.
+            client.client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| gateway_certs::PeerCert::from_der(leaf.as_ref()))
+                .map(Arc::new);
+            let conn = Arc::new(Connection::new(client));
             let service = service_fn(move |req| {
                 let api = api.clone();
                 let conn = conn.clone();

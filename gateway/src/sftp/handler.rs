@@ -69,6 +69,7 @@ impl SshConnection {
             remote_addr: self.peer,
             tls_version: None,
             tls_cipher: None,
+            client_cert: None,
             ssh_client: hello.map(|h| h.version.chars().filter(|c| !c.is_control()).take(255).collect()),
             ssh_kex: negotiated.as_ref().and_then(|n| n.kex.clone()),
             ssh_cipher: negotiated.as_ref().and_then(|n| n.cipher.clone()),

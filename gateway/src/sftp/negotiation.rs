@@ -215,6 +215,7 @@ impl NegotiationReport {
             remote_addr: peer,
             tls_version: None,
             tls_cipher: None,
+            client_cert: None,
             ssh_client: failure.client_version,
             ssh_kex: None,
             ssh_cipher: None,
