@@ -136,7 +136,7 @@ trap 'echo "interrupted" >&2; exit 130' INT TERM
 
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "garage:  $("$GARAGE" --version 2>&1 | head -1); $("$HAPROXY" -v | head -1 | cut -d' ' -f1-3); $(curl --version | head -1 | cut -d' ' -f1-2); $(ssh -V 2>&1)"
-echo "gateway: $BIN ($(date -u -r "$BIN" '+built %Y-%m-%d %H:%M UTC'); git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "gateway: $BIN ($(date -u -r "$BIN" '+built %Y-%m-%d %H:%M UTC'); the tree is at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 echo "temp:    $T"
 
 # ---------------------------------------------------------------------------- helpers
