@@ -17,7 +17,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     PublicKeyData, RsaKeySize, SanType, SerialNumber,
 };
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
@@ -52,7 +52,13 @@ pub(crate) fn generate_key(kind: KeyKind) -> Result<KeyPair, rcgen::Error> {
         KeyKind::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
         KeyKind::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048),
         KeyKind::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072),
-        KeyKind::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
+        KeyKind::Ed25519 => {
+            // PKCS#8 v1 (RFC 8410): OpenSSL 3.0 cannot read the v2 form rcgen writes.
+            let rng = aws_lc_rs::rand::SystemRandom::new();
+            let der = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8v1(&rng)
+                .map_err(|_| rcgen::Error::KeyGenerationUnavailable)?;
+            KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(der.as_ref()), &rcgen::PKCS_ED25519)
+        }
     }
 }
 

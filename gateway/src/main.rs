@@ -12,6 +12,8 @@ use gateway::secrets::{TenantKey, Token};
 use gateway::{check_files, prepare_development, Gateway};
 use gateway_config::Mode;
 
+mod certs_command;
+
 const DEFAULT_CONFIG: &str = "config/gateway.toml";
 
 /// Secure file-exchange gateway.
@@ -72,6 +74,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// TLS certificates: a development PKI, issuing from a CA, inspecting, expiry checks.
+    Certs {
+        #[command(subcommand)]
+        command: certs_command::CertsCommand,
     },
 }
 
@@ -194,6 +201,7 @@ fn main() -> ExitCode {
             audit_verify(public_key, checkpoints, &files)
         }
         Command::Users { command } => users(command),
+        Command::Certs { command } => certs_command::run(command),
         Command::Keys { command: KeysCommand::Tenant { file } } => TenantKey::generate()
             .and_then(|k| k.save(&file))
             .map(|()| {
