@@ -22,7 +22,9 @@ const ROTATION_NOTE: &str = "a gateway serving these files loads them within 2 s
 /// `gateway certs ...`
 #[derive(Subcommand)]
 pub enum CertsCommand {
-    /// Development only: write a new CA (ca.pem, ca.key), a server certificate (server.pem:
+    /// Development only: a new CA, server certificate and client certificate in DIR.
+    ///
+    /// Writes a new CA (ca.pem, ca.key), a server certificate (server.pem:
     /// leaf then CA; server.key) and a client certificate (client.pem, client.key; clientAuth)
     /// into DIR. Keys are 0600; existing files are kept unless --force.
     Dev {
@@ -43,7 +45,9 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a server or client certificate from a CA: writes the chain (leaf, then the CA
+    /// Issue a server or client certificate from a CA.
+    ///
+    /// Writes the chain (leaf, then the CA
     /// file's certificates) and a new key (0600). Replacing files needs --force; then the old
     /// and new SHA-256 fingerprints are printed, and a running gateway that serves the files
     /// loads them within 2 s (or at SIGHUP) and audits the rotation (certificate_reload, old
@@ -82,7 +86,9 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Show every certificate in PEM files: subject, issuer, SANs, serial, validity, key,
+    /// Show every certificate in PEM files.
+    ///
+    /// For each: subject, issuer, SANs, serial, validity, key,
     /// signature algorithm, SHA-256 fingerprint (as `openssl x509 -fingerprint -sha256`).
     Inspect {
         /// PEM files.
@@ -92,7 +98,9 @@ pub enum CertsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// For monitoring: exit 0 if every certificate in every file is valid now and for at least
+    /// For monitoring: exit 1 if a certificate expires within --days, 2 if a file is unreadable.
+    ///
+    /// Exit 0 if every certificate in every file is valid now and for at least
     /// --days more days, 1 if one is not (a line for each), 2 if a file cannot be read or parsed.
     Check {
         /// Days each certificate must still be valid.
