@@ -232,6 +232,124 @@ impl SharedKeyring {
     }
 }
 
+/// How often the key files are looked at (new rotated keys are renamed into place whole, so
+/// one look suffices and no SIGHUP is needed).
+pub const CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One tenant's ring as the reloader watches it.
+struct Watched {
+    tenant: String,
+    key_file: PathBuf,
+    ring: Arc<SharedKeyring>,
+    /// The last refusal reported, so a broken file is reported once, not every look.
+    refused: Option<String>,
+}
+
+/// Looks at every tenant's key files every [`CHECK_INTERVAL`] and puts a changed ring in
+/// force (a `gateway keys rotate` shows up within one interval, without a restart). A ring
+/// that does not load (a loosened or malformed file) is refused, reported once and audited;
+/// the ring in force stays. Every change is audited as `storage_key_reload` with the key ids
+/// now in force.
+pub struct KeyringReloader {
+    watched: Vec<Watched>,
+    audit: crate::audit::AuditLog,
+}
+
+impl fmt::Debug for KeyringReloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyringReloader").field("tenants", &self.watched.len()).finish()
+    }
+}
+
+impl KeyringReloader {
+    /// Watch `(tenant, key_file, ring in force)` for each tenant.
+    pub fn new(tenants: Vec<(String, PathBuf, Arc<SharedKeyring>)>, audit: crate::audit::AuditLog) -> Self {
+        let watched = tenants
+            .into_iter()
+            .map(|(tenant, key_file, ring)| Watched { tenant, key_file, ring, refused: None })
+            .collect();
+        KeyringReloader { watched, audit }
+    }
+
+    /// Look at every tenant's key files once; returns how many rings were replaced.
+    pub async fn check(&mut self) -> usize {
+        let mut replaced = 0;
+        for w in &mut self.watched {
+            let path = w.key_file.clone();
+            let loaded = tokio::task::spawn_blocking(move || TenantKeyring::load(&path)).await;
+            let loaded = match loaded {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "storage key check failed");
+                    continue;
+                }
+            };
+            let before = w.ring.current();
+            let (entry_result, error, ids) = match loaded {
+                Ok(ring) if ring.ids() == before.ids() => {
+                    w.refused = None;
+                    continue;
+                }
+                Ok(ring) => {
+                    let ids: Vec<String> = ring.ids().iter().map(ToString::to_string).collect();
+                    let removed: Vec<String> =
+                        before.ids().iter().filter(|id| ring.get(id).is_none()).map(ToString::to_string).collect();
+                    tracing::info!(
+                        tenant = %w.tenant,
+                        key_file = %w.key_file.display(),
+                        newest = %ring.newest().id,
+                        generation = ring.newest().generation,
+                        key_ids = ?ids,
+                        ?removed,
+                        "storage keys reloaded; new objects are sealed with the newest key"
+                    );
+                    w.ring.replace(ring);
+                    w.refused = None;
+                    replaced += 1;
+                    ("ok", None, ids)
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if w.refused.as_deref() == Some(text.as_str()) {
+                        continue;
+                    }
+                    tracing::error!(tenant = %w.tenant, error = %text, "storage keys refused; the keys in force stay");
+                    w.refused = Some(text.clone());
+                    ("error", Some(text), before.ids().iter().map(ToString::to_string).collect())
+                }
+            };
+            let entry = crate::audit::AuditEntry {
+                operation: Some("storage_key_reload".into()),
+                tenant: Some(w.tenant.clone()),
+                path: Some(w.key_file.display().to_string()),
+                result: Some(entry_result.into()),
+                error,
+                key_ids: Some(ids),
+                ..crate::audit::AuditEntry::new(crate::audit::AuditEvent::Operation)
+            };
+            if let Err(e) = self.audit.append(entry, true).await {
+                tracing::error!(error = %e, "storage key reload could not be audited");
+            }
+        }
+        replaced
+    }
+
+    /// Check every [`CHECK_INTERVAL`] until `stop` resolves.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            self.check().await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

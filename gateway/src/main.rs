@@ -16,6 +16,8 @@ mod certs_command;
 
 const DEFAULT_CONFIG: &str = "config/gateway.toml";
 
+mod keys_command;
+
 /// Secure file-exchange gateway.
 #[derive(Parser)]
 #[command(version, about)]
@@ -148,6 +150,26 @@ enum KeysCommand {
         /// Key file to create.
         file: PathBuf,
     },
+    /// Add a new storage key for a tenant (`<key_file>.<n>`, 0600): new objects are sealed
+    /// with it, older ones stay readable with theirs. A running gateway takes it within 2 s.
+    Rotate {
+        /// Configuration file naming the tenant's key file.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Re-seal a tenant's stored objects (local store) under its newest key, with progress;
+    /// idempotent, and a re-run continues an interrupted one.
+    Reencrypt {
+        /// Configuration file naming the tenant's key file and the store.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 /// Whatever `RUST_LOG` asks for, the SDK's request signer never logs below `info` and the
@@ -209,6 +231,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
             .map_err(Into::into),
+        Command::Keys { command: KeysCommand::Rotate { config, tenant } } => keys_command::rotate(&config, &tenant),
+        Command::Keys { command: KeysCommand::Reencrypt { config, tenant } } => {
+            keys_command::reencrypt(&config, &tenant)
+        }
         Command::Keys { command: KeysCommand::Audit { file } } => gateway::audit::CheckpointKey::generate(&file)
             .map(|k| {
                 println!("wrote audit signing key {} (public key {})", file.display(), k.public_key_b64());

@@ -229,6 +229,8 @@ pub struct Gateway {
     clients: Option<crate::reload::ClientTrustWatch>,
     /// The SSH host key files loaded at start, watched for rotation.
     host_key_files: Vec<std::path::PathBuf>,
+    /// Each tenant's key file and the keyring in force, watched for rotated keys.
+    keyrings: Vec<(String, std::path::PathBuf, Arc<crate::keyring::SharedKeyring>)>,
     /// Notified to look at the certificate files and the configuration now (SIGHUP).
     reload: Arc<tokio::sync::Notify>,
     /// The users in force (replaced on a configuration reload).
@@ -335,6 +337,11 @@ impl Gateway {
         let (Some(cert), Some(signing), true) = (cert, signing, errors.is_empty()) else {
             return Err(StartupError(errors));
         };
+        let keyrings = config
+            .tenants
+            .iter()
+            .filter_map(|t| keys.get(&t.name).map(|r| (t.name.clone(), t.key_file.clone(), r.clone())))
+            .collect();
         let store = crate::storage::router::open_stores(config, keys).await.map_err(StartupError)?;
         let audit = AuditLog::open(
             AuditConfig {
@@ -374,6 +381,7 @@ impl Gateway {
             cert_files: (config.https.cert.clone(), config.https.key.clone()),
             clients,
             host_key_files: config.sftp.as_ref().map(|s| s.host_keys.clone()).unwrap_or_default(),
+            keyrings,
             reload: Arc::new(tokio::sync::Notify::new()),
             users: directory.clone(),
             tenants: config.tenants.iter().map(|t| t.name.clone()).collect(),
@@ -457,6 +465,10 @@ impl Gateway {
             self.reload.clone(),
             stop.clone().cancelled_owned(),
         ));
+        let keyrings = tokio::spawn(
+            crate::keyring::KeyringReloader::new(self.keyrings.clone(), self.audit.clone())
+                .run(stop.clone().cancelled_owned()),
+        );
         let https = https::serve(listeners.https, self.tls, self.api, self.https, stop.clone().cancelled_owned());
         let sftp = async {
             match (self.sftp, listeners.sftp) {
@@ -485,6 +497,7 @@ impl Gateway {
         });
         tokio::join!(https, sftp, trigger);
         let _ = reloading.await;
+        let _ = keyrings.await;
         let alive = self.transfers.wait_until_idle(TRANSFERS_DROP_LIMIT).await;
         if alive > 0 {
             tracing::warn!(alive, "transfers still alive after every connection ended; closing the audit trail anyway");

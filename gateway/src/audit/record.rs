@@ -107,6 +107,10 @@ pub struct AuditEntry {
     /// What went wrong, in words safe to keep.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// For a storage key reload: the tenant's key ids in force after it, oldest first (the
+    /// last one seals new objects). Ids only, never key material.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key_ids: Option<Vec<String>>,
     /// Checkpoint: the Ed25519 public key (base64).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub public_key: Option<String>,
@@ -211,6 +215,7 @@ impl AuditEntry {
             duration_ms: None,
             result: None,
             error: None,
+            key_ids: None,
             public_key: None,
             signature: None,
             s3: None,

@@ -158,6 +158,70 @@ pub fn reencrypt_file(path: &Path, ring: &TenantKeyring, staging: &Path) -> Resu
     result
 }
 
+/// Where a whole-tenant run stands, reported after each object.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Objects looked at so far.
+    pub done: usize,
+    /// Objects in the tenant.
+    pub total: usize,
+    /// Stored bytes looked at so far.
+    pub bytes_done: u64,
+    /// Stored bytes in the tenant.
+    pub bytes_total: u64,
+    /// Objects sealed again.
+    pub rewritten: usize,
+    /// Plaintext bytes sealed again.
+    pub rewritten_bytes: u64,
+    /// Objects already under the newest key.
+    pub current: usize,
+    /// Objects changed or removed meanwhile (left alone).
+    pub changed: usize,
+    /// Objects that could not be read or rewritten: (path under the tenant, why).
+    pub failed: Vec<(String, String)>,
+}
+
+/// Re-seal every object of `tenant` in the local store at `root` under `ring`'s newest key,
+/// calling `report` after each object. One object's failure (a tampered object, an unknown
+/// key id) is recorded and the run goes on.
+pub fn reencrypt_tenant(
+    root: &Path,
+    tenant: &str,
+    ring: &TenantKeyring,
+    mut report: impl FnMut(&Progress),
+) -> Result<Progress, StorageError> {
+    let staging = root.join("staging");
+    if !staging.is_dir() {
+        return Err(StorageError::Backend(format!(
+            "{}: no staging directory; is storage.root the gateway's store?",
+            staging.display()
+        )));
+    }
+    let objects = tenant_objects(root, tenant)?;
+    let top = root.join("objects").join(tenant);
+    let mut p =
+        Progress { total: objects.len(), bytes_total: objects.iter().map(|(_, len)| len).sum(), ..Progress::default() };
+    report(&p);
+    for (path, len) in objects {
+        match reencrypt_file(&path, ring, &staging) {
+            Ok(Outcome::Current) => p.current += 1,
+            Ok(Outcome::Rewritten { bytes }) => {
+                p.rewritten += 1;
+                p.rewritten_bytes += bytes;
+            }
+            Ok(Outcome::Changed) => p.changed += 1,
+            Err(e) => {
+                let name = path.strip_prefix(&top).unwrap_or(&path).display().to_string();
+                p.failed.push((name, e.to_string()));
+            }
+        }
+        p.done += 1;
+        p.bytes_done += len;
+        report(&p);
+    }
+    Ok(p)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
