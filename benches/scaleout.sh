@@ -134,6 +134,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "interrupted" >&2; exit 130' INT TERM
 
+# Source files (the drills average 10 MiB an upload) and Garage's three copies of each object.
+need_mib=$(((UPLOADS + GW_UPLOADS + Q_UPLOADS) * 10 * 4 + 512))
+avail_kib=$(df -Pk "$T" | awk 'NR == 2 { print $4 }')
+((avail_kib / 1024 >= need_mib)) || die "$T has $((avail_kib / 1024)) MiB free, need about $need_mib MiB (SCALEOUT_TMPDIR elsewhere, or fewer uploads)"
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo); load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "garage:  $("$GARAGE" --version 2>&1 | head -1); $("$HAPROXY" -v | head -1 | cut -d' ' -f1-3); $(curl --version | head -1 | cut -d' ' -f1-2); $(ssh -V 2>&1)"
 echo "gateway: $BIN ($(date -u -r "$BIN" '+built %Y-%m-%d %H:%M UTC'); the tree is at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
@@ -485,7 +489,7 @@ s=$(https_get "$B_HTTPS" x-multi.bin "$T/dl/x-multi.bin")
 expect "https A->B multipart" "PUT on A $code, GET on B $s, 12 MiB in 3 parts, SHA-256 equal" \
     test "$code" = 201 -a "$s" = 200 -a "$(sha "$T/dl/x-multi.bin")" = "$(sha "$T/src/x-multi.bin")"
 want=$(openssl dgst -sha256 -binary "$T/src/x-multi.bin" | base64 -w0)
-got=$("${CURL[@]}" --resolve "$(resolve "$B_HTTPS")" -I "$(url "$B_HTTPS" x-multi.bin)" | tr -d '\r' | sed -n 's/^repr-digest: sha-256=:\(.*\):$/\1/Ip')
+got=$({ "${CURL[@]}" --resolve "$(resolve "$B_HTTPS")" -I "$(url "$B_HTTPS" x-multi.bin)" 2>>"$T/curl.err" || true; } | tr -d '\r' | sed -n 's/^repr-digest: sha-256=:\(.*\):$/\1/Ip')
 expect "https HEAD on B" "Repr-Digest of A's multipart upload (from its digest object) matches the source" test "$got" = "$want"
 
 read -r code rc <<<"$(https_put "$B_HTTPS" "$T/src/x-single.bin" x-single.bin "$T/resp.x-single")"
@@ -834,22 +838,27 @@ for n in A B; do
     trail=$T/gw-$n-data/audit/audit.jsonl
     out=$("$BIN" audit verify --public-key "$M/audit/checkpoint.pub" "$trail" 2>&1) && rc=0 || rc=$?
     expect "audit verify $n" "exit $rc: $(tail -n 1 <<<"$out" | cut -c1-150)" test "$rc" = 0
-    pairs=$(python3 - "$trail" <<'EOF'
+    pairs=$(python3 - "$trail" "$T/pairs-$n.txt" <<'EOF'
 import collections, json, sys
-opened, outcomes = {}, collections.Counter()
+opened, outcomes, events = {}, collections.Counter(), collections.defaultdict(list)
 for line in open(sys.argv[1]):
     r = json.loads(line)
     t, e = r.get("transfer_id"), r.get("event")
     if not t:
         continue
+    events[t].append("%s:%s %s" % (r.get("seq"), e, (r.get("error") or "")[:90]))
     if e in ("started", "intent"):
-        opened.setdefault(t, e)
+        opened.setdefault(t, (r.get("protocol"), r.get("operation"), r.get("path")))
     elif e in ("completed", "failed", "interrupted") or (e == "operation" and t in opened):
         outcomes[t] += 1
 bad = [t for t in opened if outcomes[t] != 1]
+with open(sys.argv[2], "w") as out:   # what the summary shows for each bad transfer
+    for t in bad:
+        out.write("transfer %s %s: %s\n" % (t, opened[t], " | ".join(events[t])))
 print(len(opened), len(bad), sum(1 for t in outcomes if t not in opened))
 EOF
 )
+    [[ -s $T/pairs-$n.txt ]] && sed 's/^/   /' "$T/pairs-$n.txt"
     read -r n_open n_bad n_orphan <<<"$pairs"
     expect "audit pairs $n" "$n_open started/intent records, $n_bad without exactly one outcome, $n_orphan outcomes without a start" \
         test "$n_bad" = 0 -a "$n_orphan" = 0 -a "$n_open" -gt 0

@@ -13,6 +13,7 @@
 //! replaces when the files change (see `reload.rs`), so a rotation needs no restart.
 
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -159,6 +160,17 @@ impl TenantKeyring {
         tmp_name.push(format!(".{generation}.tmp"));
         let tmp = PathBuf::from(tmp_name);
         key.save(&tmp)?;
+        // Owned like the key file, so a gateway running as another user than this command
+        // (say, the command as root) can read it.
+        let owner =
+            std::fs::metadata(key_file).map_err(|source| SecretError::Io { path: key_file.to_owned(), source })?;
+        let mine = std::fs::metadata(&tmp).map_err(|source| SecretError::Io { path: tmp.clone(), source })?;
+        if (owner.uid(), owner.gid()) != (mine.uid(), mine.gid()) {
+            if let Err(source) = std::os::unix::fs::chown(&tmp, Some(owner.uid()), Some(owner.gid())) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(SecretError::Io { path: tmp, source });
+            }
+        }
         if path.exists() {
             let _ = std::fs::remove_file(&tmp);
             return Err(SecretError::Malformed { path, what: "already exists; not overwritten".into() });

@@ -92,6 +92,19 @@ pub fn reencrypt_file(path: &Path, ring: &TenantKeyring, staging: &Path) -> Resu
     let staged = staging.join(format!("reencrypt-{name}.part"));
     let result = (|| {
         let mut out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staged).map_err(at(&staged))?;
+        // Owned like the original, so a gateway running as another user than this command
+        // (say, the command as root) can still read it.
+        let mine = out.metadata().map_err(at(&staged))?;
+        if (before.uid(), before.gid()) != (mine.uid(), mine.gid()) {
+            std::os::unix::fs::fchown(&out, Some(before.uid()), Some(before.gid())).map_err(|e| {
+                StorageError::Backend(format!(
+                    "{}: cannot give the new copy the owner of the original ({}:{}): {e}; run as the gateway's user or root",
+                    path.display(),
+                    before.uid(),
+                    before.gid()
+                ))
+            })?;
+        }
         let mut sealer = Sealer::new(ring).map_err(|e| StorageError::Integrity(e.0))?;
         out.write_all(sealer.header()).map_err(at(&staged))?;
         out.write_all(&[0u8; META_LEN]).map_err(at(&staged))?;
