@@ -766,7 +766,7 @@ check_drill d2 "gateway drill"
 D2_ACKED=$D_ACKED D2_FAILED=$D_FAILED
 # B comes back on the same ports; HAProxy must send it traffic again.
 gw_start B
-wait_state gateways_https B UP 15 && wait_state gateways_sftp B UP 15 || true
+{ wait_state gateways_https B UP 15 && wait_state gateways_sftp B UP 15; } || true
 before=$(server_sessions gateways_https B)
 for r in 1 2 3 4; do https_get "$LB_HTTPS" x-multi.bin /dev/null >/dev/null; done
 after=$(server_sessions gateways_https B)
@@ -823,7 +823,7 @@ EOF
 )
 echo "   multipart uploads left open in the bucket (their abort failed during the outage): $D3_ORPHANS"
 expect "quorum drill: writes refused" "$D3_FAILED of $Q_UPLOADS uploads failed while only one Garage node was up" test "$D3_FAILED" -gt 0
-wait_state gateways_https A UP 15 && wait_state gateways_https B UP 15 || true
+{ wait_state gateways_https A UP 15 && wait_state gateways_https B UP 15; } || true
 read -r code rc <<<"$(https_put "$LB_HTTPS" "$T/src/x-multi.bin" after-heal.bin "$T/resp.after-heal")"
 expect "service resumes" "HAProxy sees A $(server_state gateways_https A), B $(server_state gateways_https B); an upload through it: HTTP $code" test "$code" = 201
 D3_CHECK_S=$(since "$PH")
