@@ -1,8 +1,9 @@
 //! "What the bytes are", apart from "where they live": gateway-side sealing over any
 //! [`ObjectStore`], for S3 tenants with `seal = true` (on top of the store's own encryption).
 //!
-//! Objects use the streaming layout of [`sealed`](super::sealed) (`GWSEAL02`: header, chunks,
-//! then the sealed metadata block), written front to back in one pass, so it fits a multipart
+//! Objects use the streaming layout of [`sealed`](super::sealed) (`GWSEAL04`: header with the
+//! key id, chunks, then the sealed metadata block; `GWSEAL02` objects from before key ids stay
+//! readable), written front to back in one pass, so it fits a multipart
 //! upload. Reads fetch the metadata block with a ranged read of the object's last bytes, then
 //! only the chunks covering the requested range, authenticating each: a changed, reordered,
 //! dropped or truncated byte is an integrity error, never data. Sizes in listings are the
