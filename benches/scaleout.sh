@@ -107,7 +107,7 @@ done
 python3 -c 'import boto3' 2>/dev/null || die "the python3 module boto3 is required (pip install boto3)"
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     flag=""; [[ $PROFILE == release ]] && flag=--release
-    echo "== cargo build $flag -p gateway (no-op when up to date)"
+    echo "== cargo build ${flag:+$flag }-p gateway (no-op when up to date)"
     (cd "$ROOT" && cargo build $flag -p gateway --quiet) || die "cargo build failed; GATEWAY_BIN=... runs another binary"
 fi
 [[ -x $BIN ]] || die "$BIN missing"
