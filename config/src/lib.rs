@@ -445,6 +445,45 @@ pub struct AuditConfig {
     /// Longest a request waits for its audit record to be written (default 10s, more than
     /// 0); past it the request fails (HTTPS 503, SFTP failure) and nothing is changed.
     pub append_timeout: Duration,
+    /// Shipping of sealed segments to an audit bucket, when `[audit.ship]` is configured.
+    pub ship: Option<AuditShipConfig>,
+}
+
+/// `[audit.ship]`: each node copies its trail, a sealed segment at a time (records up to a
+/// signed checkpoint), into an S3 bucket; `gateway audit verify-shipped` checks the set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditShipConfig {
+    /// The `[[storages]]` entry whose endpoint and credentials are used.
+    pub storage: String,
+    /// Bucket (default: that storage's bucket). A bucket of its own is better: with Object
+    /// Lock enabled, and writable only by the gateways.
+    pub bucket: Option<String>,
+    /// Key prefix (default `audit/`); segments go to `<prefix><node>/<first>-<last>.jsonl`.
+    pub prefix: String,
+    /// This node's name in the keys (default: the host name).
+    pub node: Option<String>,
+    /// How often new sealed records are looked for (default 60s).
+    pub interval: Duration,
+    /// Object Lock retention put on every segment, if set.
+    pub retention: Option<Retention>,
+}
+
+/// S3 Object Lock retention for shipped segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// `compliance` (nobody can shorten it) or `governance`.
+    pub mode: RetentionMode,
+    /// Days from the upload.
+    pub days: u32,
+}
+
+/// S3 Object Lock modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionMode {
+    /// Nobody, root included, can delete the version or shorten its retention.
+    Compliance,
+    /// Users with a special permission can.
+    Governance,
 }
 
 /// One `[[storages]]` entry: a remote store tenants can name.

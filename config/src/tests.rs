@@ -1293,3 +1293,27 @@ fn client_auth_and_certificate_bindings() {
     );
     assert!(has(&got, "users[0].client_certificates", "no [https.client_auth]"), "{got:#?}");
 }
+
+#[test]
+fn audit_ship_section() {
+    let storages = "[[storages]]\nname = \"s3\"\nbackend = \"s3\"\nbucket = \"data\"\nregion = \"garage\"\n";
+    let config =
+        ok(&format!("mode = \"development\"\n[audit.ship]\nstorage = \"s3\"\nbucket = \"audit-trail\"\n{storages}"));
+    let ship = config.audit.ship.unwrap();
+    assert_eq!((ship.prefix.as_str(), ship.interval, ship.retention), ("audit/", Duration::from_secs(60), None));
+    let ship = ok(&format!(
+        "mode = \"development\"\n[audit.ship]\nstorage = \"s3\"\nnode = \"gw-1\"\nretention_days = 400\nretention_mode = \"governance\"\n{storages}"
+    ))
+    .audit
+    .ship
+    .unwrap();
+    assert_eq!(ship.retention, Some(Retention { mode: RetentionMode::Governance, days: 400 }));
+    let got = errs(
+        "mode = \"development\"\n[audit.ship]\nstorage = \"nowhere\"\nprefix = \"/abs\"\nretention_days = 0\nbucket = \"A_B\"\nspeed = 1\n",
+    );
+    assert!(has(&got, "audit.ship.storage", "unknown storage \"nowhere\""), "{got:#?}");
+    assert!(has(&got, "audit.ship.prefix", "invalid prefix"), "{got:#?}");
+    assert!(has(&got, "audit.ship.retention_days", "1 to 36500"), "{got:#?}");
+    assert!(has(&got, "audit.ship.bucket", "invalid bucket name"), "{got:#?}");
+    assert!(has(&got, "audit.ship.speed", "unknown key"), "{got:#?}");
+}

@@ -12,10 +12,10 @@ use crate::duration::{parse_duration, DURATION_FORMAT};
 use crate::ssh::{self, AlgorithmKind};
 use crate::text::{check_name, normalize_home, parse_sha256};
 use crate::{
-    AdminConfig, AuditConfig, CertBinding, ClientAuthConfig, ClientAuthMode, Config, ConfigError, DevelopmentConfig,
-    ExplicitAlgorithms, HttpsConfig, Mode, NamedStorage, PasswordHash, Permissions, S3Credentials, S3Storage,
-    SftpConfig, Sse, SshAlgorithms, SshProfile, StorageBackend, StorageConfig, TenantConfig, TenantStorage, TlsProfile,
-    TokenConfig, UserConfig,
+    AdminConfig, AuditConfig, AuditShipConfig, CertBinding, ClientAuthConfig, ClientAuthMode, Config, ConfigError,
+    DevelopmentConfig, ExplicitAlgorithms, HttpsConfig, Mode, NamedStorage, PasswordHash, Permissions, Retention,
+    RetentionMode, S3Credentials, S3Storage, SftpConfig, Sse, SshAlgorithms, SshProfile, StorageBackend, StorageConfig,
+    TenantConfig, TenantStorage, TlsProfile, TokenConfig, UserConfig,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -49,7 +49,11 @@ const CLIENT_AUTH_MODES: &[(&str, ClientAuthMode)] =
 const ADMIN_KEYS: &[&str] = &["listen", "token_file"];
 const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir", "max_object_size"];
 const AUDIT_KEYS: &[&str] =
-    &["path", "signing_key", "checkpoint_every_records", "checkpoint_interval", "append_timeout"];
+    &["path", "signing_key", "checkpoint_every_records", "checkpoint_interval", "append_timeout", "ship"];
+const AUDIT_SHIP_KEYS: &[&str] =
+    &["storage", "bucket", "prefix", "node", "interval", "retention_days", "retention_mode"];
+const RETENTION_MODES: &[(&str, RetentionMode)] =
+    &[("compliance", RetentionMode::Compliance), ("governance", RetentionMode::Governance)];
 const TENANT_KEYS: &[&str] =
     &["name", "key_file", "storage", "prefix", "sse", "kms_key_id", "bucket_key", "sse_c_key_file", "seal"];
 const STORAGES_KEYS: &[&str] = &[
@@ -444,6 +448,16 @@ impl Ctx<'_> {
 
         let storage_entries = self.tables(root, "", "storages");
         let storages = self.storages(&storage_entries);
+        if let Some(ship) = &audit.ship {
+            if !ship.storage.is_empty() && !storages.iter().any(|st| st.name == ship.storage) {
+                let known = if storages.is_empty() {
+                    "no [[storages]] are configured".to_owned()
+                } else {
+                    format!("configured: {}", listing(storages.iter().map(|st| &st.name)))
+                };
+                self.err("audit.ship.storage", format!("unknown storage {:?} ({known})", ship.storage));
+            }
+        }
         let tenant_entries = self.tables(root, "", "tenants");
         let (tenants, tenant_names) = self.tenants(&tenant_entries, &storage.keys_dir, &storages);
         let user_entries = self.tables(root, "", "users");
@@ -698,7 +712,60 @@ impl Ctx<'_> {
         };
         let checkpoint_interval = self.positive_duration(t, P, "checkpoint_interval", Duration::from_secs(60));
         let append_timeout = self.positive_duration(t, P, "append_timeout", Duration::from_secs(10));
-        AuditConfig { path, signing_key, checkpoint_every_records, checkpoint_interval, append_timeout }
+        let ship = self.table(t, P, "ship").map(|t| self.audit_ship(t));
+        AuditConfig { path, signing_key, checkpoint_every_records, checkpoint_interval, append_timeout, ship }
+    }
+
+    fn audit_ship(&mut self, t: &Table) -> AuditShipConfig {
+        const P: &str = "audit.ship";
+        self.check_keys(t, P, AUDIT_SHIP_KEYS);
+        let storage = self.required_string(t, P, "storage", " (the name of an [[storages]] entry)").unwrap_or_default();
+        let bucket = self.string(t, P, "bucket").map(str::to_owned);
+        if let Some(b) = &bucket {
+            if let Err(why) = crate::text::check_bucket(b) {
+                self.err(&child(P, "bucket"), format!("invalid bucket name {b:?}: {why}"));
+            }
+        }
+        let prefix = self.string(t, P, "prefix").unwrap_or("audit/").to_owned();
+        if !(prefix.is_empty() || prefix.ends_with('/'))
+            || prefix.starts_with('/')
+            || prefix.split('/').any(|s| s == "." || s == "..")
+            || prefix.chars().any(char::is_control)
+        {
+            self.err(
+                &child(P, "prefix"),
+                format!("invalid prefix {prefix:?}: use segments ending in '/', e.g. \"audit/\""),
+            );
+        }
+        let node = match self.string(t, P, "node") {
+            Some(n) => match check_name(n) {
+                Ok(()) => Some(n.to_owned()),
+                Err(why) => {
+                    self.err(&child(P, "node"), format!("invalid node name {n:?}: {why}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let interval = self.positive_duration(t, P, "interval", Duration::from_secs(60));
+        let days = self.integer(t, P, "retention_days");
+        let mode = self.choice(t, P, "retention_mode", RETENTION_MODES);
+        let retention = match days {
+            Some(d) if (1..=36_500).contains(&d) => {
+                Some(Retention { mode: mode.unwrap_or(RetentionMode::Compliance), days: u32::try_from(d).unwrap_or(1) })
+            }
+            Some(d) => {
+                self.err(&child(P, "retention_days"), format!("must be 1 to 36500, found {d}"));
+                None
+            }
+            None => {
+                if mode.is_some() {
+                    self.err(&child(P, "retention_mode"), "set retention_days too");
+                }
+                None
+            }
+        };
+        AuditShipConfig { storage: storage.to_owned(), bucket, prefix, node, interval, retention }
     }
 
     /// Reads and validates a name field; `None` if missing or invalid.

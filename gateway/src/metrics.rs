@@ -92,6 +92,8 @@ pub struct Metrics {
     storage: Mutex<BTreeMap<String, StorageOp>>,
     /// End of validity of the served TLS certificate, Unix seconds (0: unknown).
     cert_not_after: AtomicI64,
+    /// Audit segments shipped, and shipping passes that failed.
+    audit_shipped: [AtomicU64; 2],
 }
 
 /// The process's registry.
@@ -117,6 +119,7 @@ impl Metrics {
             reloads: Mutex::new(BTreeMap::new()),
             storage: Mutex::new(BTreeMap::new()),
             cert_not_after: AtomicI64::new(0),
+            audit_shipped: Default::default(),
         }
     }
 
@@ -173,6 +176,11 @@ impl Metrics {
             s.fetch_add(1, Ordering::Relaxed);
         }
         SessionGuard { slot }
+    }
+
+    /// An audit segment was shipped (`ok`), or a shipping pass failed.
+    pub fn audit_segment_shipped(&self, ok: bool) {
+        self.audit_shipped[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The served certificate is valid until `not_after` (Unix seconds).
@@ -262,6 +270,10 @@ impl Metrics {
         );
         let not_after = self.cert_not_after.load(Ordering::Relaxed);
         let _ = writeln!(o, "gateway_tls_certificate_expiry_seconds {}", not_after.saturating_sub(now_unix));
+        header(o, "gateway_audit_segments_shipped_total", "counter", "Audit segments shipped to the audit bucket.");
+        let _ = writeln!(o, "gateway_audit_segments_shipped_total {}", self.audit_shipped[0].load(Ordering::Relaxed));
+        header(o, "gateway_audit_ship_failures_total", "counter", "Audit shipping passes that failed (retried).");
+        let _ = writeln!(o, "gateway_audit_ship_failures_total {}", self.audit_shipped[1].load(Ordering::Relaxed));
         let storage = self.storage.lock().unwrap_or_else(PoisonError::into_inner);
         header(o, "gateway_storage_request_seconds", "histogram", "S3 request latency by operation (each attempt).");
         for (op, (h, _)) in storage.iter() {

@@ -241,6 +241,8 @@ pub struct Gateway {
     extra_token: Option<crate::reload::ExtraToken>,
     /// The configuration file to watch for user changes, once [`Gateway::watch_config`] names it.
     config_file: Option<std::path::PathBuf>,
+    /// Ships sealed audit segments to the audit bucket, when configured, and how often.
+    shipper: Option<(crate::audit::ship::Shipper, std::time::Duration)>,
     /// What `/readyz` looks at; flips to draining first at shutdown.
     readiness: Arc<crate::admin::Readiness>,
     /// SHA-256 of the admin token `/metrics` requires, if configured.
@@ -343,6 +345,10 @@ impl Gateway {
             .filter_map(|t| keys.get(&t.name).map(|r| (t.name.clone(), t.key_file.clone(), r.clone())))
             .collect();
         let store = crate::storage::router::open_stores(config, keys).await.map_err(StartupError)?;
+        let shipper = match &config.audit.ship {
+            Some(ship) => Some((open_shipper(config, ship).await.map_err(|e| StartupError(vec![e]))?, ship.interval)),
+            None => None,
+        };
         let audit = AuditLog::open(
             AuditConfig {
                 path: config.audit.path.clone(),
@@ -379,8 +385,8 @@ impl Gateway {
             tls: Arc::new(tls),
             cert,
             cert_files: (config.https.cert.clone(), config.https.key.clone()),
-            clients,
             host_key_files: config.sftp.as_ref().map(|s| s.host_keys.clone()).unwrap_or_default(),
+            clients,
             keyrings,
             reload: Arc::new(tokio::sync::Notify::new()),
             users: directory.clone(),
@@ -391,6 +397,7 @@ impl Gateway {
                 sha256: d.token.sha256(),
             }),
             config_file: None,
+            shipper,
             readiness,
             admin_token,
             api: Arc::new(api),
@@ -469,6 +476,9 @@ impl Gateway {
             crate::keyring::KeyringReloader::new(self.keyrings.clone(), self.audit.clone())
                 .run(stop.clone().cancelled_owned()),
         );
+        let ship_stop = tokio_util::sync::CancellationToken::new();
+        let shipping =
+            self.shipper.map(|(shipper, every)| tokio::spawn(shipper.run(every, ship_stop.clone().cancelled_owned())));
         let https = https::serve(listeners.https, self.tls, self.api, self.https, stop.clone().cancelled_owned());
         let sftp = async {
             match (self.sftp, listeners.sftp) {
@@ -503,9 +513,38 @@ impl Gateway {
             tracing::warn!(alive, "transfers still alive after every connection ended; closing the audit trail anyway");
         }
         self.audit.close().await;
+        // The trail is closed (final checkpoint written): ship what is left.
+        ship_stop.cancel();
+        if let Some(task) = shipping {
+            if let Ok(mut shipper) = task.await {
+                if tokio::time::timeout(SHIP_AT_EXIT_LIMIT, shipper.ship_logged()).await.is_err() {
+                    tracing::error!("the last audit segments were not shipped in time; the next start ships them");
+                }
+            }
+        }
         admin_stop.cancel();
         if let Some(admin) = admin {
             let _ = admin.await;
         }
     }
+}
+
+/// Longest the last shipping pass at shutdown may take.
+const SHIP_AT_EXIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The audit shipper of `[audit.ship]`: the named storage's endpoint and credentials, its
+/// bucket unless one is given, this node's name.
+async fn open_shipper(
+    config: &Config,
+    ship: &gateway_config::AuditShipConfig,
+) -> Result<crate::audit::ship::Shipper, String> {
+    let named = config
+        .storages
+        .iter()
+        .find(|s| s.name == ship.storage)
+        .ok_or_else(|| format!("audit.ship.storage: unknown storage {:?}", ship.storage))?;
+    let client = crate::storage::router::client_for(named).await.map_err(|e| format!("audit.ship: {e}"))?;
+    let bucket = ship.bucket.clone().unwrap_or_else(|| named.s3.bucket.clone());
+    let node = crate::audit::ship::node_name(ship.node.as_deref());
+    crate::audit::ship::Shipper::open(client, bucket, &ship.prefix, &node, &config.audit.path, ship.retention).await
 }

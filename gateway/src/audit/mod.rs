@@ -23,6 +23,7 @@
 
 mod pending;
 mod record;
+pub mod ship;
 pub mod signing;
 pub mod verify;
 

@@ -133,7 +133,7 @@ fn read_credential(path: &Path, secret: bool) -> Result<String, String> {
 }
 
 /// An SDK client for one `[[storages]]` entry.
-async fn client_for(named: &NamedStorage) -> Result<aws_sdk_s3::Client, String> {
+pub(crate) async fn client_for(named: &NamedStorage) -> Result<aws_sdk_s3::Client, String> {
     let s = &named.s3;
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(s.region.clone()))
