@@ -110,6 +110,9 @@ pub fn reencrypt(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
     if terminal {
         eprintln!();
     }
+    if summary.stale_removed > 0 {
+        println!("removed {} staging file(s) an interrupted earlier run left", summary.stale_removed);
+    }
     for (path, why) in &summary.failed {
         eprintln!("FAILED {path}: {why}");
     }

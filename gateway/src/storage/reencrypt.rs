@@ -192,6 +192,33 @@ pub struct Progress {
     pub changed: usize,
     /// Objects that could not be read or rewritten: (path under the tenant, why).
     pub failed: Vec<(String, String)>,
+    /// Staging files an interrupted earlier run left, removed before this one.
+    pub stale_removed: usize,
+}
+
+/// A staging file of an interrupted run is one not written to for this long (a run in
+/// progress writes to its file continuously).
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Remove `reencrypt-*.part` files in `staging` that nothing has written to for
+/// [`STALE_AFTER`] (left by an interrupted run; the gateway's own start removes them too).
+fn remove_stale(staging: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(staging) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let ours = name.to_str().is_some_and(|n| n.starts_with("reencrypt-") && n.ends_with(".part"));
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        if ours && idle && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Re-seal every object of `tenant` in the local store at `root` under `ring`'s newest key,
@@ -210,10 +237,15 @@ pub fn reencrypt_tenant(
             staging.display()
         )));
     }
+    let stale_removed = remove_stale(&staging);
     let objects = tenant_objects(root, tenant)?;
     let top = root.join("objects").join(tenant);
-    let mut p =
-        Progress { total: objects.len(), bytes_total: objects.iter().map(|(_, len)| len).sum(), ..Progress::default() };
+    let mut p = Progress {
+        total: objects.len(),
+        bytes_total: objects.iter().map(|(_, len)| len).sum(),
+        stale_removed,
+        ..Progress::default()
+    };
     report(&p);
     for (path, len) in objects {
         match reencrypt_file(&path, ring, &staging) {
@@ -333,10 +365,21 @@ mod tests {
         assert_eq!(get(&store, "empty").await.unwrap(), b"");
         let stat = store.stat("t", &ObjectKey::home("sub/legacy").unwrap()).await.unwrap();
         assert_eq!((stat.size, stat.sha256), (legacy.len() as u64, Some(crate::digest::sha256(&legacy))));
-        // Idempotent: a second run rewrites nothing.
-        for (p, _) in &objects {
-            assert_eq!(reencrypt_file(p, &ring, &staging).unwrap(), Outcome::Current);
-        }
+        // Idempotent: a second run rewrites nothing; it removes what an interrupted run left
+        // in staging, but not a file another run is writing now.
+        let old = staging.join("reencrypt-old.part");
+        let fresh = staging.join("reencrypt-fresh.part");
+        fs::write(&old, b"x").unwrap();
+        fs::write(&fresh, b"x").unwrap();
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - STALE_AFTER * 2)
+            .unwrap();
+        let again = reencrypt_tenant(dir.path(), "t", &ring, |_| {}).unwrap();
+        assert_eq!((again.total, again.current, again.rewritten, again.stale_removed), (4, 4, 0, 1), "{again:?}");
+        assert!(!old.exists() && fresh.exists());
     }
 
     #[tokio::test]
