@@ -171,13 +171,15 @@ impl TenantKeyring {
                 return Err(SecretError::Io { path: tmp, source });
             }
         }
-        if path.exists() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(SecretError::Malformed { path, what: "already exists; not overwritten".into() });
-        }
-        if let Err(source) = std::fs::rename(&tmp, &path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(SecretError::Io { path, source });
+        // link(2) never replaces: a rotation racing this one cannot lose either key.
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(SecretError::Malformed { path, what: "already exists; not overwritten (run again)".into() })
+            }
+            Err(source) => return Err(SecretError::Io { path, source }),
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)

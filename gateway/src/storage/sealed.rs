@@ -187,14 +187,6 @@ impl Sealer {
         Ok(Sealer { key: object_key(tenant, &salt, HKDF_INFO)?, header, next: 0 })
     }
 
-    /// The key id this sealer writes under.
-    pub fn key_id(&self) -> Option<KeyId> {
-        header_key_id(&self.header, Layout::MetaFirst)
-            .or_else(|_| header_key_id(&self.header, Layout::Trailer))
-            .ok()
-            .flatten()
-    }
-
     /// The header to write at offset 0.
     pub fn header(&self) -> &[u8; HEADER_LEN] {
         &self.header
