@@ -180,7 +180,9 @@ impl Metrics {
 
     /// An audit segment was shipped (`ok`), or a shipping pass failed.
     pub fn audit_segment_shipped(&self, ok: bool) {
-        self.audit_shipped[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.audit_shipped.get(usize::from(!ok)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The served certificate is valid until `not_after` (Unix seconds).
@@ -271,9 +273,17 @@ impl Metrics {
         let not_after = self.cert_not_after.load(Ordering::Relaxed);
         let _ = writeln!(o, "gateway_tls_certificate_expiry_seconds {}", not_after.saturating_sub(now_unix));
         header(o, "gateway_audit_segments_shipped_total", "counter", "Audit segments shipped to the audit bucket.");
-        let _ = writeln!(o, "gateway_audit_segments_shipped_total {}", self.audit_shipped[0].load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "gateway_audit_segments_shipped_total {}",
+            self.audit_shipped.first().map_or(0, |c| c.load(Ordering::Relaxed))
+        );
         header(o, "gateway_audit_ship_failures_total", "counter", "Audit shipping passes that failed (retried).");
-        let _ = writeln!(o, "gateway_audit_ship_failures_total {}", self.audit_shipped[1].load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "gateway_audit_ship_failures_total {}",
+            self.audit_shipped.get(1).map_or(0, |c| c.load(Ordering::Relaxed))
+        );
         let storage = self.storage.lock().unwrap_or_else(PoisonError::into_inner);
         header(o, "gateway_storage_request_seconds", "histogram", "S3 request latency by operation (each attempt).");
         for (op, (h, _)) in storage.iter() {

@@ -765,6 +765,11 @@ impl Upload {
     }
 
     async fn record_failure(&mut self, e: &TransferError) {
+        // Already failed and audited (a storage error during `write`, then the frontend's
+        // own `fail` at close): one outcome per transfer.
+        if self.done {
+            return;
+        }
         if let Some(writer) = self.writer.take() {
             // Wait until nothing of the upload remains (S3: the multipart upload is aborted).
             writer.abort().await;

@@ -1167,3 +1167,58 @@ async fn sftp_directories_on_s3_markers_rmdir_and_renames() {
     assert!(!ok, "the old directory still lists: {out}");
     assert_eq!(s3.bucket.multipart_uploads("").await, []);
 }
+
+/// Audit segments shipped to a bucket with Object Lock (moto) carry COMPLIANCE retention, as
+/// the store reports it and as `gateway audit verify-shipped` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_segments_shipped_under_object_lock_retention() {
+    let moto = Moto::start().await;
+    moto.create_bucket("gateway-data").await;
+    let code = "import boto3, sys\n\
+                boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', \
+                aws_secret_access_key='test').create_bucket(Bucket=sys.argv[2], ObjectLockEnabledForBucket=True)";
+    python(&["-c", code, &moto.url(), "audit-locked"], Duration::from_secs(60)).await;
+    let creds = tempfile::tempdir().unwrap();
+    let (id_file, secret_file) = (creds.path().join("id"), creds.path().join("secret"));
+    gateway_e2e::s3::write_private(&id_file, b"AKIDMOTOTEST").unwrap();
+    gateway_e2e::s3::write_private(&secret_file, b"moto-secret-any").unwrap();
+    let mut gw = TestGateway::builder()
+        .s3()
+        .checkpoint_every(3)
+        .s3_settings(&format!(
+            "bucket = \"gateway-data\"\nregion = \"us-east-1\"\nendpoint_url = {:?}\nforce_path_style = true\n\
+             access_key_id_file = {id_file:?}\nsecret_access_key_file = {secret_file:?}",
+            moto.url()
+        ))
+        .tenant_settings("acme", "sse = \"sse-s3\"")
+        .tenant_settings("globex", "sse = \"sse-s3\"")
+        .https_settings(
+            "\n[audit.ship]\nstorage = \"s3\"\nbucket = \"audit-locked\"\nnode = \"gw-1\"\ninterval = \"500ms\"\nretention_days = 2\n",
+        )
+        .start()
+        .await;
+    for i in 0..3 {
+        let r = gw.call("alice", "PUT", &format!("/v1/files/locked-{i}.txt"), Bytes::from_static(b"kept")).await;
+        assert_eq!(r.status, 201);
+    }
+    gw.stop().await;
+    let check = "import boto3, sys, json\n\
+                 s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', \
+                 aws_secret_access_key='test')\n\
+                 keys = [o['Key'] for o in s3.list_objects_v2(Bucket='audit-locked', Prefix='audit/gw-1/').get('Contents', [])]\n\
+                 out = [(k, s3.head_object(Bucket='audit-locked', Key=k).get('ObjectLockMode', 'none')) for k in keys]\n\
+                 print(json.dumps(out))";
+    let out = python(&["-c", check, &moto.url()], Duration::from_secs(60)).await;
+    let segments: Vec<(String, String)> = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(!segments.is_empty(), "no segments shipped");
+    assert!(segments.iter().all(|(_, mode)| mode == "COMPLIANCE"), "{segments:?}");
+    let verify = std::process::Command::new(TestGateway::gateway_bin())
+        .args(["audit", "verify-shipped", "--config"])
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{text}");
+    let n = segments.len();
+    assert!(text.contains(&format!("node gw-1: OK: {n} segments ({n} under Object Lock retention)")), "{text}");
+}

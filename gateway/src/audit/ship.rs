@@ -87,6 +87,15 @@ fn parse_segment_key(name: &str) -> Option<(u64, u64)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
+/// Trail bytes from the shipped offset through a checkpoint line.
+struct Segment {
+    bytes: Vec<u8>,
+    first: u64,
+    last: u64,
+    /// SHA-256 (hex) of the last line.
+    hash: String,
+}
+
 #[derive(Deserialize)]
 struct Head {
     seq: u64,
@@ -150,7 +159,7 @@ impl Shipper {
     /// segments written.
     pub async fn ship_pending(&mut self) -> Result<usize, String> {
         let mut shipped = 0;
-        while let Some((bytes, first, last, hash)) = self.next_segment()? {
+        while let Some(Segment { bytes, first, last, hash }) = self.next_segment()? {
             let key = segment_key(&self.prefix, first, last);
             self.put(&key, bytes.clone(), first, last).await?;
             self.state = ShipState { seq: last, offset: self.state.offset + bytes.len() as u64, hash };
@@ -187,7 +196,7 @@ impl Shipper {
 
     /// The next segment: bytes from the shipped offset through the last checkpoint line
     /// within [`MAX_SEGMENT`]; `None` when no checkpoint follows what was shipped.
-    fn next_segment(&self) -> Result<Option<(Vec<u8>, u64, u64, String)>, String> {
+    fn next_segment(&self) -> Result<Option<Segment>, String> {
         let mut file = std::fs::File::open(&self.trail).map_err(|e| format!("{}: {e}", self.trail.display()))?;
         let len = file.metadata().map_err(|e| format!("{}: {e}", self.trail.display()))?.len();
         if len < self.state.offset {
@@ -233,7 +242,7 @@ impl Shipper {
         }
         let (Some((end, last, hash)), Some(first)) = (end, first) else { return Ok(None) };
         buf.truncate(end);
-        Ok(Some((buf, first, last, hash)))
+        Ok(Some(Segment { bytes: buf, first, last, hash }))
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, first: u64, last: u64) -> Result<(), String> {
@@ -394,6 +403,7 @@ async fn verify_node(
             .send()
             .await
             .map_err(|e| format!("node {node}: reading {key}: {}", sdk_message(&e)))?;
+        let locked_here = got.object_lock_mode().is_some() && got.object_lock_retain_until_date().is_some();
         let body = got.body.collect().await.map_err(|e| format!("node {node}: reading {key}: {e}"))?.into_bytes();
         let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
         let seq_of = |l: &[u8]| serde_json::from_slice::<Head>(l).ok();
@@ -411,7 +421,7 @@ async fn verify_node(
         if hn.event != "checkpoint" {
             return Err(format!("node {node}: {key} does not end with a checkpoint: it was altered"));
         }
-        if client.get_object_retention().bucket(bucket).key(key).send().await.is_ok_and(|r| r.retention().is_some()) {
+        if locked_here {
             locked += 1;
         }
         use std::io::Write;

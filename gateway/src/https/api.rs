@@ -222,6 +222,15 @@ impl Api {
             // on HTTP/1.1, so the connection can stay open.
             tokio::spawn(discard_body(body));
         }
+        if head.method() == Method::HEAD {
+            // A HEAD answer has no body: an error's JSON would be a protocol error on HTTP/2
+            // (curl: error 92). Its length stays in Content-Length.
+            let (mut parts, body) = resp.into_parts();
+            if let Some(n) = hyper::body::Body::size_hint(&body).exact() {
+                parts.headers.entry(header::CONTENT_LENGTH).or_insert(HeaderValue::from(n));
+            }
+            resp = Response::from_parts(parts, empty());
+        }
         let h = resp.headers_mut();
         h.insert(header::STRICT_TRANSPORT_SECURITY, self.hsts.clone());
         h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

@@ -251,3 +251,16 @@ async fn shutdown_waits_for_every_transfer_object() {
     let events: Vec<AuditEvent> = f.lines().iter().map(|l| l.entry.event).collect();
     assert_eq!(events, [AuditEvent::Started, AuditEvent::Failed, AuditEvent::Checkpoint]);
 }
+
+#[tokio::test]
+async fn a_failed_write_then_fail_records_one_outcome() {
+    let f = fixture(Duration::from_secs(10));
+    let mut up = f.transfers.begin_upload(&f.who, &f.client, &rel("big.bin"), None).await.unwrap();
+    let e = up.write(Bytes::from(vec![0u8; 2 << 20])).await.unwrap_err();
+    assert!(matches!(e, TransferError::TooLarge { .. }), "{e}");
+    // The frontend then abandons it as it would at close (SFTP) or on its own error.
+    let _ = up.fail(TransferError::Storage("closed after the failed write".into())).await;
+    f.audit.close().await;
+    let failed = f.lines().iter().filter(|l| l.entry.event == AuditEvent::Failed).count();
+    assert_eq!(failed, 1, "one transfer, one outcome");
+}
