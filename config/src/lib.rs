@@ -419,6 +419,26 @@ pub struct StorageConfig {
     /// Largest object a client may upload, in bytes: bounds what one transfer can take
     /// from the disk (`max_object_size`, default "64GiB", at least 1B).
     pub max_object_size: u64,
+    /// Which characters a client's file and directory names may not hold, beyond the ones
+    /// always refused (`refuse_in_names`, default "invisible").
+    pub refuse_in_names: NameRefusal,
+}
+
+/// `[storage] refuse_in_names`: characters that make a name display as something it is not
+/// (`a<U+202E>gnp.exe` shows as "aexe.png"). Control characters, `/`, `\`, `.` and `..`
+/// are refused whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NameRefusal {
+    /// `"invisible"`: every Unicode Default_Ignorable_Code_Point (bidirectional controls,
+    /// zero-width characters, the BOM, variation selectors, tags, fillers).
+    #[default]
+    Invisible,
+    /// `"bidi"`: only the bidirectional controls (U+061C, U+200E, U+200F, U+202A–U+202E,
+    /// U+2066–U+2069), for deployments whose names need zero-width joiners (Persian,
+    /// Indic scripts) or emoji variation selectors.
+    Bidi,
+    /// `"none"`: nothing beyond the characters always refused.
+    Nothing,
 }
 
 /// Storage backends; an enum so each backend carries exactly its own settings.

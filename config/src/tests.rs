@@ -1317,3 +1317,26 @@ fn audit_ship_section() {
     assert!(has(&got, "audit.ship.bucket", "invalid bucket name"), "{got:#?}");
     assert!(has(&got, "audit.ship.speed", "unknown key"), "{got:#?}");
 }
+
+#[test]
+fn storage_refuse_in_names() {
+    assert_eq!(ok(MINIMAL).storage.refuse_in_names, NameRefusal::Invisible);
+    for (value, want) in
+        [("invisible", NameRefusal::Invisible), ("bidi", NameRefusal::Bidi), ("none", NameRefusal::Nothing)]
+    {
+        let config = ok(&format!("mode = \"development\"\n[storage]\nrefuse_in_names = {value:?}\n"));
+        assert_eq!(config.storage.refuse_in_names, want, "{value}");
+    }
+    let got = errs("mode = \"development\"\n[storage]\nrefuse_in_names = \"zero-width\"\n");
+    assert!(
+        has(
+            &got,
+            "storage.refuse_in_names",
+            "unknown refuse_in_names \"zero-width\" (accepted: invisible, bidi, none)"
+        ),
+        "{got:#?}"
+    );
+    let got = errs("mode = \"development\"\n[storage]\nrefuse_in_names = false\n");
+    assert!(has(&got, "storage.refuse_in_names", "expected a string"), "{got:#?}");
+    assert_eq!(got.len(), 1, "{got:#?}");
+}

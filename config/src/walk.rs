@@ -47,7 +47,12 @@ const CLIENT_AUTH_KEYS: &[&str] = &["mode", "ca", "crls"];
 const CLIENT_AUTH_MODES: &[(&str, ClientAuthMode)] =
     &[("optional", ClientAuthMode::Optional), ("required", ClientAuthMode::Required)];
 const ADMIN_KEYS: &[&str] = &["listen", "token_file"];
-const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir", "max_object_size"];
+const STORAGE_KEYS: &[&str] = &["backend", "root", "keys_dir", "max_object_size", "refuse_in_names"];
+const NAME_REFUSALS: &[(&str, crate::NameRefusal)] = &[
+    ("invisible", crate::NameRefusal::Invisible),
+    ("bidi", crate::NameRefusal::Bidi),
+    ("none", crate::NameRefusal::Nothing),
+];
 const AUDIT_KEYS: &[&str] =
     &["path", "signing_key", "checkpoint_every_records", "checkpoint_interval", "append_timeout", "ship"];
 const AUDIT_SHIP_KEYS: &[&str] =
@@ -691,7 +696,8 @@ impl Ctx<'_> {
         };
         let keys_dir = self.path(t, P, "keys_dir").unwrap_or_else(|| data_dir.join("keys"));
         let max_object_size = self.size(t, P, "max_object_size", 64 << 30);
-        StorageConfig { backend, keys_dir, max_object_size }
+        let refuse_in_names = self.choice(t, P, "refuse_in_names", NAME_REFUSALS).unwrap_or_default();
+        StorageConfig { backend, keys_dir, max_object_size, refuse_in_names }
     }
 
     fn audit(&mut self, t: &Table, data_dir: &std::path::Path) -> AuditConfig {

@@ -371,7 +371,8 @@ impl Gateway {
             Some(path) => Some(admin_token(path).map_err(|e| StartupError(vec![format!("admin.token_file: {e}")]))?),
             None => None,
         };
-        let transfers = Transfers::new(store, audit.clone(), config.storage.max_object_size);
+        let transfers = Transfers::new(store, audit.clone(), config.storage.max_object_size)
+            .with_names(config.storage.refuse_in_names);
         let directory = Arc::new(Users::new(directory));
         let sftp = match &config.sftp {
             Some(sftp) => Some(

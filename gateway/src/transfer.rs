@@ -39,7 +39,7 @@ use write_ahead::{append_outcome, open_record, outcome, settle, Undo};
 
 use crate::audit::{AuditEntry, AuditError, AuditEvent, AuditLog};
 use crate::auth::Principal;
-use crate::path::{ObjectKey, PathError, RelPath};
+use crate::path::{escape_invisible, NameRefusal, ObjectKey, PathError, RelPath};
 use crate::secrets::random_bytes;
 use crate::storage::{
     ByteRange, ByteStream, EntryKind, ListCursor, ListEntry, ListPage, ObjectMeta, ObjectStore, ObjectWriter,
@@ -274,6 +274,9 @@ pub struct Transfers {
     store: Arc<dyn ObjectStore>,
     audit: AuditLog,
     max_object_size: u64,
+    /// Characters refused in client names beyond the always-refused ones (`[storage]
+    /// refuse_in_names`); the frontends parse paths with it.
+    names: NameRefusal,
     /// Uploads, downloads and read sessions alive (each holds a token).
     live: TaskTracker,
 }
@@ -295,7 +298,18 @@ fn elapsed_ms(since: Instant) -> u64 {
 impl Transfers {
     /// The transfer path over a store and an audit trail; uploads stop at `max_object_size`.
     pub fn new(store: Arc<dyn ObjectStore>, audit: AuditLog, max_object_size: u64) -> Transfers {
-        Transfers { store, audit, max_object_size, live: TaskTracker::new() }
+        Transfers { store, audit, max_object_size, names: NameRefusal::default(), live: TaskTracker::new() }
+    }
+
+    /// Parse client paths under `names` (default: [`NameRefusal::Invisible`]).
+    pub fn with_names(self, names: NameRefusal) -> Transfers {
+        Transfers { names, ..self }
+    }
+
+    /// What client names may not hold: frontends pass it to [`RelPath::from_url_with`] and
+    /// [`RelPath::from_plain_with`].
+    pub fn names(&self) -> NameRefusal {
+        self.names
     }
 
     /// At shutdown, once the frontends have ended every connection: wait (at most `limit`)
@@ -390,11 +404,12 @@ impl Transfers {
     }
 
     /// Record a refusal that happened before any operation could be named precisely
-    /// (a malformed path, say).
+    /// (a malformed path, say). The path is bounded, without control characters, and
+    /// with invisible ones written `<U+XXXX>`, so the record shows what was sent.
     pub async fn deny_path(&self, who: &Principal, client: &ClientInfo, op: &str, raw: &str, why: &PathError) {
         let entry = AuditEntry {
             operation: Some(op.into()),
-            path: Some(raw.chars().filter(|c| !c.is_control()).take(1024).collect()),
+            path: Some(escape_invisible(raw).chars().take(1024).collect()),
             result: Some("denied".into()),
             error: Some(why.to_string()),
             ..client.user_entry(AuditEvent::Denied, who)
@@ -631,7 +646,7 @@ impl Transfers {
     async fn ensure_home(&self, who: &Principal) -> Result<(), TransferError> {
         let mut key = ObjectKey::home("").map_err(TransferError::InvalidPath)?;
         for seg in who.home.segments() {
-            let rel = RelPath::from_plain(seg)?;
+            let rel = RelPath::from_plain_with(seg, NameRefusal::Nothing)?;
             key = key.join(&rel);
             match self.store.mkdir(&who.tenant, &key).await {
                 Ok(()) | Err(StorageError::Conflict(_)) => {}

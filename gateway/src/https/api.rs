@@ -22,7 +22,7 @@ use super::error::ApiError;
 use crate::audit::AuditEvent;
 use crate::auth::{Principal, Users};
 use crate::digest::{parse_digest_field, to_digest_field};
-use crate::path::{PathError, RelPath};
+use crate::path::{NameRefusal, PathError, RelPath};
 use crate::storage::{ListCursor, ObjectMeta, RangeRequest};
 use crate::transfer::{ClientInfo, TransferError, Transfers};
 
@@ -85,14 +85,14 @@ impl From<RouteError> for ApiError {
     }
 }
 
-fn route(method: &Method, path: &str) -> Result<Endpoint, RouteError> {
+fn route(method: &Method, path: &str, names: NameRefusal) -> Result<Endpoint, RouteError> {
     let raw = if path == "/v1/files" {
         ""
     } else {
         path.strip_prefix(FILES_PREFIX)
             .ok_or_else(|| RouteError::Other(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")))?
     };
-    let rel = RelPath::from_url(raw).map_err(RouteError::Path)?;
+    let rel = RelPath::from_url_with(raw, names).map_err(RouteError::Path)?;
     let not_allowed = |allow: &'static str| {
         RouteError::Other(
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("allowed: {allow}"))
@@ -287,7 +287,7 @@ impl Api {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"));
         }
         let who = self.authenticate(req.headers(), conn).await?;
-        let endpoint = match route(req.method(), &path) {
+        let endpoint = match route(req.method(), &path, self.transfers.names()) {
             Ok(e) => e,
             Err(RouteError::Path(why)) => {
                 self.transfers.deny_path(&who, &conn.client, req.method().as_str(), &path, &why).await;
@@ -469,24 +469,39 @@ impl Api {
 mod tests {
     use super::*;
 
+    fn route_default(method: &Method, path: &str) -> Result<Endpoint, RouteError> {
+        route(method, path, NameRefusal::default())
+    }
+
     #[test]
     fn routes() {
-        assert_eq!(route(&Method::PUT, "/v1/files/a/b").unwrap(), Endpoint::Upload(RelPath::from_url("a/b").unwrap()));
-        assert_eq!(route(&Method::GET, "/v1/files/a/").unwrap(), Endpoint::List(RelPath::from_url("a/").unwrap()));
-        assert_eq!(route(&Method::GET, "/v1/files").unwrap(), Endpoint::List(RelPath::from_url("").unwrap()));
         assert_eq!(
-            ApiError::from(route(&Method::PUT, "/v1/files/a/").unwrap_err()).status,
+            route_default(&Method::PUT, "/v1/files/a/b").unwrap(),
+            Endpoint::Upload(RelPath::from_url("a/b").unwrap())
+        );
+        assert_eq!(
+            route_default(&Method::GET, "/v1/files/a/").unwrap(),
+            Endpoint::List(RelPath::from_url("a/").unwrap())
+        );
+        assert_eq!(route_default(&Method::GET, "/v1/files").unwrap(), Endpoint::List(RelPath::from_url("").unwrap()));
+        assert_eq!(
+            ApiError::from(route_default(&Method::PUT, "/v1/files/a/").unwrap_err()).status,
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(
-            ApiError::from(route(&Method::POST, "/v1/files/a").unwrap_err()).status,
+            ApiError::from(route_default(&Method::POST, "/v1/files/a").unwrap_err()).status,
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(
-            ApiError::from(route(&Method::GET, "/v1/files/%2e%2e/x").unwrap_err()).status,
+            ApiError::from(route_default(&Method::GET, "/v1/files/%2e%2e/x").unwrap_err()).status,
             StatusCode::BAD_REQUEST
         );
-        assert_eq!(ApiError::from(route(&Method::GET, "/v2/x").unwrap_err()).status, StatusCode::NOT_FOUND);
+        assert_eq!(ApiError::from(route_default(&Method::GET, "/v2/x").unwrap_err()).status, StatusCode::NOT_FOUND);
+        // A right-to-left override: refused by default, a bad path (400) naming the code point.
+        let refused = ApiError::from(route_default(&Method::PUT, "/v1/files/a%E2%80%AEgnp.exe").unwrap_err());
+        assert_eq!((refused.status, refused.code), (StatusCode::BAD_REQUEST, "invalid_path"));
+        assert_eq!(refused.message, "U+202E RIGHT-TO-LEFT OVERRIDE is not allowed in names");
+        assert!(route(&Method::PUT, "/v1/files/a%E2%80%AEgnp.exe", NameRefusal::Nothing).is_ok());
     }
 
     #[test]

@@ -53,7 +53,7 @@ use super::inflight::UploadsInProgress;
 use super::queue::WorkQueue;
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::auth::Principal;
-use crate::path::{PathError, RelPath};
+use crate::path::{NameRefusal, PathError, RelPath};
 use crate::storage::{EntryKind, ListEntry};
 use crate::transfer::{ClientInfo, ReadSession, TransferError, Transfers, Upload};
 
@@ -136,14 +136,14 @@ fn error_status(id: u32, e: &TransferError) -> Packet {
 }
 
 /// Resolve a client path against the user's (virtual) root: `/` is the home; `.` and empty
-/// segments are dropped; `..` is refused. Names mangled by a non-UTF-8 decode are refused
-/// rather than silently renamed.
-fn resolve(raw: &str) -> Result<RelPath, PathError> {
+/// segments are dropped; `..` is refused, and so are the characters `names` refuses. Names
+/// mangled by a non-UTF-8 decode are refused rather than silently renamed.
+fn resolve(raw: &str, names: NameRefusal) -> Result<RelPath, PathError> {
     if raw.contains('\u{FFFD}') {
         return Err(PathError::InvalidEncoding);
     }
     let kept: Vec<&str> = raw.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
-    RelPath::from_plain(&kept.join("/"))
+    RelPath::from_plain_with(&kept.join("/"), names)
 }
 
 /// `realpath`: the canonical absolute form, resolving `..` logically (never above `/`).
@@ -296,7 +296,7 @@ impl Ctx {
 
     /// Resolve a path, auditing a refusal.
     async fn path(&self, op: &str, raw: &str) -> Result<RelPath, TransferError> {
-        match resolve(raw) {
+        match resolve(raw, self.transfers.names()) {
             Ok(p) => Ok(p),
             Err(e) => {
                 self.transfers.deny_path(&self.who, &self.client, op, raw, &e).await;
@@ -1295,12 +1295,15 @@ mod tests {
 
     #[test]
     fn paths_resolve_under_the_virtual_root() {
+        let resolve = |raw| super::resolve(raw, NameRefusal::default());
         assert_eq!(resolve("/a/./b//c").unwrap().display(), "a/b/c");
         assert!(resolve("/").unwrap().is_root());
         assert!(resolve(".").unwrap().is_root());
         assert_eq!(resolve("/a/../b"), Err(PathError::DotSegment));
         assert_eq!(resolve("a\\b"), Err(PathError::Backslash));
         assert_eq!(resolve("bad\u{FFFD}name"), Err(PathError::InvalidEncoding));
+        assert!(matches!(resolve("/in/a\u{202E}gnp.exe"), Err(PathError::Invisible { code_point: 0x202E, .. })));
+        assert!(super::resolve("/in/a\u{200B}b", NameRefusal::Bidi).is_ok());
         assert_eq!(canonical("/a/b/../../.."), "/");
         assert_eq!(canonical("."), "/");
         assert_eq!(canonical("x/./y/.."), "/x");
