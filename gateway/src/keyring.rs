@@ -27,7 +27,12 @@ pub struct KeyId(pub [u8; 8]);
 impl KeyId {
     /// The id of `key`.
     pub fn of(key: &TenantKey) -> KeyId {
-        let mac_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key.expose());
+        KeyId::of_bytes(key.expose())
+    }
+
+    /// The id of raw key material (an SSE-C key).
+    pub fn of_bytes(key: &[u8]) -> KeyId {
+        let mac_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
         let tag = aws_lc_rs::hmac::sign(&mac_key, b"gateway storage key id v1");
         let mut id = [0u8; 8];
         id.copy_from_slice(tag.as_ref().get(..8).unwrap_or(&[0u8; 8]));
@@ -79,8 +84,8 @@ pub struct TenantKeyring {
     rotated: Vec<RingKey>,
 }
 
-/// The rotated key files beside `key_file`: `(generation, path)`, ascending.
-fn rotated_files(key_file: &Path) -> Result<Vec<(u32, PathBuf)>, SecretError> {
+/// The rotated key files beside `key_file` (`<key_file>.<n>`): `(generation, path)`, ascending.
+pub fn rotated_files(key_file: &Path) -> Result<Vec<(u32, PathBuf)>, SecretError> {
     let dir = match key_file.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use base64::Engine as _;
 use gateway::keyring::TenantKeyring;
 use gateway::storage::reencrypt::{reencrypt_tenant, Progress};
 
@@ -29,8 +30,56 @@ fn tenant(config: &Path, name: &str) -> anyhow::Result<(gateway_config::Config, 
     Ok((parsed, key_file))
 }
 
-/// `gateway keys rotate --tenant T`: add a new newest key beside the tenant's key file.
-pub fn rotate(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
+/// The tenant's SSE-C key file, if it uses SSE-C.
+fn sse_c_key_file(config: &gateway_config::Config, name: &str) -> Option<PathBuf> {
+    let t = config.tenants.iter().find(|t| t.name == name)?;
+    match &t.storage {
+        gateway_config::TenantStorage::S3 { sse: gateway_config::Sse::C { key_file }, .. } => Some(key_file.clone()),
+        _ => None,
+    }
+}
+
+/// `gateway keys rotate --tenant T --sse-c`: add `<sse_c_key_file>.<n>`, a fresh 256-bit
+/// SSE-C key (base64, 0600, owned like the first), written under a temporary name and linked
+/// into place.
+fn rotate_sse_c(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    use std::os::unix::fs::MetadataExt;
+    let (parsed, _) = tenant(config, name)?;
+    let Some(key_file) = sse_c_key_file(&parsed, name) else {
+        bail!("tenant {name:?} does not use SSE-C (sse = \"sse-c\" with an sse_c_key_file)");
+    };
+    let generation = gateway::keyring::rotated_files(&key_file)?.last().map_or(1, |(n, _)| n + 1);
+    let path = PathBuf::from(format!("{}.{generation}", key_file.display()));
+    let tmp = PathBuf::from(format!("{}.{generation}.tmp", key_file.display()));
+    let raw = zeroize::Zeroizing::new(gateway::secrets::random_bytes::<32>()?);
+    let mut text = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(raw.as_slice()));
+    text.push('\n');
+    gateway::secrets::write_secret_file(&tmp, text.as_bytes())?;
+    let owner = std::fs::metadata(&key_file).with_context(|| format!("{}", key_file.display()))?;
+    let linked = (|| {
+        let mine = std::fs::metadata(&tmp)?;
+        if (owner.uid(), owner.gid()) != (mine.uid(), mine.gid()) {
+            std::os::unix::fs::chown(&tmp, Some(owner.uid()), Some(owner.gid()))?;
+        }
+        std::fs::hard_link(&tmp, &path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    linked.with_context(|| format!("{}", path.display()))?;
+    let id = gateway::keyring::KeyId::of_bytes(raw.as_slice());
+    println!("tenant {name}: added SSE-C key generation {generation} (key id {id}) in {}", path.display());
+    println!(
+        "restart the gateway to write with it (SSE-C keys are read at start); objects under older \
+         keys stay readable; `gateway keys reencrypt --tenant {name}` then copies them to the new key"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gateway keys rotate --tenant T [--sse-c]`: add a new newest key beside the tenant's key
+/// file (or its SSE-C key file).
+pub fn rotate(config: &Path, name: &str, sse_c: bool) -> anyhow::Result<ExitCode> {
+    if sse_c {
+        return rotate_sse_c(config, name);
+    }
     let (_, key_file) = tenant(config, name)?;
     let new = TenantKeyring::rotate(&key_file)?;
     let ring = TenantKeyring::load(&key_file)?;
@@ -80,10 +129,7 @@ pub fn reencrypt(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
     let (parsed, key_file) = tenant(config, name)?;
     let Some(t) = parsed.tenants.iter().find(|t| t.name == name) else { bail!("no tenant {name:?}") };
     if t.storage != gateway_config::TenantStorage::Local {
-        bail!(
-            "tenant {name:?} is stored on S3: re-encryption covers the local store only for now; \
-             objects on S3 stay readable with the keys they were written with"
-        );
+        return reencrypt_s3(&parsed, name);
     }
     let gateway_config::StorageBackend::Local { root } = &parsed.storage.backend;
     let ring = TenantKeyring::load(&key_file)?;
@@ -133,4 +179,76 @@ pub fn reencrypt(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(if summary.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `gateway keys reencrypt` for an S3 tenant with SSE-C: copy every object not under the
+/// newest SSE-C key onto itself under it.
+fn reencrypt_s3(config: &gateway_config::Config, name: &str) -> anyhow::Result<ExitCode> {
+    use gateway::storage::s3::Rekey;
+    if sse_c_key_file(config, name).is_none() {
+        bail!(
+            "tenant {name:?} is on S3 without SSE-C: the store holds its encryption keys, there is nothing \
+             for the gateway to re-key"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let store = gateway::storage::router::tenant_store(config, name).await.map_err(|e| anyhow::anyhow!(e))?;
+        println!("tenant {name}: re-keying its S3 objects to the newest SSE-C key (CopyObject onto itself)");
+        let objects = store.object_keys().await?;
+        let terminal = std::io::stderr().is_terminal();
+        let started = Instant::now();
+        let mut last_line = Instant::now();
+        let mut p = Progress {
+            total: objects.len(),
+            bytes_total: objects.iter().map(|(_, n)| n).sum(),
+            ..Progress::default()
+        };
+        let mut too_large = Vec::new();
+        for (key, size) in objects {
+            match store.rekey(&key).await {
+                Ok(Rekey::Current) => p.current += 1,
+                Ok(Rekey::Rewritten { bytes }) => {
+                    p.rewritten += 1;
+                    p.rewritten_bytes += bytes;
+                }
+                Ok(Rekey::Changed) => p.changed += 1,
+                Ok(Rekey::TooLarge { bytes }) => too_large.push((key.clone(), bytes)),
+                Err(e) => p.failed.push((key.clone(), e.to_string())),
+            }
+            p.done += 1;
+            p.bytes_done += size;
+            if terminal {
+                eprint!("\r{}", bar(&p));
+                let _ = std::io::stderr().flush();
+            } else if p.done == p.total || last_line.elapsed() >= Duration::from_secs(5) {
+                eprintln!("{}", bar(&p));
+                last_line = Instant::now();
+            }
+        }
+        if terminal {
+            eprintln!();
+        }
+        for (key, why) in &p.failed {
+            eprintln!("FAILED {key}: {why}");
+        }
+        for (key, bytes) in &too_large {
+            eprintln!("SKIPPED {key}: {} is over the 5 GiB one CopyObject copies; it stays under its key", mib(*bytes));
+        }
+        println!(
+            "tenant {name}: {} objects in {:.1}s: {} re-keyed ({}), {} already under the newest key, {} changed meanwhile (left alone), {} skipped (over 5 GiB), {} failed",
+            p.total,
+            started.elapsed().as_secs_f64(),
+            p.rewritten,
+            mib(p.rewritten_bytes),
+            p.current,
+            p.changed,
+            too_large.len(),
+            p.failed.len()
+        );
+        if config.tenants.iter().any(|t| t.name == name && matches!(t.storage, gateway_config::TenantStorage::S3 { seal: true, .. })) {
+            println!("note: with seal = true the gateway-side seal keeps the tenant key it was written with; only the SSE-C layer was re-keyed");
+        }
+        Ok(if p.failed.is_empty() && too_large.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    })
 }

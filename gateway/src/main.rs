@@ -172,9 +172,14 @@ enum KeysCommand {
         /// Tenant name.
         #[arg(long)]
         tenant: String,
+        /// Add an SSE-C key (`<sse_c_key_file>.<n>`) instead, for a tenant on S3 with SSE-C;
+        /// the gateway uses it after a restart.
+        #[arg(long)]
+        sse_c: bool,
     },
-    /// Re-seal a tenant's stored objects (local store) under its newest key, with progress;
-    /// idempotent, and a re-run continues an interrupted one.
+    /// Re-seal a tenant's stored objects under its newest key (local store), or copy its S3
+    /// objects to its newest SSE-C key; with progress; idempotent, and a re-run continues an
+    /// interrupted one.
     Reencrypt {
         /// Configuration file naming the tenant's key file and the store.
         #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -247,7 +252,9 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
             .map_err(Into::into),
-        Command::Keys { command: KeysCommand::Rotate { config, tenant } } => keys_command::rotate(&config, &tenant),
+        Command::Keys { command: KeysCommand::Rotate { config, tenant, sse_c } } => {
+            keys_command::rotate(&config, &tenant, sse_c)
+        }
         Command::Keys { command: KeysCommand::Reencrypt { config, tenant } } => {
             keys_command::reencrypt(&config, &tenant)
         }

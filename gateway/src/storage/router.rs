@@ -213,21 +213,20 @@ pub async fn open_stores(
         // leaves in place, so they stay the same across rotations.
         let base = ring.current();
         let tenant_key = base.base();
+        let mut older_keys = Vec::new();
         let sse = match sse {
             gateway_config::Sse::S3 => Sse::S3,
             gateway_config::Sse::Kms { key_id, bucket_key } => Sse::kms(&tenant.name, key_id.clone(), *bucket_key),
-            gateway_config::Sse::C { key_file } => {
-                match crate::secrets::read_secret_file(key_file)
-                    .map_err(|e| e.to_string())
-                    .and_then(|content| Sse::customer_key(&content, tenant_key))
-                {
-                    Ok(sse) => sse,
-                    Err(e) => {
-                        errors.push(format!("tenant {:?}: sse_c_key_file {}: {e}", tenant.name, key_file.display()));
-                        continue;
-                    }
+            gateway_config::Sse::C { key_file } => match customer_keys(key_file, tenant_key) {
+                Ok((newest, older)) => {
+                    older_keys = older;
+                    newest
                 }
-            }
+                Err(e) => {
+                    errors.push(format!("tenant {:?}: sse_c_key_file: {e}", tenant.name));
+                    continue;
+                }
+            },
         };
         let settings = Arc::new(BucketSettings {
             bucket: named.s3.bucket.clone(),
@@ -236,7 +235,7 @@ pub async fn open_stores(
             max_object_size: config.storage.max_object_size,
         });
         let store = match S3Store::new(client.clone(), settings, prefix.clone(), sse, tenant_key) {
-            Ok(s) => Arc::new(s),
+            Ok(s) => Arc::new(s.with_older_keys(older_keys)),
             Err(e) => {
                 errors.push(format!("tenant {:?}: {e}", tenant.name));
                 continue;
@@ -267,4 +266,45 @@ pub async fn open_stores(
     } else {
         Err(errors)
     }
+}
+
+/// A tenant's SSE-C keys: `key_file` and the `<key_file>.<n>` that `gateway keys rotate
+/// --sse-c` added beside it. Returns the newest (what new objects are written with) and the
+/// older ones, newest first (what older objects may need). Errors name the file.
+pub fn customer_keys(key_file: &Path, tenant_key: &crate::secrets::TenantKey) -> Result<(Sse, Vec<Sse>), String> {
+    let rotated = crate::keyring::rotated_files(key_file).map_err(|e| e.to_string())?;
+    let mut keys = Vec::new();
+    for path in std::iter::once(key_file.to_path_buf()).chain(rotated.into_iter().map(|(_, p)| p)) {
+        let sse = crate::secrets::read_secret_file(&path).map_err(|e| e.to_string()).and_then(|content| {
+            Sse::customer_key(&content, tenant_key).map_err(|e| format!("{}: {e}", path.display()))
+        })?;
+        keys.push(sse);
+    }
+    let newest = keys.pop().ok_or_else(|| format!("{}: no key", key_file.display()))?;
+    keys.reverse();
+    Ok((newest, keys))
+}
+
+/// One S3 tenant's store as `gateway keys reencrypt` needs it: no probe, no clean-up of
+/// uploads (a running gateway may own them).
+pub async fn tenant_store(config: &Config, tenant: &str) -> Result<Arc<S3Store>, String> {
+    let t = config.tenants.iter().find(|t| t.name == tenant).ok_or_else(|| format!("no tenant {tenant:?}"))?;
+    let TenantStorage::S3 { storage, prefix, sse, .. } = &t.storage else {
+        return Err(format!("tenant {tenant:?} is not on S3"));
+    };
+    let named = config.storages.iter().find(|s| s.name == *storage).ok_or_else(|| format!("no storage {storage:?}"))?;
+    let ring = crate::keyring::TenantKeyring::load(&t.key_file).map_err(|e| e.to_string())?;
+    let (sse, older) = match sse {
+        gateway_config::Sse::C { key_file } => customer_keys(key_file, ring.base())?,
+        _ => return Err(format!("tenant {tenant:?} does not use SSE-C: the store holds its keys")),
+    };
+    let client = client_for(named).await?;
+    let settings = Arc::new(BucketSettings {
+        bucket: named.s3.bucket.clone(),
+        part_size: named.s3.part_size,
+        parts_in_flight: named.s3.parts_in_flight,
+        max_object_size: config.storage.max_object_size,
+    });
+    let store = S3Store::new(client, settings, prefix.clone(), sse, ring.base()).map_err(|e| e.to_string())?;
+    Ok(Arc::new(store.with_older_keys(older)))
 }

@@ -117,6 +117,9 @@ pub const DIGEST_META: &str = "gateway-sha256";
 /// Bucket-level key prefix of the digest objects of multipart uploads (outside every
 /// tenant's prefix: a prefix may not have a `.gateway` segment).
 pub const DIGEST_PREFIX: &str = ".gateway-sha256/";
+/// User metadata key naming the SSE-C key an object is encrypted with
+/// (`x-amz-meta-gateway-key-id`): its id, never the key.
+pub const KEY_ID_META: &str = "gateway-key-id";
 /// Digest object metadata: the ETag of the object the digest is of.
 const DIGEST_ETAG_META: &str = "gateway-etag";
 
@@ -155,6 +158,8 @@ pub enum Sse {
     C {
         /// Base64 of the key.
         key: Zeroizing<String>,
+        /// Its id (see [`crate::keyring::KeyId`]), recorded with each object it encrypts.
+        id: String,
         /// Base64 MD5 of the key, as S3 wants it.
         md5: String,
         /// Keyed fingerprint for the audit trail.
@@ -195,7 +200,8 @@ impl Sse {
         ctx.update(&raw);
         let tag = ctx.sign();
         let fingerprint = format!("hmac-sha256:{}", hex::encode(tag.as_ref().get(..16).unwrap_or_default()));
-        Ok(Sse::C { key: Zeroizing::new(B64.encode(raw.as_slice())), md5, fingerprint })
+        let id = crate::keyring::KeyId::of_bytes(&raw).to_string();
+        Ok(Sse::C { key: Zeroizing::new(B64.encode(raw.as_slice())), id, md5, fingerprint })
     }
 
     /// The mode's name in audit records.
@@ -331,6 +337,11 @@ fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
     }
 }
 
+/// Whether a refused request may have been refused for its SSE-C key alone.
+fn maybe_wrong_key<E>(e: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> bool {
+    matches!(e.raw_response().map(|r| r.status().as_u16()), Some(400 | 403))
+}
+
 /// One tenant's view of a bucket.
 pub struct S3Store {
     client: Client,
@@ -338,6 +349,9 @@ pub struct S3Store {
     /// Key prefix, ending in `/`.
     prefix: String,
     sse: Arc<Sse>,
+    /// Older SSE-C keys (newest first): objects written before a rotation are read with the
+    /// one that fits, until `gateway keys reencrypt` copies them to the newest.
+    older: Vec<Arc<Sse>>,
     /// Seals listing cursors handed to clients.
     cursor_key: LessSafeKey,
 }
@@ -395,7 +409,46 @@ impl S3Store {
         tenant_key: &TenantKey,
     ) -> Result<S3Store, StorageError> {
         let cursor_key = cursor_key(tenant_key)?;
-        Ok(S3Store { client, settings, prefix, sse: Arc::new(sse), cursor_key })
+        Ok(S3Store { client, settings, prefix, sse: Arc::new(sse), older: Vec::new(), cursor_key })
+    }
+
+    /// Also read objects encrypted with these older SSE-C keys (newest first).
+    pub fn with_older_keys(mut self, older: Vec<Sse>) -> S3Store {
+        self.older = older.into_iter().map(Arc::new).collect();
+        self
+    }
+
+    /// The `gateway-key-id` metadata entry for objects written now (SSE-C only).
+    fn key_id_meta(&self) -> Option<(String, String)> {
+        match &*self.sse {
+            Sse::C { id, .. } => Some((KEY_ID_META.to_owned(), id.clone())),
+            _ => None,
+        }
+    }
+
+    /// Run `attempt` with the newest key and, while the store refuses it in a way a wrong
+    /// SSE-C key would (400 on Garage, 403 on AWS), with each older key. The first error is
+    /// returned if no key fits.
+    async fn with_read_key<T, E, Fut>(
+        &self,
+        mut attempt: impl FnMut(Arc<Sse>) -> Fut,
+    ) -> Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>
+    where
+        Fut: std::future::Future<Output = Result<T, SdkError<E, aws_smithy_runtime_api::http::Response>>>,
+    {
+        let first = attempt(self.sse.clone()).await;
+        match &first {
+            Err(e) if !self.older.is_empty() && maybe_wrong_key(e) => {}
+            _ => return first,
+        }
+        for sse in &self.older {
+            match attempt(sse.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if maybe_wrong_key(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        first
     }
 
     /// A listing cursor for clients: the S3 continuation token sealed with a key derived from
@@ -515,7 +568,14 @@ impl S3Store {
             .key(key)
             .content_length(i64::try_from(len).unwrap_or(i64::MAX))
             .checksum_sha256(B64.encode(part_sha))
-            .set_metadata(sha256.map(|d| HashMap::from([(DIGEST_META.to_owned(), hex::encode(d))])))
+            .set_metadata({
+                let meta: HashMap<String, String> = sha256
+                    .map(|d| (DIGEST_META.to_owned(), hex::encode(d)))
+                    .into_iter()
+                    .chain(self.key_id_meta())
+                    .collect();
+                (!meta.is_empty()).then_some(meta)
+            })
             .body(SdkBody::from(body));
         let out = write_sse!(req, &*self.sse).send().await.map_err(|e| map_err("PutObject", e))?;
         let confirmed = self.sse.confirm(
@@ -546,10 +606,11 @@ impl S3Store {
 
     /// Write the digest object of `key` (whose ETag is `etag`), encrypted like the object.
     async fn put_digest(&self, key: &str, sha256: [u8; 32], etag: &str) -> Result<(), StorageError> {
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             (DIGEST_META.to_owned(), hex::encode(sha256)),
             (DIGEST_ETAG_META.to_owned(), etag.to_owned()),
         ]);
+        meta.extend(self.key_id_meta());
         let digest_key = format!("{DIGEST_PREFIX}{key}");
         let req = self
             .client
@@ -617,8 +678,13 @@ impl S3Store {
         &self,
         key: &str,
     ) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput, StorageError> {
-        let req = self.client.head_object().bucket(self.bucket()).key(key);
-        ssec!(req, &*self.sse).send().await.map_err(|e| map_err("HeadObject", e))
+        self.with_read_key(|sse| {
+            let req = self.client.head_object().bucket(self.bucket()).key(key);
+            let req = ssec!(req, &*sse);
+            async move { req.send().await }
+        })
+        .await
+        .map_err(|e| map_err("HeadObject", e))
     }
 
     /// Is there anything under `dir_prefix` (a marker or objects)? Returns whether the prefix
@@ -663,17 +729,34 @@ impl S3Store {
         let size = head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
         let source = copy_source(self.bucket(), src);
         if size <= MAX_SINGLE_COPY {
-            let req = self
-                .client
-                .copy_object()
-                .bucket(self.bucket())
-                .key(dst)
-                .copy_source(&source)
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .metadata_directive(MetadataDirective::Copy);
-            let req = write_sse!(req, &*self.sse);
-            let req = copy_source_ssec!(req, &*self.sse);
-            let out = req.send().await.map_err(|e| map_err("CopyObject", e))?;
+            // With SSE-C the copy is under the newest key whatever the source's: the key id
+            // in its metadata is replaced to say so.
+            let replaced = self.key_id_meta().map(|kv| {
+                let mut meta = head.metadata().cloned().unwrap_or_default();
+                meta.extend([kv]);
+                meta
+            });
+            let out = self
+                .with_read_key(|src_sse| {
+                    let req = self
+                        .client
+                        .copy_object()
+                        .bucket(self.bucket())
+                        .key(dst)
+                        .copy_source(&source)
+                        .checksum_algorithm(ChecksumAlgorithm::Sha256);
+                    let req = match &replaced {
+                        Some(meta) => {
+                            req.metadata_directive(MetadataDirective::Replace).set_metadata(Some(meta.clone()))
+                        }
+                        None => req.metadata_directive(MetadataDirective::Copy),
+                    };
+                    let req = write_sse!(req, &*self.sse);
+                    let req = copy_source_ssec!(req, &*src_sse);
+                    async move { req.send().await }
+                })
+                .await
+                .map_err(|e| map_err("CopyObject", e))?;
             if let Err(e) = self.sse.confirm(
                 "CopyObject",
                 out.server_side_encryption(),
@@ -691,7 +774,14 @@ impl S3Store {
             });
         }
         // Multipart copy: the source's metadata travels only if we pass it along.
-        let meta = head.metadata().cloned();
+        let meta = match self.key_id_meta() {
+            Some(kv) => {
+                let mut meta = head.metadata().cloned().unwrap_or_default();
+                meta.extend([kv]);
+                Some(meta)
+            }
+            None => head.metadata().cloned(),
+        };
         let create = self
             .client
             .create_multipart_upload()
@@ -727,18 +817,23 @@ impl S3Store {
         let mut number = 1i32;
         while start < size {
             let end = (start + part).min(size);
-            let req = self
-                .client
-                .upload_part_copy()
-                .bucket(self.bucket())
-                .key(dst)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .copy_source(&source)
-                .copy_source_range(format!("bytes={start}-{}", end - 1));
-            let req = ssec!(req, &*self.sse);
-            let req = copy_source_ssec!(req, &*self.sse);
-            let out = match req.send().await {
+            let sent = self
+                .with_read_key(|src_sse| {
+                    let req = self
+                        .client
+                        .upload_part_copy()
+                        .bucket(self.bucket())
+                        .key(dst)
+                        .upload_id(&upload_id)
+                        .part_number(number)
+                        .copy_source(&source)
+                        .copy_source_range(format!("bytes={start}-{}", end - 1));
+                    let req = ssec!(req, &*self.sse);
+                    let req = copy_source_ssec!(req, &*src_sse);
+                    async move { req.send().await }
+                })
+                .await;
+            let out = match sent {
                 Ok(o) => o,
                 Err(e) => {
                     abort().await;
@@ -819,6 +914,130 @@ impl S3Store {
             }
         }
     }
+
+    /// Every object of the tenant (bucket key and stored size), directory markers and probe
+    /// objects left out: what `gateway keys reencrypt` walks.
+    pub async fn object_keys(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(self.bucket())
+                .prefix(&self.prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| map_err("ListObjectsV2", e))?;
+            for o in page.contents() {
+                let Some(k) = o.key() else { continue };
+                let name = k.rsplit('/').next().unwrap_or_default();
+                if name.is_empty() || name.starts_with(PROBE) {
+                    continue;
+                }
+                out.push((k.to_owned(), o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0)));
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Re-key one SSE-C object (bucket key `key`) to the newest key: a `CopyObject` onto
+    /// itself with the old key as copy source, conditional on the ETag it had when its key
+    /// was found (so an object replaced meanwhile is left alone), its metadata kept and its
+    /// key id replaced; a digest object is written again for the new ETag.
+    pub async fn rekey(&self, key: &str) -> Result<Rekey, StorageError> {
+        if !matches!(*self.sse, Sse::C { .. }) {
+            return Err(StorageError::Backend("the tenant does not use SSE-C: the store holds its keys".into()));
+        }
+        let head_with = |sse: Arc<Sse>| {
+            let req = self.client.head_object().bucket(self.bucket()).key(key);
+            let req = ssec!(req, &*sse);
+            async move { req.send().await }
+        };
+        let first = match head_with(self.sse.clone()).await {
+            Ok(_) => return Ok(Rekey::Current),
+            Err(e) => e,
+        };
+        if !maybe_wrong_key(&first) {
+            return match map_err("HeadObject", first) {
+                StorageError::NotFound => Ok(Rekey::Changed),
+                e => Err(e),
+            };
+        }
+        let mut found = None;
+        for sse in &self.older {
+            if let Ok(head) = head_with(sse.clone()).await {
+                found = Some((sse.clone(), head));
+                break;
+            }
+        }
+        let Some((old, head)) = found else {
+            return Err(StorageError::Backend(format!(
+                "{key}: none of the tenant's SSE-C keys opens it (a key file removed, or written by another tool)"
+            )));
+        };
+        let size = head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        if size > MAX_SINGLE_COPY {
+            return Ok(Rekey::TooLarge { bytes: size });
+        }
+        let side_digest = if hex_digest(head.metadata()).is_none() { self.digest_of(key, &head).await? } else { None };
+        let mut meta = head.metadata().cloned().unwrap_or_default();
+        meta.extend(self.key_id_meta());
+        let req = self
+            .client
+            .copy_object()
+            .bucket(self.bucket())
+            .key(key)
+            .copy_source(copy_source(self.bucket(), key))
+            .set_copy_source_if_match(head.e_tag().map(str::to_owned))
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .metadata_directive(MetadataDirective::Replace)
+            .set_metadata(Some(meta));
+        let req = write_sse!(req, &*self.sse);
+        let req = copy_source_ssec!(req, &*old);
+        let out = match req.send().await {
+            Ok(out) => out,
+            Err(e) => {
+                return match map_err("CopyObject", e) {
+                    StorageError::PreconditionFailed(_) | StorageError::NotFound => Ok(Rekey::Changed),
+                    e => Err(e),
+                }
+            }
+        };
+        self.sse.confirm(
+            "CopyObject",
+            out.server_side_encryption(),
+            out.ssekms_key_id(),
+            out.sse_customer_key_md5(),
+        )?;
+        if let (Some(d), Some(etag)) = (side_digest, out.copy_object_result().and_then(|r| r.e_tag())) {
+            self.put_digest(key, d, etag).await?;
+        }
+        Ok(Rekey::Rewritten { bytes: size })
+    }
+}
+
+/// What [`S3Store::rekey`] did with one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rekey {
+    /// Already under the newest SSE-C key.
+    Current,
+    /// Copied under the newest key.
+    Rewritten {
+        /// Stored size.
+        bytes: u64,
+    },
+    /// Replaced or removed meanwhile; left alone.
+    Changed,
+    /// Larger than one `CopyObject` may copy (5 GiB); left under its key.
+    TooLarge {
+        /// Stored size.
+        bytes: u64,
+    },
 }
 
 /// Parts being uploaded, and the upload they belong to.
@@ -908,7 +1127,8 @@ impl S3Writer {
                 .create_multipart_upload()
                 .bucket(store.bucket())
                 .key(&self.key)
-                .checksum_algorithm(ChecksumAlgorithm::Sha256);
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .set_metadata(store.key_id_meta().map(|kv| HashMap::from([kv])));
             let created = write_sse!(req, &*store.sse)
                 .customize()
                 .config_override(
@@ -1134,15 +1354,22 @@ impl TenantS3 {
             return Ok(ObjectRead { meta, range, body: Box::pin(futures_util::stream::empty()) });
         }
         let etag = meta.location.as_ref().and_then(|l| l.etag.clone());
-        let req = self
+        let out = self
             .0
-            .client
-            .get_object()
-            .bucket(self.0.bucket())
-            .key(&full)
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .set_if_match(etag);
-        let out = ssec!(req, &*self.0.sse).send().await.map_err(|e| map_err("GetObject", e))?;
+            .with_read_key(|sse| {
+                let req = self
+                    .0
+                    .client
+                    .get_object()
+                    .bucket(self.0.bucket())
+                    .key(&full)
+                    .range(format!("bytes={}-{}", range.start, range.end - 1))
+                    .set_if_match(etag.clone());
+                let req = ssec!(req, &*sse);
+                async move { req.send().await }
+            })
+            .await
+            .map_err(|e| map_err("GetObject", e))?;
         let body = futures_util::stream::try_unfold(out.body, |mut body| async move {
             match body.try_next().await {
                 Ok(Some(chunk)) => Ok(Some((chunk, body))),
