@@ -17,6 +17,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
+mod cidr;
 mod duration;
 mod edit;
 mod size;
@@ -32,6 +33,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use cidr::{canonical as canonical_ip, mask as mask_ip, Cidr};
 pub use duration::parse_duration;
 pub use edit::add_authorized_key;
 pub use size::parse_size;
@@ -142,6 +144,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Settings that only make sense in development mode.
     pub development: DevelopmentConfig,
+    /// The defender shared by both listeners: scores misbehaving sources, bans them.
+    pub defender: DefenderConfig,
 }
 
 /// Deployment mode; a closed choice so that "production" can never be misspelt.
@@ -170,6 +174,12 @@ pub struct HttpsConfig {
     pub idle_timeout: Duration,
     /// Cap on concurrent connections, to bound resource use (default 1024).
     pub max_connections: usize,
+    /// Connections one source address may hold open at once, so one source cannot take
+    /// every slot (slowloris); 0 = no cap (default 64, at most 1000000).
+    pub max_connections_per_source: u32,
+    /// New connections per second accepted from one source address (bursts of as many);
+    /// 0 = unlimited (default 50, at most 10000).
+    pub connection_rate_per_source: u32,
     /// `Strict-Transport-Security` max-age sent to browsers (default 365d).
     pub hsts_max_age: Duration,
     /// Client certificates (mTLS), when `[https.client_auth]` is configured.
@@ -268,6 +278,74 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
 }
 
+/// `[defender]`: a score per source within a window; past the threshold the source is
+/// banned (refused at accept, before TLS or SSH) for a time that doubles on each repeat.
+#[derive(Debug, Clone)]
+pub struct DefenderConfig {
+    /// Whether sources are scored and banned at all (default true).
+    pub enabled: bool,
+    /// Score at which a source is banned (default 15, 1 to 100000).
+    pub threshold: u32,
+    /// Events older than this no longer count (default 10m).
+    pub window: Duration,
+    /// First ban (default 15m); each further offence doubles it, up to `ban_time_max`.
+    pub ban_time: Duration,
+    /// Longest ban (default 24h, at least `ban_time`).
+    pub ban_time_max: Duration,
+    /// Score added per event.
+    pub weights: DefenderWeights,
+    /// IPv6 sources are grouped by this prefix (default 64, 1 to 128).
+    pub ipv6_prefix: u8,
+    /// Sources never scored nor banned.
+    pub safelist: Vec<Cidr>,
+    /// Sources tracked at once (default 65536, 16 to 10000000); the oldest unbanned one
+    /// makes room first.
+    pub max_sources: usize,
+}
+
+/// Score per event kind (each 0 to 1000; 0 ignores the kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefenderWeights {
+    /// A failed authentication for a user that exists (default 1).
+    pub auth_failed_known_user: u32,
+    /// A failed authentication for a user (or token id) that does not exist (default 2).
+    pub auth_failed_unknown_user: u32,
+    /// Malformed requests, traversal attempts, paths the user may not reach (default 3).
+    pub protocol_abuse: u32,
+    /// A connection refused by a per-source limit (default 1).
+    pub limit_hit: u32,
+    /// An SSH connection dropped before authenticating (default 1).
+    pub pre_auth_disconnect: u32,
+}
+
+impl Default for DefenderWeights {
+    fn default() -> DefenderWeights {
+        DefenderWeights {
+            auth_failed_known_user: 1,
+            auth_failed_unknown_user: 2,
+            protocol_abuse: 3,
+            limit_hit: 1,
+            pre_auth_disconnect: 1,
+        }
+    }
+}
+
+impl Default for DefenderConfig {
+    fn default() -> DefenderConfig {
+        DefenderConfig {
+            enabled: true,
+            threshold: 15,
+            window: Duration::from_secs(600),
+            ban_time: Duration::from_secs(900),
+            ban_time_max: Duration::from_secs(86_400),
+            weights: DefenderWeights::default(),
+            ipv6_prefix: 64,
+            safelist: Vec::new(),
+            max_sources: 65_536,
+        }
+    }
+}
+
 /// Settings of the SFTP (SSH) listener, present only when `[sftp]` is configured.
 #[derive(Debug, Clone)]
 pub struct SftpConfig {
@@ -290,6 +368,9 @@ pub struct SftpConfig {
     pub idle_timeout: Duration,
     /// Cap on concurrent SSH connections, to bound resource use (default 256, 1 to 100000).
     pub max_connections: usize,
+    /// SSH connections one source address may hold open at once; 0 = no cap (default 32,
+    /// at most 100000).
+    pub max_connections_per_source: u32,
     /// New connections per second accepted from one source address (and at most that many
     /// at once),
     /// against floods of expensive key exchanges (DHEat, CVE-2002-20001); 0 = unlimited

@@ -29,6 +29,55 @@ fn has(errors: &[(String, String)], path: &str, needle: &str) -> bool {
 const MINIMAL: &str = "mode = \"development\"\n";
 
 #[test]
+fn defender_settings_and_their_errors() {
+    let d = ok(MINIMAL).defender;
+    assert!(d.enabled);
+    assert_eq!((d.threshold, d.window, d.ban_time), (15, Duration::from_secs(600), Duration::from_secs(900)));
+    assert_eq!((d.ipv6_prefix, d.max_sources, d.safelist.len()), (64, 65_536, 0));
+    assert_eq!(d.weights, DefenderWeights::default());
+    let c = ok(&format!(
+        "{MINIMAL}[https]\nmax_connections_per_source = 3\nconnection_rate_per_source = 0\n\
+         [sftp]\nlisten = \"127.0.0.1:2222\"\nmax_connections_per_source = 2\n\
+         [defender]\nenabled = false\nthreshold = 4\nwindow = \"1m\"\nban_time = \"2s\"\nban_time_max = \"8s\"\n\
+         ipv6_prefix = 48\nsafelist = [\"127.0.0.1\", \"2001:db8::/32\"]\nmax_sources = 100\n\
+         [defender.weights]\nprotocol_abuse = 0\nlimit_hit = 7\n"
+    ));
+    let d = &c.defender;
+    assert!(!d.enabled);
+    assert_eq!(
+        (d.threshold, d.window, d.ban_time, d.ban_time_max),
+        (4, Duration::from_secs(60), Duration::from_secs(2), Duration::from_secs(8))
+    );
+    assert_eq!((d.ipv6_prefix, d.max_sources), (48, 100));
+    assert_eq!(d.safelist.iter().map(ToString::to_string).collect::<Vec<_>>(), ["127.0.0.1/32", "2001:db8::/32"]);
+    assert_eq!((d.weights.protocol_abuse, d.weights.limit_hit, d.weights.auth_failed_known_user), (0, 7, 1));
+    assert_eq!((c.https.max_connections_per_source, c.https.connection_rate_per_source), (3, 0));
+    assert_eq!(c.sftp.unwrap().max_connections_per_source, 2);
+    let e = errs(&format!(
+        "{MINIMAL}[https]\nmax_connections_per_source = -1\n[defender]\nenabled = 1\nthreshold = 0\nwindow = \"0s\"\n\
+         ban_time = \"1h\"\nban_time_max = \"1m\"\nipv6_prefix = 129\nsafelist = [\"10.0.0.1/8\", 5, \"nope\"]\n\
+         max_sources = 1\nbogus = 1\n[defender.weights]\nlimit_hit = 1001\nfoo = 1\n"
+    ));
+    for (path, needle) in [
+        ("https.max_connections_per_source", "between 0 and"),
+        ("defender.enabled", "true or false"),
+        ("defender.threshold", "between 1 and 100000"),
+        ("defender.window", "greater than 0"),
+        ("defender.ban_time_max", "at least ban_time"),
+        ("defender.ipv6_prefix", "between 1 and 128"),
+        ("defender.safelist[0]", "host bits"),
+        ("defender.safelist[1]", "a string"),
+        ("defender.safelist[2]", "invalid address"),
+        ("defender.max_sources", "between 16 and"),
+        ("defender.bogus", "unknown key"),
+        ("defender.weights.limit_hit", "between 0 and 1000"),
+        ("defender.weights.foo", "unknown key"),
+    ] {
+        assert!(has(&e, path, needle), "no {path}: {needle} in {e:#?}");
+    }
+}
+
+#[test]
 fn shipped_sample_parses_cleanly() {
     let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml"));
     let config = load(path).unwrap();

@@ -12,10 +12,11 @@ use crate::duration::{parse_duration, DURATION_FORMAT};
 use crate::ssh::{self, AlgorithmKind};
 use crate::text::{check_name, normalize_home, parse_sha256};
 use crate::{
-    AdminConfig, AuditConfig, AuditShipConfig, CertBinding, ClientAuthConfig, ClientAuthMode, Config, ConfigError,
-    DevelopmentConfig, ExplicitAlgorithms, HttpsConfig, Mode, NamedStorage, PasswordHash, Permissions, Retention,
-    RetentionMode, S3Credentials, S3Storage, SftpConfig, Sse, SshAlgorithms, SshProfile, StorageBackend, StorageConfig,
-    TenantConfig, TenantStorage, TlsProfile, TokenConfig, UserConfig,
+    AdminConfig, AuditConfig, AuditShipConfig, CertBinding, Cidr, ClientAuthConfig, ClientAuthMode, Config,
+    ConfigError, DefenderConfig, DefenderWeights, DevelopmentConfig, ExplicitAlgorithms, HttpsConfig, Mode,
+    NamedStorage, PasswordHash, Permissions, Retention, RetentionMode, S3Credentials, S3Storage, SftpConfig, Sse,
+    SshAlgorithms, SshProfile, StorageBackend, StorageConfig, TenantConfig, TenantStorage, TlsProfile, TokenConfig,
+    UserConfig,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -31,6 +32,7 @@ const TOP_KEYS: &[&str] = &[
     "tenants",
     "users",
     "development",
+    "defender",
 ];
 const HTTPS_KEYS: &[&str] = &[
     "listen",
@@ -40,6 +42,8 @@ const HTTPS_KEYS: &[&str] = &[
     "handshake_timeout",
     "idle_timeout",
     "max_connections",
+    "max_connections_per_source",
+    "connection_rate_per_source",
     "hsts_max_age",
     "client_auth",
 ];
@@ -95,6 +99,7 @@ const SFTP_KEYS: &[&str] = &[
     "auth_rejection_delay",
     "idle_timeout",
     "max_connections",
+    "max_connections_per_source",
     "connection_rate_per_source",
     "max_buffer_per_connection",
     "max_buffer_total",
@@ -103,6 +108,19 @@ const USER_KEYS: &[&str] =
     &["name", "tenant", "home", "permissions", "tokens", "authorized_keys", "password_hash", "client_certificates"];
 const TOKEN_KEYS: &[&str] = &["id", "sha256"];
 const DEVELOPMENT_KEYS: &[&str] = &["demo_user"];
+const DEFENDER_KEYS: &[&str] = &[
+    "enabled",
+    "threshold",
+    "window",
+    "ban_time",
+    "ban_time_max",
+    "weights",
+    "ipv6_prefix",
+    "safelist",
+    "max_sources",
+];
+const WEIGHT_KEYS: &[&str] =
+    &["auth_failed_known_user", "auth_failed_unknown_user", "protocol_abuse", "limit_hit", "pre_auth_disconnect"];
 
 const MODES: &[(&str, Mode)] = &[("development", Mode::Development), ("production", Mode::Production)];
 const TLS_PROFILES: &[(&str, TlsProfile)] =
@@ -482,6 +500,10 @@ impl Ctx<'_> {
             Some(table) => self.development(table, mode, &user_names),
             None => DevelopmentConfig::default(),
         };
+        let defender = match self.table(root, "", "defender") {
+            Some(table) => self.defender(table),
+            None => DefenderConfig::default(),
+        };
 
         Config {
             mode: mode.unwrap_or(Mode::Production),
@@ -496,6 +518,65 @@ impl Ctx<'_> {
             sftp,
             admin,
             development,
+            defender,
+        }
+    }
+
+    fn defender(&mut self, t: &Table) -> DefenderConfig {
+        const P: &str = "defender";
+        let d = DefenderConfig::default();
+        self.check_keys(t, P, DEFENDER_KEYS);
+        let enabled = self.boolean(t, P, "enabled", d.enabled);
+        let threshold =
+            u32::try_from(self.bounded(t, P, "threshold", (1, 100_000), i64::from(d.threshold))).unwrap_or(d.threshold);
+        let window = self.positive_duration(t, P, "window", d.window);
+        let ban_time = self.positive_duration(t, P, "ban_time", d.ban_time);
+        let mut ban_time_max = self.positive_duration(t, P, "ban_time_max", d.ban_time_max.max(ban_time));
+        if ban_time_max < ban_time {
+            self.err(&child(P, "ban_time_max"), "must be at least ban_time");
+            ban_time_max = ban_time;
+        }
+        let mut weights = DefenderWeights::default();
+        if let Some(w) = self.table(t, P, "weights") {
+            const W: &str = "defender.weights";
+            self.check_keys(w, W, WEIGHT_KEYS);
+            let mut weight = |key: &str, default: u32| {
+                u32::try_from(self.bounded(w, W, key, (0, 1000), i64::from(default))).unwrap_or(default)
+            };
+            weights = DefenderWeights {
+                auth_failed_known_user: weight("auth_failed_known_user", weights.auth_failed_known_user),
+                auth_failed_unknown_user: weight("auth_failed_unknown_user", weights.auth_failed_unknown_user),
+                protocol_abuse: weight("protocol_abuse", weights.protocol_abuse),
+                limit_hit: weight("limit_hit", weights.limit_hit),
+                pre_auth_disconnect: weight("pre_auth_disconnect", weights.pre_auth_disconnect),
+            };
+        }
+        let ipv6_prefix = u8::try_from(self.bounded(t, P, "ipv6_prefix", (1, 128), i64::from(d.ipv6_prefix)))
+            .unwrap_or(d.ipv6_prefix);
+        let safelist = self
+            .strings(t, P, "safelist")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(at, s)| match Cidr::parse(s) {
+                Ok(c) => Some(c),
+                Err(message) => {
+                    self.err(&at, message);
+                    None
+                }
+            })
+            .collect();
+        let max_sources =
+            usize::try_from(self.bounded(t, P, "max_sources", (16, 10_000_000), 65_536)).unwrap_or(65_536);
+        DefenderConfig {
+            enabled,
+            threshold,
+            window,
+            ban_time,
+            ban_time_max,
+            weights,
+            ipv6_prefix,
+            safelist,
+            max_sources,
         }
     }
 
@@ -518,6 +599,10 @@ impl Ctx<'_> {
         let idle_timeout = self.positive_duration(t, P, "idle_timeout", Duration::from_secs(60));
         let max_connections =
             usize::try_from(self.bounded(t, P, "max_connections", (1, MAX_CONNECTIONS), 1024)).unwrap_or(1024);
+        let max_connections_per_source =
+            u32::try_from(self.bounded(t, P, "max_connections_per_source", (0, MAX_CONNECTIONS), 64)).unwrap_or(64);
+        let connection_rate_per_source =
+            u32::try_from(self.bounded(t, P, "connection_rate_per_source", (0, 10_000), 50)).unwrap_or(50);
         let hsts_max_age = self.duration(t, P, "hsts_max_age", Duration::from_secs(365 * 86_400));
         let client_auth = self.table(t, P, "client_auth").map(|t| self.client_auth(t));
         HttpsConfig {
@@ -528,6 +613,8 @@ impl Ctx<'_> {
             handshake_timeout,
             idle_timeout,
             max_connections,
+            max_connections_per_source,
+            connection_rate_per_source,
             hsts_max_age,
             client_auth,
         }
@@ -595,6 +682,9 @@ impl Ctx<'_> {
         let idle_timeout = self.positive_duration(t, P, "idle_timeout", Duration::from_secs(600));
         let max_connections =
             usize::try_from(self.bounded(t, P, "max_connections", (1, MAX_SFTP_CONNECTIONS), 256)).unwrap_or(256);
+        let max_connections_per_source =
+            u32::try_from(self.bounded(t, P, "max_connections_per_source", (0, MAX_SFTP_CONNECTIONS), 32))
+                .unwrap_or(32);
         let connection_rate_per_source =
             u32::try_from(self.bounded(t, P, "connection_rate_per_source", (0, 10_000), 10)).unwrap_or(10);
         let max_buffer_per_connection = self.buffer_size(t, P, "max_buffer_per_connection", 16 << 20);
@@ -609,6 +699,7 @@ impl Ctx<'_> {
             auth_rejection_delay,
             idle_timeout,
             max_connections,
+            max_connections_per_source,
             connection_rate_per_source,
             max_buffer_per_connection,
             max_buffer_total,

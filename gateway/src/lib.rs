@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod defender;
 pub mod digest;
 pub mod https;
 pub mod keyring;
