@@ -146,6 +146,56 @@ pub struct Config {
     pub development: DevelopmentConfig,
     /// The defender shared by both listeners: scores misbehaving sources, bans them.
     pub defender: DefenderConfig,
+    /// The security alert sink; `None` when the `[alerts]` section is absent.
+    pub alerts: Option<AlertsConfig>,
+}
+
+/// `[alerts]`: security alerts (incident notices) posted to an HTTPS webhook, signed with
+/// HMAC-SHA256, kept in a durable outbox under `data_dir` until the receiver takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsConfig {
+    /// Where alerts are posted: `https://host[:port]/path` (plain `http://` only to a
+    /// loopback address).
+    pub webhook_url: String,
+    /// File holding the HMAC-SHA256 key (at least 32 characters, mode 0600).
+    pub hmac_key_file: PathBuf,
+    /// PEM bundle of the CAs that may issue the receiver's certificate (default: the
+    /// system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Longest one delivery attempt may take (default 10s).
+    pub timeout: Duration,
+    /// Most alerts the outbox holds while the receiver is away (default 1000, 1 to 100000);
+    /// past it the oldest of the least severe are dropped, counted and logged.
+    pub max_outbox: usize,
+    /// Alerts below this severity are not raised (default `info`).
+    pub min_severity: AlertSeverity,
+    /// Authentication failures from one source within `auth_failure_window` that raise an
+    /// `auth_failure_threshold` alert (default 5, as fail2ban; 1 to 10000).
+    pub auth_failure_threshold: u32,
+    /// The window of `auth_failure_threshold` (default 10m).
+    pub auth_failure_window: Duration,
+}
+
+/// How urgent an alert is; ordered, so `min_severity` filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlertSeverity {
+    /// Worth knowing; nothing is at risk.
+    Info,
+    /// Someone should look soon (an attack in progress, a refused rotation).
+    Warning,
+    /// Security or integrity is at stake now (audit trail down, encryption not confirmed).
+    Critical,
+}
+
+impl AlertSeverity {
+    /// The name used in the configuration and in alerts.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertSeverity::Info => "info",
+            AlertSeverity::Warning => "warning",
+            AlertSeverity::Critical => "critical",
+        }
+    }
 }
 
 /// Deployment mode; a closed choice so that "production" can never be misspelt.

@@ -242,7 +242,7 @@ permissions = ["all"]
     // Display formats.
     assert_eq!(
         errors[0].to_string(),
-        "bad.toml: colour: unknown key \"colour\" (accepted: mode, data_dir, shutdown_grace, https, sftp, admin, storage, storages, audit, tenants, users, development)"
+        "bad.toml: colour: unknown key \"colour\" (accepted: mode, data_dir, shutdown_grace, https, sftp, admin, storage, storages, audit, tenants, users, development, defender, alerts)"
     );
     let all = ConfigErrors(errors).to_string();
     assert_eq!(all.lines().count(), 7);
@@ -1388,4 +1388,42 @@ fn storage_refuse_in_names() {
     let got = errs("mode = \"development\"\n[storage]\nrefuse_in_names = false\n");
     assert!(has(&got, "storage.refuse_in_names", "expected a string"), "{got:#?}");
     assert_eq!(got.len(), 1, "{got:#?}");
+}
+
+#[test]
+fn alerts_section() {
+    let absent = ok(MINIMAL);
+    assert!(absent.alerts.is_none());
+    let config = ok(&format!(
+        "{MINIMAL}[alerts]\nwebhook_url = \"https://alerts.example.com:8443/hooks/gw\"\n\
+         hmac_key_file = \"/etc/gateway/alert.key\"\nmin_severity = \"warning\"\nmax_outbox = 50\n"
+    ));
+    let alerts = config.alerts.unwrap();
+    assert_eq!(alerts.webhook_url, "https://alerts.example.com:8443/hooks/gw");
+    assert_eq!(alerts.hmac_key_file, PathBuf::from("/etc/gateway/alert.key"));
+    assert_eq!(alerts.ca_file, None);
+    assert_eq!(alerts.timeout, Duration::from_secs(10));
+    assert_eq!(alerts.max_outbox, 50);
+    assert_eq!(alerts.min_severity, AlertSeverity::Warning);
+    assert_eq!((alerts.auth_failure_threshold, alerts.auth_failure_window), (5, Duration::from_secs(600)));
+    assert!(AlertSeverity::Info < AlertSeverity::Warning && AlertSeverity::Warning < AlertSeverity::Critical);
+    let loopback = ok(&format!("{MINIMAL}[alerts]\nwebhook_url = \"http://127.0.0.1:9/x\"\nhmac_key_file = \"k\"\n"));
+    assert_eq!(loopback.alerts.unwrap().webhook_url, "http://127.0.0.1:9/x");
+
+    let got = errs(&format!(
+        "{MINIMAL}[alerts]\nwebhook_url = \"http://alerts.example.com/hook\"\nca_file = \"\"\ntimeout = \"0s\"\n\
+         max_outbox = 0\nmin_severity = \"loud\"\nauth_failure_threshold = 0\ncolour = 1\n"
+    ));
+    assert!(has(&got, "alerts.webhook_url", "only allowed to a loopback address"), "{got:#?}");
+    assert!(has(&got, "alerts.hmac_key_file", "missing required key"), "{got:#?}");
+    assert!(has(&got, "alerts.ca_file", "must not be empty"), "{got:#?}");
+    assert!(has(&got, "alerts.timeout", "greater than 0"), "{got:#?}");
+    assert!(has(&got, "alerts.max_outbox", "between 1 and 100000"), "{got:#?}");
+    assert!(has(&got, "alerts.min_severity", "accepted: info, warning, critical"), "{got:#?}");
+    assert!(has(&got, "alerts.auth_failure_threshold", "between 1 and 10000"), "{got:#?}");
+    assert!(has(&got, "alerts.colour", "unknown key"), "{got:#?}");
+    let got = errs(&format!("{MINIMAL}[alerts]\nhmac_key_file = \"k\"\n"));
+    assert!(has(&got, "alerts.webhook_url", "missing required key"), "{got:#?}");
+    let got = errs(&format!("{MINIMAL}[alerts]\nwebhook_url = \"https://a.example/x y\"\nhmac_key_file = \"k\"\n"));
+    assert!(has(&got, "alerts.webhook_url", "printable ASCII"), "{got:#?}");
 }

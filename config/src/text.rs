@@ -113,6 +113,21 @@ pub(crate) fn check_endpoint(url: &str) -> Result<(), String> {
     }
 }
 
+/// A webhook URL: `scheme://host[:port]` as [`check_endpoint`] wants it (https, or http to
+/// loopback only), then an optional path of printable ASCII without a fragment.
+pub(crate) fn check_webhook_url(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url.split_once("://").ok_or("expected a URL such as \"https://alerts.example.com/hook\"")?;
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    check_endpoint(&format!("{scheme}://{authority}"))?;
+    if url.len() > 2048 {
+        return Err("longer than 2048 characters".to_owned());
+    }
+    if !path.chars().all(|c| c.is_ascii_graphic()) || path.contains('#') {
+        return Err("the path must be printable ASCII without spaces or a #fragment".to_owned());
+    }
+    Ok(())
+}
+
 /// Decodes a SHA-256 digest written as exactly 64 hex digits (either case).
 /// The value itself is never echoed, matching the redacted `Debug` output.
 pub(crate) fn parse_sha256(s: &str) -> Result<[u8; 32], String> {

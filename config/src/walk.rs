@@ -12,11 +12,11 @@ use crate::duration::{parse_duration, DURATION_FORMAT};
 use crate::ssh::{self, AlgorithmKind};
 use crate::text::{check_name, normalize_home, parse_sha256};
 use crate::{
-    AdminConfig, AuditConfig, AuditShipConfig, CertBinding, Cidr, ClientAuthConfig, ClientAuthMode, Config,
-    ConfigError, DefenderConfig, DefenderWeights, DevelopmentConfig, ExplicitAlgorithms, HttpsConfig, Mode,
-    NamedStorage, PasswordHash, Permissions, Retention, RetentionMode, S3Credentials, S3Storage, SftpConfig, Sse,
-    SshAlgorithms, SshProfile, StorageBackend, StorageConfig, TenantConfig, TenantStorage, TlsProfile, TokenConfig,
-    UserConfig,
+    AdminConfig, AlertSeverity, AlertsConfig, AuditConfig, AuditShipConfig, CertBinding, Cidr, ClientAuthConfig,
+    ClientAuthMode, Config, ConfigError, DefenderConfig, DefenderWeights, DevelopmentConfig, ExplicitAlgorithms,
+    HttpsConfig, Mode, NamedStorage, PasswordHash, Permissions, Retention, RetentionMode, S3Credentials, S3Storage,
+    SftpConfig, Sse, SshAlgorithms, SshProfile, StorageBackend, StorageConfig, TenantConfig, TenantStorage, TlsProfile,
+    TokenConfig, UserConfig,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -33,7 +33,20 @@ const TOP_KEYS: &[&str] = &[
     "users",
     "development",
     "defender",
+    "alerts",
 ];
+const ALERTS_KEYS: &[&str] = &[
+    "webhook_url",
+    "hmac_key_file",
+    "ca_file",
+    "timeout",
+    "max_outbox",
+    "min_severity",
+    "auth_failure_threshold",
+    "auth_failure_window",
+];
+const ALERT_SEVERITIES: &[(&str, AlertSeverity)] =
+    &[("info", AlertSeverity::Info), ("warning", AlertSeverity::Warning), ("critical", AlertSeverity::Critical)];
 const HTTPS_KEYS: &[&str] = &[
     "listen",
     "tls_profile",
@@ -468,6 +481,7 @@ impl Ctx<'_> {
         let audit = self.audit(audit_table, &data_dir);
         let sftp = self.table(root, "", "sftp").map(|t| self.sftp(t, &data_dir, https.listen));
         let admin = self.table(root, "", "admin").map(|t| self.admin(t));
+        let alerts = self.table(root, "", "alerts").map(|t| self.alerts(t));
 
         let storage_entries = self.tables(root, "", "storages");
         let storages = self.storages(&storage_entries);
@@ -519,6 +533,42 @@ impl Ctx<'_> {
             admin,
             development,
             defender,
+            alerts,
+        }
+    }
+
+    fn alerts(&mut self, t: &Table) -> AlertsConfig {
+        const P: &str = "alerts";
+        self.check_keys(t, P, ALERTS_KEYS);
+        let webhook_url =
+            self.required_string(t, P, "webhook_url", " (https://host[:port]/path of the alert receiver)");
+        if let Some(url) = webhook_url {
+            if let Err(why) = crate::text::check_webhook_url(url) {
+                self.err(&child(P, "webhook_url"), format!("{url:?}: {why}"));
+            }
+        }
+        let hmac_key_file = if t.contains_key("hmac_key_file") {
+            self.path(t, P, "hmac_key_file")
+        } else {
+            self.missing(P, "hmac_key_file", " (a file holding the HMAC-SHA256 key, mode 0600)");
+            None
+        };
+        let ca_file = self.path(t, P, "ca_file");
+        let timeout = self.positive_duration(t, P, "timeout", Duration::from_secs(10));
+        let max_outbox = usize::try_from(self.bounded(t, P, "max_outbox", (1, 100_000), 1000)).unwrap_or(1000);
+        let min_severity = self.choice(t, P, "min_severity", ALERT_SEVERITIES).unwrap_or(AlertSeverity::Info);
+        let auth_failure_threshold =
+            u32::try_from(self.bounded(t, P, "auth_failure_threshold", (1, 10_000), 5)).unwrap_or(5);
+        let auth_failure_window = self.positive_duration(t, P, "auth_failure_window", Duration::from_secs(600));
+        AlertsConfig {
+            webhook_url: webhook_url.unwrap_or_default().to_owned(),
+            hmac_key_file: hmac_key_file.unwrap_or_default(),
+            ca_file,
+            timeout,
+            max_outbox,
+            min_severity,
+            auth_failure_threshold,
+            auth_failure_window,
         }
     }
 
