@@ -163,6 +163,20 @@ fn rotate_without_restart_then_reencrypt_everything() {
     assert!(ok, "{text}");
 }
 
+/// Run OpenSSH `sftp` as alice with these batch commands; they must all succeed.
+fn sftp_batch(files: &GatewayFiles, gw: &ServedGateway, commands: &str) {
+    let batch = files.dir.path().join("batch.txt");
+    std::fs::write(&batch, commands).unwrap();
+    let out = Command::new("sftp")
+        .args(files.ssh_options(gw, "alice"))
+        .arg("-b")
+        .arg(&batch)
+        .arg("alice@127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sftp {commands}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn rotate_sse_c(files: &GatewayFiles) -> String {
     let out = Command::new(gateway_bin())
         .args(["keys", "rotate", "--sse-c", "--tenant", "acme", "--config"])
@@ -201,6 +215,8 @@ fn sse_c_key_rotation_and_rekey_by_copy_on_garage() {
     upload(&gw, &token, "old.bin", &src_small);
     upload(&gw, &token, "big.bin", &src_big);
     let big_digest = repr_digest(&gw, &token, "big.bin").expect("the digest object gives big.bin a digest");
+    // A directory (a marker object, encrypted too) with a file in it, made over SFTP.
+    sftp_batch(&files, &gw, &format!("mkdir sub\nput {} sub/in-dir.bin\n", src_small.display()));
 
     // A new SSE-C key; the gateway writes with it after a restart and still reads the old.
     let new_id = rotate_sse_c(&files);
@@ -217,10 +233,12 @@ fn sse_c_key_rotation_and_rekey_by_copy_on_garage() {
     // Re-key by copy while serving: the two older objects move, the new one is current.
     let (ok, out, err) = keys(&files, "reencrypt");
     assert!(ok, "{out}{err}");
-    assert!(out.contains("3 objects") && out.contains("2 re-keyed") && out.contains("1 already"), "{out}");
-    assert!(err.contains("3/3 objects"), "progress is shown: {err}");
+    // old.bin, big.bin, the sub/ marker and sub/in-dir.bin move; new.bin is current.
+    assert!(out.contains("5 objects") && out.contains("4 re-keyed") && out.contains("1 already"), "{out}");
+    assert!(out.contains("0 skipped") && out.contains("0 failed"), "{out}");
+    assert!(err.contains("5/5 objects"), "progress is shown: {err}");
     let (ok, out, err) = keys(&files, "reencrypt");
-    assert!(ok && out.contains("0 re-keyed") && out.contains("3 already"), "idempotent: {out}{err}");
+    assert!(ok && out.contains("0 re-keyed") && out.contains("5 already"), "idempotent: {out}{err}");
     assert_eq!(download(&gw, &token, "big.bin"), big);
 
     // Proof that nothing needs the first key any more: replace it with a key that opens
@@ -235,6 +253,9 @@ fn sse_c_key_rotation_and_rekey_by_copy_on_garage() {
     assert_eq!(download(&gw, &token, "big.bin"), big);
     assert_eq!(download(&gw, &token, "new.bin"), small);
     assert_eq!(repr_digest(&gw, &token, "big.bin").as_deref(), Some(big_digest.as_str()));
+    // A directory rename copies the marker and the file: both open with the new key.
+    sftp_batch(&files, &gw, "rename sub moved\n");
+    assert_eq!(download(&gw, &token, "moved/in-dir.bin"), small);
     assert!(!new_id.is_empty());
     let key_b64 = std::fs::read_to_string(files.dir.path().join("data/keys/acme.sse-c.1")).unwrap();
     assert!(!gw.log_text().contains(key_b64.trim()), "no SSE-C key in the log");

@@ -915,8 +915,9 @@ impl S3Store {
         }
     }
 
-    /// Every object of the tenant (bucket key and stored size), directory markers and probe
-    /// objects left out: what `gateway keys reencrypt` walks.
+    /// Every object of the tenant (bucket key and stored size), directory markers included
+    /// (they are encrypted too, and a directory rename copies them), probe objects left out:
+    /// what `gateway keys reencrypt` walks.
     pub async fn object_keys(&self) -> Result<Vec<(String, u64)>, StorageError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -933,7 +934,7 @@ impl S3Store {
             for o in page.contents() {
                 let Some(k) = o.key() else { continue };
                 let name = k.rsplit('/').next().unwrap_or_default();
-                if name.is_empty() || name.starts_with(PROBE) {
+                if name.starts_with(PROBE) {
                     continue;
                 }
                 out.push((k.to_owned(), o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0)));
