@@ -56,6 +56,8 @@ pub struct CertReloader {
     warned: Option<(String, i64)>,
     /// The client CA bundle and CRLs, when the listener asks for client certificates.
     clients: Option<ClientTrustWatch>,
+    /// Refused certificates and client trust raise alerts here.
+    alerts: crate::alerts::Alerts,
 }
 
 /// The client CA bundle and CRLs of `[https.client_auth]`, reloaded like the certificate:
@@ -110,7 +112,7 @@ impl ClientTrustWatch {
         Some(crate::digest::sha256(&all))
     }
 
-    async fn check(&mut self, audit: &AuditLog) -> Outcome {
+    async fn check(&mut self, audit: &AuditLog, alerts: &crate::alerts::Alerts) -> Outcome {
         let digest = self.content_digest();
         if digest.is_none() || digest == self.seen {
             return Outcome::Unchanged;
@@ -131,6 +133,15 @@ impl ClientTrustWatch {
             }
             Err(e) => {
                 tracing::error!(error = %e, "new client CA bundle or CRL refused; the old ones stay in force");
+                let mut files = vec![self.ca.display().to_string()];
+                files.extend(self.crls.iter().map(|p| p.display().to_string()));
+                alerts.raise(refused_alert(
+                    "client_trust_refused",
+                    format!("a new client CA bundle or CRL was refused at reload: {e}"),
+                    files,
+                    self.seen.map(|d| format!("content sha256:{}", hex::encode(d))).into_iter().collect(),
+                    "the client CA bundle and CRLs in force stay in force for new handshakes",
+                ));
                 (Outcome::Refused, Some(e.to_string()))
             }
         };
@@ -165,7 +176,16 @@ impl CertReloader {
     /// A reloader for the pair at these paths, now being served by `holder`.
     pub fn new(cert_path: PathBuf, key_path: PathBuf, holder: Arc<ReloadableCert>, audit: AuditLog) -> Self {
         crate::metrics::metrics().set_cert_not_after(holder.current().info.not_after.unix_timestamp());
-        let mut reloader = CertReloader { cert_path, key_path, holder, audit, seen: None, warned: None, clients: None };
+        let mut reloader = CertReloader {
+            cert_path,
+            key_path,
+            holder,
+            audit,
+            seen: None,
+            warned: None,
+            clients: None,
+            alerts: crate::alerts::Alerts::disabled(),
+        };
         reloader.seen = reloader.content_digest();
         reloader
     }
@@ -187,10 +207,15 @@ impl CertReloader {
         self.clients = clients;
     }
 
+    /// Raise an alert for every refused certificate or client trust.
+    pub fn set_alerts(&mut self, alerts: crate::alerts::Alerts) {
+        self.alerts = alerts;
+    }
+
     /// Look at the client CA bundle and CRLs once.
     pub async fn check_clients(&mut self) -> Outcome {
         match self.clients.as_mut() {
-            Some(c) => c.check(&self.audit).await,
+            Some(c) => c.check(&self.audit, &self.alerts).await,
             None => Outcome::Unchanged,
         }
     }
@@ -223,6 +248,13 @@ impl CertReloader {
             }
             Err(e) => {
                 tracing::error!(error = %e, serving = %old.info.sha256_fingerprint, "new TLS certificate refused; the old one keeps serving");
+                self.alerts.raise(refused_alert(
+                    "certificate_refused",
+                    format!("a new TLS certificate or key was refused at reload: {e}"),
+                    vec![self.cert_path.display().to_string(), self.key_path.display().to_string()],
+                    vec![format!("serving sha256:{}", old.info.sha256_fingerprint)],
+                    "the certificate in force keeps serving; nothing else changed",
+                ));
                 self.record(&old, None, Some(e.to_string())).await;
                 Outcome::Refused
             }
@@ -270,6 +302,34 @@ impl CertReloader {
         if let Err(e) = self.audit.append(entry, true).await {
             tracing::error!(error = %e, "certificate reload could not be audited");
         }
+    }
+}
+
+/// The alert for refused certificate, trust or key material at reload.
+pub(crate) fn refused_alert(
+    kind: &'static str,
+    nature: String,
+    files: Vec<String>,
+    fingerprints: Vec<String>,
+    kept: &str,
+) -> crate::alerts::Alert {
+    crate::alerts::Alert {
+        severity: crate::alerts::Severity::Warning,
+        kind,
+        nature,
+        scope: crate::alerts::Scope { files, fingerprints, count: 1, ..Default::default() },
+        actions_taken: vec![
+            format!("the new material was refused: {kept}"),
+            "the attempt is in the audit trail with the error".into(),
+        ],
+        remediation: vec![
+            "check who or what replaced these files; if it was not a planned rotation, treat it as tampering".into(),
+            "for a planned rotation, fix the files (chain, key match, expiry, permissions) and send SIGHUP".into(),
+        ],
+        next_steps: vec![
+            "`gateway certs inspect` / `gateway check-config` on the files show what is wrong".into(),
+            "the material in force may be near its expiry: check the gateway_tls_certificate_expiry_seconds metric".into(),
+        ],
     }
 }
 

@@ -31,6 +31,8 @@ pub struct HostKeyReloader {
     /// Digest of new content seen once by the periodic look, acted on when the next look
     /// finds it unchanged.
     settling: Option<[u8; 32]>,
+    /// Refused sets raise alerts here.
+    alerts: crate::alerts::Alerts,
 }
 
 impl std::fmt::Debug for HostKeyReloader {
@@ -48,7 +50,15 @@ impl HostKeyReloader {
         served: Arc<ServedHostKeys>,
         audit: AuditLog,
     ) -> HostKeyReloader {
-        let mut reloader = HostKeyReloader { paths, config, served, audit, seen: None, settling: None };
+        let mut reloader = HostKeyReloader {
+            paths,
+            config,
+            served,
+            audit,
+            seen: None,
+            settling: None,
+            alerts: crate::alerts::Alerts::disabled(),
+        };
         let paths = reloader.configured_paths();
         reloader.seen = Some(digest(&paths));
         reloader
@@ -69,6 +79,11 @@ impl HostKeyReloader {
             Some(sftp) if errors.is_empty() => sftp.host_keys,
             _ => self.paths.clone(),
         }
+    }
+
+    /// Raise an alert for every refused set.
+    pub fn with_alerts(self, alerts: crate::alerts::Alerts) -> HostKeyReloader {
+        HostKeyReloader { alerts, ..self }
     }
 
     /// Look again at what was last refused (SIGHUP: a permission fixed with `chmod` changes
@@ -140,6 +155,13 @@ impl HostKeyReloader {
             serving = ?serving,
             "new SSH host keys refused; the keys in force keep serving"
         );
+        self.alerts.raise(super::refused_alert(
+            "host_key_refused",
+            format!("a new set of SSH host keys was refused at reload: {}", problems.join("; ")),
+            paths.iter().map(|p| p.display().to_string()).collect(),
+            serving.to_vec(),
+            "the host keys in force keep serving",
+        ));
         self.record(paths, None, serving, Some(problems.join("; "))).await;
         Outcome::Refused
     }
