@@ -151,13 +151,18 @@ pub fn check_files(config: &Config) -> Vec<String> {
     }
     for (i, t) in config.tenants.iter().enumerate() {
         if let gateway_config::TenantStorage::S3 { sse: gateway_config::Sse::C { key_file }, .. } = &t.storage {
-            let key = crate::secrets::read_secret_file(key_file).map_err(|e| e.to_string()).and_then(|content| {
-                crate::storage::s3::decode_customer_key(&content)
-                    .map(drop)
-                    .map_err(|e| format!("{}: {e}", key_file.display()))
-            });
-            if let Err(e) = key {
-                problems.push(format!("tenants[{i}].sse_c_key_file: {e}"));
+            // The key file and the keys `gateway keys rotate --sse-c` added beside it.
+            let rotated = crate::keyring::rotated_files(key_file).map(|r| r.into_iter().map(|(_, p)| p));
+            let files = std::iter::once(key_file.clone()).chain(rotated.into_iter().flatten());
+            for file in files {
+                let key = crate::secrets::read_secret_file(&file).map_err(|e| e.to_string()).and_then(|content| {
+                    crate::storage::s3::decode_customer_key(&content)
+                        .map(drop)
+                        .map_err(|e| format!("{}: {e}", file.display()))
+                });
+                if let Err(e) = key {
+                    problems.push(format!("tenants[{i}].sse_c_key_file: {e}"));
+                }
             }
         }
     }

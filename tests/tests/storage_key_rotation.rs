@@ -220,7 +220,15 @@ fn sse_c_key_rotation_and_rekey_by_copy_on_garage() {
 
     // A new SSE-C key; the gateway writes with it after a restart and still reads the old.
     let new_id = rotate_sse_c(&files);
-    assert!(files.dir.path().join("data/keys/acme.sse-c.1").exists());
+    let rotated = files.dir.path().join("data/keys/acme.sse-c.1");
+    assert!(rotated.exists());
+    // check-config looks at rotated SSE-C keys too: a loosened one is named.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&rotated, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(gateway_bin()).args(["check-config", "--config"]).arg(&files.config_path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("acme.sse-c.1") && err.contains("0644"), "{err}");
+    std::fs::set_permissions(&rotated, std::fs::Permissions::from_mode(0o600)).unwrap();
     gw.signal("TERM");
     assert!(gw.wait(Duration::from_secs(60)).success());
     let mut gw = files.serve();
