@@ -182,11 +182,12 @@ impl RelPath {
     }
 }
 
-/// Unicode `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt; unchanged from Unicode
-/// 6.3 to 16.0): sorted, disjoint inclusive ranges with the name shown in refusals (the
-/// character's own name, or its group's for a range). It is `Other_Default_Ignorable_Code_Point`
-/// + format characters (Cf) + variation selectors, less white space, the interlinear
-/// annotation characters and the prepended concatenation marks.
+/// Unicode `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt of Unicode 14.0 to 16.0;
+/// compared code point by code point with Perl's `\p{Default_Ignorable_Code_Point}`): sorted,
+/// disjoint inclusive ranges with the name shown in refusals (the character's own name, or
+/// its group's for a range). The property is `Other_Default_Ignorable_Code_Point`, format
+/// characters (Cf) and variation selectors, less white space, the interlinear annotation
+/// characters and the prepended concatenation marks.
 const DEFAULT_IGNORABLE: &[(u32, u32, &str)] = &[
     (0x00AD, 0x00AD, "SOFT HYPHEN"),
     (0x034F, 0x034F, "COMBINING GRAPHEME JOINER"),
