@@ -271,6 +271,8 @@ struct Watched {
 /// now in force.
 pub struct KeyringReloader {
     watched: Vec<Watched>,
+    /// SSE-C tenants: their key files and stores, and the last refusal reported.
+    customer: Vec<(crate::storage::router::CustomerKeyWatch, Option<String>)>,
     audit: crate::audit::AuditLog,
 }
 
@@ -287,7 +289,80 @@ impl KeyringReloader {
             .into_iter()
             .map(|(tenant, key_file, ring)| Watched { tenant, key_file, ring, refused: None })
             .collect();
-        KeyringReloader { watched, audit }
+        KeyringReloader { watched, customer: Vec::new(), audit }
+    }
+
+    /// Also watch these SSE-C tenants' key files: a changed set of SSE-C keys goes into a new
+    /// store for the tenant (new requests use it; uploads in progress finish with theirs),
+    /// audited as `sse_c_key_reload`.
+    pub fn with_customer_keys(mut self, watches: Vec<crate::storage::router::CustomerKeyWatch>) -> Self {
+        self.customer = watches.into_iter().map(|w| (w, None)).collect();
+        self
+    }
+
+    /// Look at the SSE-C key files once; returns how many stores were replaced.
+    async fn check_customer_keys(&mut self) -> usize {
+        let mut replaced = 0;
+        for (w, refused) in &mut self.customer {
+            let Some(ring) = self.watched.iter().find(|t| t.tenant == w.tenant).map(|t| t.ring.current()) else {
+                continue;
+            };
+            let current = w.store.store();
+            let before = current.customer_key_ids();
+            let loaded = crate::storage::router::customer_keys(&w.key_file, ring.base());
+            let (result, error, ids) = match loaded {
+                Ok((newest, older)) => {
+                    let ids: Vec<String> = std::iter::once(&newest)
+                        .chain(&older)
+                        .filter_map(|k| match k {
+                            crate::storage::s3::Sse::C { id, .. } => Some(id.clone()),
+                            _ => None,
+                        })
+                        .rev()
+                        .collect();
+                    if ids == before {
+                        *refused = None;
+                        continue;
+                    }
+                    match current.with_keys(newest, older, ring.base()) {
+                        Ok(store) => {
+                            tracing::info!(
+                                tenant = %w.tenant,
+                                key_file = %w.key_file.display(),
+                                key_ids = ?ids,
+                                "SSE-C keys reloaded; new objects are written with the newest"
+                            );
+                            w.store.replace(store);
+                            *refused = None;
+                            replaced += 1;
+                            ("ok", None, ids)
+                        }
+                        Err(e) => ("error", Some(e.to_string()), before),
+                    }
+                }
+                Err(e) => ("error", Some(e), before),
+            };
+            if let Some(text) = &error {
+                if refused.as_deref() == Some(text.as_str()) {
+                    continue;
+                }
+                tracing::error!(tenant = %w.tenant, error = %text, "SSE-C keys refused; the keys in force stay");
+                *refused = Some(text.clone());
+            }
+            let entry = crate::audit::AuditEntry {
+                operation: Some("sse_c_key_reload".into()),
+                tenant: Some(w.tenant.clone()),
+                path: Some(w.key_file.display().to_string()),
+                result: Some(result.into()),
+                error,
+                key_ids: Some(ids),
+                ..crate::audit::AuditEntry::new(crate::audit::AuditEvent::Operation)
+            };
+            if let Err(e) = self.audit.append(entry, true).await {
+                tracing::error!(error = %e, "SSE-C key reload could not be audited");
+            }
+        }
+        replaced
     }
 
     /// Look at every tenant's key files once; returns how many rings were replaced.
@@ -365,6 +440,7 @@ impl KeyringReloader {
                 _ = tick.tick() => {}
             }
             self.check().await;
+            self.check_customer_keys().await;
         }
     }
 }

@@ -68,8 +68,8 @@ fn rotate_sse_c(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
     let id = gateway::keyring::KeyId::of_bytes(raw.as_slice());
     println!("tenant {name}: added SSE-C key generation {generation} (key id {id}) in {}", path.display());
     println!(
-        "restart the gateway to write with it (SSE-C keys are read at start); objects under older \
-         keys stay readable; `gateway keys reencrypt --tenant {name}` then copies them to the new key"
+        "a running gateway writes with it within 2 seconds (no restart); objects under older keys \
+         stay readable; `gateway keys reencrypt --tenant {name}` then copies them to the new key"
     );
     Ok(ExitCode::SUCCESS)
 }

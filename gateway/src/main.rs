@@ -173,7 +173,7 @@ enum KeysCommand {
         #[arg(long)]
         tenant: String,
         /// Add an SSE-C key (`<sse_c_key_file>.<n>`) instead, for a tenant on S3 with SSE-C;
-        /// the gateway uses it after a restart.
+        /// a running gateway writes with it within 2 s.
         #[arg(long)]
         sse_c: bool,
     },

@@ -236,6 +236,8 @@ pub struct Gateway {
     host_key_files: Vec<std::path::PathBuf>,
     /// Each tenant's key file and the keyring in force, watched for rotated keys.
     keyrings: Vec<(String, std::path::PathBuf, Arc<crate::keyring::SharedKeyring>)>,
+    /// SSE-C tenants' key files and stores, watched for rotated SSE-C keys.
+    customer_keys: Vec<crate::storage::router::CustomerKeyWatch>,
     /// Notified to look at the certificate files and the configuration now (SIGHUP).
     reload: Arc<tokio::sync::Notify>,
     /// The users in force (replaced on a configuration reload).
@@ -349,7 +351,8 @@ impl Gateway {
             .iter()
             .filter_map(|t| keys.get(&t.name).map(|r| (t.name.clone(), t.key_file.clone(), r.clone())))
             .collect();
-        let store = crate::storage::router::open_stores(config, keys).await.map_err(StartupError)?;
+        let (store, customer_keys) =
+            crate::storage::router::open_stores_watched(config, keys).await.map_err(StartupError)?;
         let shipper = match &config.audit.ship {
             Some(ship) => Some((open_shipper(config, ship).await.map_err(|e| StartupError(vec![e]))?, ship.interval)),
             None => None,
@@ -394,6 +397,7 @@ impl Gateway {
             host_key_files: config.sftp.as_ref().map(|s| s.host_keys.clone()).unwrap_or_default(),
             clients,
             keyrings,
+            customer_keys,
             reload: Arc::new(tokio::sync::Notify::new()),
             users: directory.clone(),
             tenants: config.tenants.iter().map(|t| t.name.clone()).collect(),
@@ -480,6 +484,7 @@ impl Gateway {
         ));
         let keyrings = tokio::spawn(
             crate::keyring::KeyringReloader::new(self.keyrings.clone(), self.audit.clone())
+                .with_customer_keys(self.customer_keys.clone())
                 .run(stop.clone().cancelled_owned()),
         );
         let ship_stop = tokio_util::sync::CancellationToken::new();

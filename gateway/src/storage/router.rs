@@ -170,6 +170,27 @@ pub async fn open_stores(
     config: &Config,
     keys: HashMap<String, Arc<SharedKeyring>>,
 ) -> Result<Arc<dyn ObjectStore>, Vec<String>> {
+    open_stores_watched(config, keys).await.map(|(store, _)| store)
+}
+
+/// An S3 tenant with SSE-C as the key reloader watches it: its key file (rotated keys sit
+/// beside it) and the store to replace when they change.
+#[derive(Debug, Clone)]
+pub struct CustomerKeyWatch {
+    /// The tenant.
+    pub tenant: String,
+    /// Its `sse_c_key_file`.
+    pub key_file: std::path::PathBuf,
+    /// Its store.
+    pub store: TenantS3,
+}
+
+/// [`open_stores`], and the SSE-C tenants' stores for the key reloader.
+pub async fn open_stores_watched(
+    config: &Config,
+    keys: HashMap<String, Arc<SharedKeyring>>,
+) -> Result<(Arc<dyn ObjectStore>, Vec<CustomerKeyWatch>), Vec<String>> {
+    let mut watches = Vec::new();
     let mut errors = Vec::new();
     let mut clients = HashMap::new();
     for named in &config.storages {
@@ -214,6 +235,7 @@ pub async fn open_stores(
         let base = ring.current();
         let tenant_key = base.base();
         let mut older_keys = Vec::new();
+        let sse_mode = sse;
         let sse = match sse {
             gateway_config::Sse::S3 => Sse::S3,
             gateway_config::Sse::Kms { key_id, bucket_key } => Sse::kms(&tenant.name, key_id.clone(), *bucket_key),
@@ -242,7 +264,15 @@ pub async fn open_stores(
             }
         };
         probes.push((tenant.name.clone(), named.s3.bucket.clone(), named.s3.orphan_upload_age, store.clone()));
-        let s3: Arc<dyn ObjectStore> = Arc::new(TenantS3(store));
+        let tenant_s3 = TenantS3::new(store);
+        if let gateway_config::Sse::C { key_file } = sse_mode {
+            watches.push(CustomerKeyWatch {
+                tenant: tenant.name.clone(),
+                key_file: key_file.clone(),
+                store: tenant_s3.clone(),
+            });
+        }
+        let s3: Arc<dyn ObjectStore> = Arc::new(tenant_s3);
         let routed: Arc<dyn ObjectStore> = if *seal { Arc::new(SealingStore::new(s3, ring.clone())) } else { s3 };
         stores.insert(tenant.name.clone(), routed);
     }
@@ -262,7 +292,7 @@ pub async fn open_stores(
         }
     }
     if errors.is_empty() {
-        Ok(Arc::new(TenantRouter { stores }))
+        Ok((Arc::new(TenantRouter { stores }), watches))
     } else {
         Err(errors)
     }

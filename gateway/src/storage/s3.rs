@@ -412,6 +412,27 @@ impl S3Store {
         Ok(S3Store { client, settings, prefix, sse: Arc::new(sse), older: Vec::new(), cursor_key })
     }
 
+    /// The same tenant's store with other SSE-C keys: `newest` for writes, `older` (newest
+    /// first) for objects written before.
+    pub fn with_keys(&self, newest: Sse, older: Vec<Sse>, tenant_key: &TenantKey) -> Result<S3Store, StorageError> {
+        Ok(S3Store::new(self.client.clone(), self.settings.clone(), self.prefix.clone(), newest, tenant_key)?
+            .with_older_keys(older))
+    }
+
+    /// The ids of the SSE-C keys in use, oldest first (the last one writes); empty for other
+    /// modes.
+    pub fn customer_key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::iter::once(&self.sse)
+            .chain(&self.older)
+            .filter_map(|k| match &**k {
+                Sse::C { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        ids.reverse();
+        ids
+    }
+
     /// Also read objects encrypted with these older SSE-C keys (newest first).
     pub fn with_older_keys(mut self, older: Vec<Sse>) -> S3Store {
         self.older = older.into_iter().map(Arc::new).collect();
@@ -1342,11 +1363,28 @@ impl ObjectWriter for S3Writer {
     }
 }
 
-/// A [`ObjectStore`] for one tenant, as the router hands it out.
+/// A [`ObjectStore`] for one tenant, as the router hands it out. The store inside is
+/// replaced whole when the tenant's SSE-C keys change ([`TenantS3::replace`]); each request
+/// takes the store in force, and an upload keeps the one it began with (one key per upload).
 #[derive(Debug, Clone)]
-pub struct TenantS3(pub Arc<S3Store>);
+pub struct TenantS3(Arc<std::sync::RwLock<Arc<S3Store>>>);
 
 impl TenantS3 {
+    /// Serve `store`.
+    pub fn new(store: Arc<S3Store>) -> TenantS3 {
+        TenantS3(Arc::new(std::sync::RwLock::new(store)))
+    }
+
+    /// The store in force.
+    pub fn store(&self) -> Arc<S3Store> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Put `store` in force for new requests.
+    pub fn replace(&self, store: S3Store) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(store);
+    }
+
     /// Ranged `GetObject` of an object whose metadata is known (size, and the ETag sent as
     /// `If-Match`, so a replaced object is refused rather than mixed in).
     async fn get(&self, full: String, meta: ObjectMeta, range: RangeRequest) -> Result<ObjectRead, StorageError> {
@@ -1355,14 +1393,13 @@ impl TenantS3 {
             return Ok(ObjectRead { meta, range, body: Box::pin(futures_util::stream::empty()) });
         }
         let etag = meta.location.as_ref().and_then(|l| l.etag.clone());
-        let out = self
-            .0
+        let store = self.store();
+        let out = store
             .with_read_key(|sse| {
-                let req = self
-                    .0
+                let req = store
                     .client
                     .get_object()
-                    .bucket(self.0.bucket())
+                    .bucket(store.bucket())
                     .key(&full)
                     .range(format!("bytes={}-{}", range.start, range.end - 1))
                     .set_if_match(etag.clone());
@@ -1389,7 +1426,7 @@ impl ObjectStore for TenantS3 {
         key: &ObjectKey,
         size_hint: Option<u64>,
     ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
-        let store = self.0.clone();
+        let store = self.store();
         let full = store.full_key(key);
         let key = key.clone();
         let parent = key.parent();
@@ -1424,23 +1461,23 @@ impl ObjectStore for TenantS3 {
 
     fn stat(&self, _tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ObjectMeta, StorageError>> {
         let key = key.clone();
-        let full = self.0.full_key(&key);
+        let full = self.store().full_key(&key);
         async move {
             if key.is_root() {
                 return Err(StorageError::Conflict("path names a directory".into()));
             }
-            let head = match self.0.head_object(&full).await {
+            let head = match self.store().head_object(&full).await {
                 Ok(h) => h,
                 Err(StorageError::NotFound) => {
-                    return match self.0.kind_of(&key).await? {
+                    return match self.store().kind_of(&key).await? {
                         Some(EntryKind::Dir) => Err(StorageError::Conflict("path names a directory".into())),
                         _ => Err(StorageError::NotFound),
                     }
                 }
                 Err(e) => return Err(e),
             };
-            let mut meta = head_meta(&self.0, &full, &head);
-            meta.sha256 = self.0.digest_of(&full, &head).await?;
+            let mut meta = head_meta(&self.store(), &full, &head);
+            meta.sha256 = self.store().digest_of(&full, &head).await?;
             Ok(meta)
         }
         .boxed()
@@ -1452,7 +1489,7 @@ impl ObjectStore for TenantS3 {
         key: &ObjectKey,
         range: RangeRequest,
     ) -> BoxFuture<'_, Result<ObjectRead, StorageError>> {
-        let full = self.0.full_key(key);
+        let full = self.store().full_key(key);
         let stat = self.stat(tenant, key);
         async move { self.get(full, stat.await?, range).await }.boxed()
     }
@@ -1464,15 +1501,15 @@ impl ObjectStore for TenantS3 {
         range: RangeRequest,
         meta: &'a ObjectMeta,
     ) -> BoxFuture<'a, Result<ObjectRead, StorageError>> {
-        self.get(self.0.full_key(key), meta.clone(), range).boxed()
+        self.get(self.store().full_key(key), meta.clone(), range).boxed()
     }
 
     fn ready<'a>(&'a self, _tenant: &'a str) -> BoxFuture<'a, Result<(), StorageError>> {
         async move {
-            self.0
+            self.store()
                 .client
                 .head_bucket()
-                .bucket(self.0.bucket())
+                .bucket(self.store().bucket())
                 .send()
                 .await
                 .map(|_| ())
@@ -1483,22 +1520,22 @@ impl ObjectStore for TenantS3 {
 
     fn delete(&self, _tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>> {
         let key = key.clone();
-        let full = self.0.full_key(&key);
+        let full = self.store().full_key(&key);
         async move {
-            match self.0.kind_of(&key).await? {
+            match self.store().kind_of(&key).await? {
                 Some(EntryKind::File) => {}
                 Some(EntryKind::Dir) => return Err(StorageError::Conflict("path names a directory".into())),
                 None => return Err(StorageError::NotFound),
             }
-            self.0
+            self.store()
                 .client
                 .delete_object()
-                .bucket(self.0.bucket())
+                .bucket(self.store().bucket())
                 .key(&full)
                 .send()
                 .await
                 .map_err(|e| map_err("DeleteObject", e))?;
-            self.0.delete_digest(&full).await;
+            self.store().delete_digest(&full).await;
             Ok(())
         }
         .boxed()
@@ -1506,13 +1543,13 @@ impl ObjectStore for TenantS3 {
 
     fn head(&self, _tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ListEntry, StorageError>> {
         let key = key.clone();
-        let full = self.0.full_key(&key);
+        let full = self.store().full_key(&key);
         let name = key.file_name().to_owned();
         async move {
             if key.is_root() {
                 return Ok(ListEntry { name, kind: EntryKind::Dir, size: 0, modified: UNIX_EPOCH });
             }
-            match self.0.head_object(&full).await {
+            match self.store().head_object(&full).await {
                 Ok(h) => {
                     let size = h.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
                     return Ok(ListEntry {
@@ -1525,7 +1562,7 @@ impl ObjectStore for TenantS3 {
                 Err(StorageError::NotFound) => {}
                 Err(e) => return Err(e),
             }
-            match self.0.dir_state(&self.0.dir_prefix(&key)).await? {
+            match self.store().dir_state(&self.store().dir_prefix(&key)).await? {
                 (true, _) => Ok(ListEntry { name, kind: EntryKind::Dir, size: 0, modified: UNIX_EPOCH }),
                 (false, _) => Err(StorageError::NotFound),
             }
@@ -1535,43 +1572,43 @@ impl ObjectStore for TenantS3 {
 
     fn mkdir(&self, _tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>> {
         let key = key.clone();
-        let marker = self.0.dir_prefix(&key);
+        let marker = self.store().dir_prefix(&key);
         async move {
             if key.is_root() {
                 return Err(StorageError::Conflict("already exists".into()));
             }
-            if self.0.kind_of(&key).await?.is_some() {
+            if self.store().kind_of(&key).await?.is_some() {
                 return Err(StorageError::Conflict("already exists".into()));
             }
             let parent = key.parent();
-            match self.0.kind_of(&parent).await? {
+            match self.store().kind_of(&parent).await? {
                 Some(EntryKind::Dir) => {}
                 Some(EntryKind::File) => return Err(StorageError::Conflict("a parent of this path is a file".into())),
                 None => return Err(StorageError::NotFound),
             }
-            self.0.put_single(&marker, Bytes::new(), None).await.map(|_| ())
+            self.store().put_single(&marker, Bytes::new(), None).await.map(|_| ())
         }
         .boxed()
     }
 
     fn rmdir(&self, _tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<(), StorageError>> {
         let key = key.clone();
-        let marker = self.0.dir_prefix(&key);
+        let marker = self.store().dir_prefix(&key);
         async move {
             if key.is_root() {
                 return Err(StorageError::Conflict("the home directory cannot be removed".into()));
             }
-            if self.0.kind_of(&key).await? == Some(EntryKind::File) {
+            if self.store().kind_of(&key).await? == Some(EntryKind::File) {
                 return Err(StorageError::Conflict("not a directory".into()));
             }
-            match self.0.dir_state(&marker).await? {
+            match self.store().dir_state(&marker).await? {
                 (false, _) => Err(StorageError::NotFound),
                 (true, true) => Err(StorageError::Conflict("directory not empty".into())),
                 (true, false) => {
-                    self.0
+                    self.store()
                         .client
                         .delete_object()
-                        .bucket(self.0.bucket())
+                        .bucket(self.store().bucket())
                         .key(&marker)
                         .send()
                         .await
@@ -1591,7 +1628,7 @@ impl ObjectStore for TenantS3 {
         replace: bool,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         async move {
-            let s = &self.0;
+            let s = &self.store();
             if from.is_root() || to.is_root() {
                 return Err(StorageError::Conflict("the home directory cannot be renamed".into()));
             }
@@ -1656,7 +1693,7 @@ impl ObjectStore for TenantS3 {
         limit: usize,
     ) -> BoxFuture<'a, Result<ListPage, StorageError>> {
         async move {
-            let s = &self.0;
+            let s = &self.store();
             let dir = s.dir_prefix(prefix);
             if !prefix.is_root() && after.is_none() {
                 match s.kind_of(prefix).await? {
