@@ -4,6 +4,9 @@
 //! `/metrics` asks for the configured bearer token, if any; the health endpoints never do, so
 //! load balancers and container runtimes can call them.
 //!
+//! `/bans` (GET: the defender's bans as JSON) and `/bans/ADDR` (DELETE: end that ban) need
+//! the admin token, and are refused when none is configured: `gateway bans` calls them.
+//!
 //! On shutdown readiness flips to 503 first (`draining`), then the front ends drain; the
 //! listener closes last.
 
@@ -21,6 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::audit::AuditLog;
+use crate::defender::Defender;
 use crate::storage::ObjectStore;
 
 /// How long a storage check result is reused (a load balancer polling often costs the store
@@ -113,6 +117,7 @@ pub async fn serve(
     listener: TcpListener,
     readiness: Arc<Readiness>,
     token_sha256: Option<[u8; 32]>,
+    defender: Option<Arc<Defender>>,
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
@@ -134,11 +139,13 @@ pub async fn serve(
                 }
             },
         };
-        let readiness = readiness.clone();
+        let (readiness, defender) = (readiness.clone(), defender.clone());
         conns.spawn(async move {
             let service = service_fn(move |req| {
-                let readiness = readiness.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, &readiness, token_sha256).await) }
+                let (readiness, defender) = (readiness.clone(), defender.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(handle(req, &readiness, token_sha256, defender.as_deref()).await)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -178,7 +185,12 @@ async fn handle(
     req: Request<Incoming>,
     readiness: &Readiness,
     token_sha256: Option<[u8; 32]>,
+    defender: Option<&Defender>,
 ) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path == "/bans" || path.starts_with("/bans/") {
+        return bans(&req, token_sha256, defender);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
@@ -204,6 +216,46 @@ async fn handle(
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             resp
         }
-        _ => text(StatusCode::NOT_FOUND, "endpoints: /metrics, /healthz, /readyz\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "endpoints: /metrics, /healthz, /readyz, /bans\n".into()),
+    }
+}
+
+/// `GET /bans` and `DELETE /bans/ADDR` (an address, or an IPv6 network as listed, `/` as
+/// is or as `%2F`). Only with the admin token.
+fn bans(req: &Request<Incoming>, token_sha256: Option<[u8; 32]>, defender: Option<&Defender>) -> Response<Full<Bytes>> {
+    if token_sha256.is_none() {
+        return text(StatusCode::FORBIDDEN, "/bans needs admin.token_file to be configured\n".into());
+    }
+    if !authorized(req, token_sha256) {
+        let mut resp = text(StatusCode::UNAUTHORIZED, "bearer token required\n".into());
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"admin\""));
+        return resp;
+    }
+    let Some(defender) = defender else {
+        return text(StatusCode::NOT_FOUND, "the defender is disabled ([defender] enabled = false)\n".into());
+    };
+    let now = std::time::SystemTime::now();
+    let path = req.uri().path();
+    match (req.method(), path.strip_prefix("/bans/")) {
+        (&Method::GET, None) => {
+            let body = serde_json::to_string(&defender.bans(now)).unwrap_or_else(|_| "[]".into());
+            let mut resp = text(StatusCode::OK, body + "\n");
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        (&Method::DELETE, Some(addr)) => {
+            let addr = percent_encoding::percent_decode_str(addr).decode_utf8_lossy();
+            let ip = addr.split_once('/').map_or(&*addr, |(ip, _)| ip);
+            let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+                let shown: String = addr.chars().filter(|c| !c.is_control()).take(64).collect();
+                return text(StatusCode::BAD_REQUEST, format!("not an IP address: {shown:?}\n"));
+            };
+            if defender.remove(ip, now) {
+                text(StatusCode::OK, format!("unbanned {}\n", defender.source_of(ip)))
+            } else {
+                text(StatusCode::NOT_FOUND, format!("{} is not banned\n", defender.source_of(ip)))
+            }
+        }
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET /bans or DELETE /bans/ADDR\n".into()),
     }
 }

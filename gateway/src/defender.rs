@@ -24,11 +24,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gateway_config::{canonical_ip, mask_ip, DefenderConfig};
+
+use crate::audit::{AuditEntry, AuditEvent, AuditLog, BanFacts};
 use serde::{Deserialize, Serialize};
 
 /// What a source did that counts against it.
@@ -223,6 +225,107 @@ pub struct Defender {
     config: DefenderConfig,
     table: Mutex<Table>,
     notify: Notify,
+    /// A second listener, installed once after start: where a ban raises an alert.
+    hook: OnceLock<Notify>,
+    /// Where bans are saved (`data_dir/defender/bans.json`), when serving.
+    state_file: Option<PathBuf>,
+}
+
+/// How often the serving defender ends expired bans and saves a changed table.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(2);
+
+/// The file under `data_dir` that keeps bans across restarts.
+pub fn state_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("defender").join("bans.json")
+}
+
+/// The serving defender: bans and unbans go to the audit trail (as `operation` records
+/// `ban`/`unban`, which also move the metrics); the bans of the last run are loaded from
+/// `data_dir`.
+pub fn open(config: &DefenderConfig, data_dir: &Path, audit: AuditLog) -> Result<Arc<Defender>, String> {
+    let path = state_file(data_dir);
+    let mut defender = Defender::new(config.clone()).with_notify(Box::new(move |change| {
+        let entry = audit_entry(change);
+        tracing::warn!(
+            remote_addr = entry.remote_addr.as_deref().unwrap_or(""),
+            operation = entry.operation.as_deref().unwrap_or(""),
+            "defender"
+        );
+        audit.append_detached(entry);
+    }));
+    let loaded = defender.load(&path).map_err(|e| format!("defender state: {e}"))?;
+    if loaded > 0 {
+        tracing::info!(sources = loaded, "defender: bans and offence counts of the last run loaded");
+    }
+    defender.state_file = Some(path);
+    Ok(Arc::new(defender))
+}
+
+/// What a refused credential counts as: a failure for a known or an unknown user. Not
+/// scored: a request that offered no credential at all, and SSH public keys (keys cannot be
+/// guessed, and an agent offering several keys before the right one is no attack; a
+/// connection that never authenticates is scored as a pre-auth disconnect instead).
+pub fn auth_offence(method: &str, failure: &crate::auth::AuthFailure) -> Option<Offence> {
+    if failure.reason == "no credentials" || method == "publickey" {
+        return None;
+    }
+    Some(if failure.user.is_some() { Offence::AuthFailedKnownUser } else { Offence::AuthFailedUnknownUser })
+}
+
+/// Scores a connection that ends (or is dropped) before it authenticated: a
+/// `pre_auth_disconnect`. Made at accept, dropped with the connection task.
+pub struct PreAuthWatch {
+    defender: Option<Arc<Defender>>,
+    ip: IpAddr,
+    authenticated: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl PreAuthWatch {
+    /// Watch the connection from `ip`; `authenticated` says whether it got past login.
+    pub fn new(
+        defender: Option<Arc<Defender>>,
+        ip: IpAddr,
+        authenticated: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> PreAuthWatch {
+        PreAuthWatch { defender, ip, authenticated: Box::new(authenticated) }
+    }
+}
+
+impl Drop for PreAuthWatch {
+    fn drop(&mut self) {
+        if let Some(d) = &self.defender {
+            if !(self.authenticated)() {
+                d.record(self.ip, Offence::PreAuthDisconnect, SystemTime::now());
+            }
+        }
+    }
+}
+
+/// The audit record of a ban or unban.
+pub fn audit_entry(change: &BanChange) -> AuditEntry {
+    let (source, operation, ban) = match change {
+        BanChange::Banned { source, score, offence, until, offences } => (
+            source,
+            "ban",
+            BanFacts {
+                score: Some(*score),
+                offence: Some(offence.name().to_owned()),
+                until: Some(rfc3339(*until)),
+                offences: Some(*offences),
+                reason: None,
+            },
+        ),
+        BanChange::Unbanned { source, reason } => {
+            (source, "unban", BanFacts { reason: Some(reason.name().to_owned()), ..BanFacts::default() })
+        }
+    };
+    AuditEntry {
+        remote_addr: Some(source.to_string()),
+        operation: Some(operation.to_owned()),
+        result: Some("ok".to_owned()),
+        ban: Some(ban),
+        ..AuditEntry::new(AuditEvent::Operation)
+    }
 }
 
 impl fmt::Debug for Defender {
@@ -234,7 +337,44 @@ impl fmt::Debug for Defender {
 impl Defender {
     /// A defender with an empty table that tells nobody about bans.
     pub fn new(config: DefenderConfig) -> Defender {
-        Defender { config, table: Mutex::new(Table::default()), notify: Box::new(|_| {}) }
+        Defender {
+            config,
+            table: Mutex::new(Table::default()),
+            notify: Box::new(|_| {}),
+            hook: OnceLock::new(),
+            state_file: None,
+        }
+    }
+
+    /// Also hand every ban and unban to `hook` (once; later calls are ignored). This is
+    /// where a ban raises a security alert.
+    pub fn set_hook(&self, hook: Notify) {
+        let _ = self.hook.set(hook);
+    }
+
+    /// Until `stop`: end expired bans and save a changed table every few seconds; at `stop`,
+    /// save once more.
+    pub async fn maintain(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        let Some(path) = self.state_file.clone() else { return };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                () = tokio::time::sleep(MAINTAIN_EVERY) => {}
+            }
+            self.expire(SystemTime::now());
+            self.save_logged(&path, false).await;
+        }
+        self.save_logged(&path, true).await;
+    }
+
+    async fn save_logged(self: &Arc<Self>, path: &Path, force: bool) {
+        let (me, path) = (self.clone(), path.to_owned());
+        match tokio::task::spawn_blocking(move || me.save(&path, force)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "defender: could not save the bans; retried"),
+            Err(e) => tracing::error!(error = %e, "defender: save task failed"),
+        }
     }
 
     /// Hand every ban and unban to `notify` from now on.
@@ -263,6 +403,13 @@ impl Defender {
     fn tell(&self, changes: &[BanChange]) {
         for change in changes {
             (self.notify)(change);
+            if let Some(hook) = self.hook.get() {
+                hook(change);
+            }
+        }
+        if !changes.is_empty() {
+            let banned = self.lock().map.values().filter(|e| e.banned_until.is_some()).count();
+            crate::metrics::metrics().set_banned_sources(banned);
         }
     }
 
@@ -472,6 +619,8 @@ impl Defender {
             table.requeue(source);
             loaded += 1;
         }
+        let banned = table.map.values().filter(|e| e.banned_until.is_some()).count();
+        crate::metrics::metrics().set_banned_sources(banned);
         Ok(loaded)
     }
 }

@@ -1,17 +1,21 @@
 //! The accept loop both frontends share: it only accepts.
 //!
 //! A semaphore caps concurrent connections (when all slots are taken the loop waits rather
-//! than accepting and dropping); an optional [`SourceRateLimit`] closes connections from a
-//! source address that opens them faster than allowed; accept errors such as `EMFILE` back
-//! off instead of spinning; every connection runs in its own task, where handshakes happen
-//! under their own timeouts. The loop returns when `shutdown` resolves, closing the
+//! than accepting and dropping). Then the [`SourceGate`], before any TLS or SSH byte: a
+//! source the [`Defender`] bans is closed at once; an optional [`SourceRateLimit`] closes
+//! connections from a source address that opens them faster than allowed, and a per-source
+//! cap closes those beyond its concurrent connections (both count as a `limit_hit` against
+//! the source). Accept errors such as `EMFILE` back off instead of spinning; every
+//! connection runs in its own task, where handshakes happen under their own timeouts. The loop returns when `shutdown` resolves, closing the
 //! listener; draining the connections is the caller's business (it owns the returned tasks).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::defender::{Defender, Offence, Verdict};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -58,13 +62,87 @@ impl SourceRateLimit {
     }
 }
 
-/// Accept until `shutdown`, at most `max_connections` at once and, with `limit`, at most its
-/// rate per source address; `serve` runs per connection. Returns the connection tasks still
-/// running.
+/// What a listener checks about the source of each accepted connection, in this order.
+#[derive(Debug, Default)]
+pub struct SourceGate {
+    /// `https` or `sftp`, for logs and metrics.
+    pub protocol: &'static str,
+    /// Refuses banned sources; told about limit hits.
+    pub defender: Option<Arc<Defender>>,
+    /// New connections per second per source address.
+    pub rate: Option<SourceRateLimit>,
+    /// Connections one source may hold open at once; 0 = no cap.
+    pub max_per_source: u32,
+    /// IPv6 sources share the per-source cap by this prefix (as the defender groups them).
+    pub ipv6_prefix: u8,
+}
+
+/// Open connections per source; an entry leaves with its last connection, so the map is
+/// bounded by the listener's connection cap.
+type OpenCounts = Arc<Mutex<HashMap<IpAddr, u32>>>;
+
+/// One open connection of a source, counted until dropped.
+struct OpenSlot {
+    counts: OpenCounts,
+    source: IpAddr,
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
+impl SourceGate {
+    /// Admit `peer` or say why not (`banned`, `rate`, `concurrent`); an admitted
+    /// connection holds its per-source slot until the returned guard is dropped.
+    fn admit(&self, peer: SocketAddr, counts: &OpenCounts) -> Result<Option<OpenSlot>, &'static str> {
+        let ip = peer.ip();
+        let now = SystemTime::now();
+        if let Some(defender) = &self.defender {
+            if let Verdict::Refuse(_) = defender.check(ip, now) {
+                return Err("banned");
+            }
+        }
+        let hit = |why| {
+            if let Some(defender) = &self.defender {
+                defender.record(ip, Offence::LimitHit, now);
+            }
+            Err(why)
+        };
+        if let Some(limit) = &self.rate {
+            if !limit.admit(ip, Instant::now()) {
+                return hit("rate");
+            }
+        }
+        if self.max_per_source == 0 {
+            return Ok(None);
+        }
+        let source =
+            gateway_config::mask_ip(gateway_config::canonical_ip(ip), if ip.is_ipv6() { self.ipv6_prefix } else { 32 });
+        let mut open = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(source).or_insert(0);
+        if *n >= self.max_per_source {
+            drop(open);
+            return hit("concurrent");
+        }
+        *n += 1;
+        Ok(Some(OpenSlot { counts: counts.clone(), source }))
+    }
+}
+
+/// Accept until `shutdown`, at most `max_connections` at once, each source past `gate`;
+/// `serve` runs per connection. Returns the connection tasks still running.
 pub async fn accept_until<F, Fut>(
     listener: TcpListener,
     max_connections: usize,
-    limit: Option<SourceRateLimit>,
+    gate: SourceGate,
     shutdown: impl Future<Output = ()>,
     serve: F,
 ) -> JoinSet<()>
@@ -73,6 +151,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let open: OpenCounts = Arc::default();
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -94,18 +173,22 @@ where
                 }
             },
         };
-        if let Some(limit) = &limit {
-            if !limit.admit(peer.ip(), Instant::now()) {
-                tracing::warn!(%peer, "connection rate from this source exceeded; closed");
+        let slot = match gate.admit(peer, &open) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Dropping the stream closes it before a TLS or SSH byte is exchanged.
+                crate::metrics::metrics().refused_at_accept(gate.protocol, why);
+                tracing::debug!(%peer, protocol = gate.protocol, reason = why, "connection refused at accept");
                 continue;
             }
-        }
+        };
         // Reap finished connection tasks so the set does not grow.
         while tasks.try_join_next().is_some() {}
         let _ = tcp.set_nodelay(true);
         let conn = serve(tcp, peer);
         tasks.spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             conn.await;
         });
     }
@@ -129,5 +212,38 @@ mod tests {
         assert!(!limit.admit(a, t0));
         assert!(limit.admit(a, t0 + Duration::from_millis(150)), "refills at the rate");
         assert!(SourceRateLimit::new(0).is_none());
+    }
+
+    #[test]
+    fn the_gate_refuses_bans_and_caps_concurrent_connections_per_source() {
+        let config = gateway_config::DefenderConfig { threshold: 2, ..Default::default() };
+        let defender = Arc::new(Defender::new(config));
+        let gate = SourceGate {
+            protocol: "https",
+            defender: Some(defender.clone()),
+            rate: None,
+            max_per_source: 2,
+            ipv6_prefix: 64,
+        };
+        let open = OpenCounts::default();
+        let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let first = gate.admit(a, &open).unwrap();
+        let second = gate.admit(a, &open).unwrap();
+        assert_eq!(gate.admit(a, &open).err(), Some("concurrent"));
+        assert!(gate.admit("192.0.2.2:1".parse().unwrap(), &open).unwrap().is_some(), "other sources unaffected");
+        drop(first);
+        let third = gate.admit(a, &open).unwrap();
+        // Two limit hits reach the threshold of 2: banned.
+        assert_eq!(gate.admit(a, &open).err(), Some("concurrent"));
+        drop((second, third));
+        assert_eq!(gate.admit(a, &open).err(), Some("banned"));
+        // IPv6 addresses of one /64 share the cap.
+        let v6 = |s: &str| -> SocketAddr { format!("[{s}]:1").parse().unwrap() };
+        let _x = gate.admit(v6("2001:db8::1"), &open).unwrap();
+        let _y = gate.admit(v6("2001:db8::2"), &open).unwrap();
+        assert_eq!(gate.admit(v6("2001:db8::3"), &open).err(), Some("concurrent"));
+        assert!(gate.admit(v6("2001:db8:0:1::3"), &open).unwrap().is_some());
+        drop((_x, _y));
+        assert!(open.lock().unwrap().is_empty(), "entries leave with their last connection");
     }
 }

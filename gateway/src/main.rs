@@ -12,6 +12,7 @@ use gateway::secrets::{TenantKey, Token};
 use gateway::{check_files, prepare_development, Gateway};
 use gateway_config::Mode;
 
+mod bans_command;
 mod certs_command;
 
 const DEFAULT_CONFIG: &str = "config/gateway.toml";
@@ -76,6 +77,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// The defender's bans on a running gateway (through its admin listener).
+    Bans {
+        #[command(subcommand)]
+        command: bans_command::BansCommand,
     },
     /// TLS certificates: a development PKI, issuing from a CA, inspecting, expiry checks.
     Certs {
@@ -245,6 +251,7 @@ fn main() -> ExitCode {
         }
         Command::Users { command } => users(command),
         Command::Certs { command } => certs_command::run(command),
+        Command::Bans { command } => bans_command::run(command),
         Command::Keys { command: KeysCommand::Tenant { file } } => TenantKey::generate()
             .and_then(|k| k.save(&file))
             .map(|()| {

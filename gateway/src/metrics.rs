@@ -17,6 +17,7 @@ use crate::audit::{AuditEntry, AuditEvent};
 const PROTOCOLS: [&str; 2] = ["https", "sftp"];
 const DIRECTIONS: [&str; 2] = ["upload", "download"];
 const RESULTS: [&str; 2] = ["completed", "failed"];
+const REFUSALS: [&str; 3] = ["banned", "rate", "concurrent"];
 
 /// Upper bounds (seconds) of the transfer duration buckets.
 const TRANSFER_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -94,6 +95,12 @@ pub struct Metrics {
     cert_not_after: AtomicI64,
     /// Audit segments shipped, and shipping passes that failed.
     audit_shipped: [AtomicU64; 2],
+    /// Defender: `ban` and `unban` records.
+    defender_changes: [AtomicU64; 2],
+    /// Connections closed at accept, by protocol × why (banned, rate, concurrent).
+    refused: [AtomicU64; 6],
+    /// Sources banned now.
+    banned: AtomicI64,
 }
 
 /// The process's registry.
@@ -120,6 +127,9 @@ impl Metrics {
             storage: Mutex::new(BTreeMap::new()),
             cert_not_after: AtomicI64::new(0),
             audit_shipped: Default::default(),
+            defender_changes: Default::default(),
+            refused: Default::default(),
+            banned: AtomicI64::new(0),
         }
     }
 
@@ -149,6 +159,11 @@ impl Metrics {
             }
             AuditEvent::Operation => {
                 let op = entry.operation.as_deref().unwrap_or_default();
+                if let Some(c) =
+                    ["ban", "unban"].iter().position(|o| *o == op).and_then(|i| self.defender_changes.get(i))
+                {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
                 if op.ends_with("_reload") {
                     let what = op.trim_end_matches("_reload").to_owned();
                     let result = entry.result.clone().unwrap_or_default();
@@ -176,6 +191,20 @@ impl Metrics {
             s.fetch_add(1, Ordering::Relaxed);
         }
         SessionGuard { slot }
+    }
+
+    /// A connection of `protocol` was closed at accept: `why` is `banned`, `rate` or
+    /// `concurrent`.
+    pub fn refused_at_accept(&self, protocol: &str, why: &str) {
+        let (Some(p), Some(w)) = (index(&PROTOCOLS, Some(protocol)), index(&REFUSALS, Some(why))) else { return };
+        if let Some(c) = self.refused.get(p * 3 + w) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sources the defender bans now.
+    pub fn set_banned_sources(&self, n: usize) {
+        self.banned.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
     /// An audit segment was shipped (`ok`), or a shipping pass failed.
@@ -284,6 +313,33 @@ impl Metrics {
             "gateway_audit_ship_failures_total {}",
             self.audit_shipped.get(1).map_or(0, |c| c.load(Ordering::Relaxed))
         );
+        header(o, "gateway_defender_bans_total", "counter", "Sources the defender banned (audited as ban).");
+        let _ = writeln!(
+            o,
+            "gateway_defender_bans_total {}",
+            self.defender_changes.first().map_or(0, |c| c.load(Ordering::Relaxed))
+        );
+        header(o, "gateway_defender_unbans_total", "counter", "Bans that ended (audited as unban).");
+        let _ = writeln!(
+            o,
+            "gateway_defender_unbans_total {}",
+            self.defender_changes.get(1).map_or(0, |c| c.load(Ordering::Relaxed))
+        );
+        header(o, "gateway_defender_banned_sources", "gauge", "Sources banned now.");
+        let _ = writeln!(o, "gateway_defender_banned_sources {}", self.banned.load(Ordering::Relaxed));
+        header(
+            o,
+            "gateway_connections_refused_total",
+            "counter",
+            "Connections closed at accept, before TLS or SSH, by protocol and reason.",
+        );
+        for (p, protocol) in PROTOCOLS.iter().enumerate() {
+            for (w, why) in REFUSALS.iter().enumerate() {
+                let v = self.refused.get(p * 3 + w).map_or(0, |c| c.load(Ordering::Relaxed));
+                let _ =
+                    writeln!(o, "gateway_connections_refused_total{{protocol=\"{protocol}\",reason=\"{why}\"}} {v}");
+            }
+        }
         let storage = self.storage.lock().unwrap_or_else(PoisonError::into_inner);
         header(o, "gateway_storage_request_seconds", "histogram", "S3 request latency by operation (each attempt).");
         for (op, (h, _)) in storage.iter() {
@@ -395,6 +451,11 @@ mod tests {
         m.audit_append(Duration::from_micros(700), true);
         m.storage_request("PutObject", Duration::from_millis(3), Some("503"));
         m.set_cert_not_after(1000);
+        let mut ban = AuditEntry::new(AuditEvent::Operation);
+        ban.operation = Some("ban".into());
+        m.observe_record(&ban);
+        m.refused_at_accept("sftp", "banned");
+        m.set_banned_sources(3);
         let text = m.render(400);
         for line in [
             "gateway_transfers_total{protocol=\"sftp\",direction=\"upload\",result=\"completed\"} 1",
@@ -407,6 +468,11 @@ mod tests {
             "gateway_auth_failures_total{protocol=\"https\"} 1",
             "gateway_audit_append_seconds_bucket{le=\"0.001\"} 1",
             "gateway_tls_certificate_expiry_seconds 600",
+            "gateway_defender_bans_total 1",
+            "gateway_defender_unbans_total 0",
+            "gateway_defender_banned_sources 3",
+            "gateway_connections_refused_total{protocol=\"sftp\",reason=\"banned\"} 1",
+            "gateway_connections_refused_total{protocol=\"https\",reason=\"rate\"} 0",
             "gateway_storage_request_errors_total{backend=\"s3\",operation=\"PutObject\",error=\"503\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");

@@ -381,6 +381,15 @@ impl Gateway {
         };
         let transfers = Transfers::new(store, audit.clone(), config.storage.max_object_size)
             .with_names(config.storage.refuse_in_names);
+        // The defender: bans of the last run loaded, bans and unbans audited.
+        let transfers = if config.defender.enabled {
+            let defender = crate::defender::open(&config.defender, &config.data_dir, audit.clone())
+                .map_err(|e| StartupError(vec![e]))?;
+            transfers.with_defender(defender)
+        } else {
+            transfers
+        };
+        let https_defender = transfers.defender().cloned();
         let directory = Arc::new(Users::new(directory));
         let sftp = match &config.sftp {
             Some(sftp) => Some(
@@ -418,6 +427,9 @@ impl Gateway {
                 handshake_timeout: config.https.handshake_timeout,
                 idle_timeout: config.https.idle_timeout,
                 max_connections: config.https.max_connections,
+                max_connections_per_source: config.https.max_connections_per_source,
+                connection_rate_per_source: config.https.connection_rate_per_source,
+                defender: https_defender,
                 grace: config.shutdown_grace,
             },
         })
@@ -490,6 +502,9 @@ impl Gateway {
         let ship_stop = tokio_util::sync::CancellationToken::new();
         let shipping =
             self.shipper.map(|(shipper, every)| tokio::spawn(shipper.run(every, ship_stop.clone().cancelled_owned())));
+        // Ends expired bans and saves the table every few seconds, and once more at the end.
+        let defending =
+            self.transfers.defender().cloned().map(|d| tokio::spawn(d.maintain(stop.clone().cancelled_owned())));
         let https = https::serve(listeners.https, self.tls, self.api, self.https, stop.clone().cancelled_owned());
         let sftp = async {
             match (self.sftp, listeners.sftp) {
@@ -513,10 +528,14 @@ impl Gateway {
                 l,
                 self.readiness.clone(),
                 self.admin_token,
+                self.transfers.defender().cloned(),
                 admin_stop.clone().cancelled_owned(),
             ))
         });
         tokio::join!(https, sftp, trigger);
+        if let Some(task) = defending {
+            let _ = task.await;
+        }
         let _ = reloading.await;
         let _ = keyrings.await;
         let alive = self.transfers.wait_until_idle(TRANSFERS_DROP_LIMIT).await;

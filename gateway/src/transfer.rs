@@ -279,6 +279,8 @@ pub struct Transfers {
     names: NameRefusal,
     /// Uploads, downloads and read sessions alive (each holds a token).
     live: TaskTracker,
+    /// Scores misbehaving sources (both frontends report through [`Transfers::offence`]).
+    defender: Option<Arc<crate::defender::Defender>>,
 }
 
 impl std::fmt::Debug for Transfers {
@@ -298,7 +300,31 @@ fn elapsed_ms(since: Instant) -> u64 {
 impl Transfers {
     /// The transfer path over a store and an audit trail; uploads stop at `max_object_size`.
     pub fn new(store: Arc<dyn ObjectStore>, audit: AuditLog, max_object_size: u64) -> Transfers {
-        Transfers { store, audit, max_object_size, names: NameRefusal::default(), live: TaskTracker::new() }
+        Transfers {
+            store,
+            audit,
+            max_object_size,
+            names: NameRefusal::default(),
+            live: TaskTracker::new(),
+            defender: None,
+        }
+    }
+
+    /// Score misbehaviour with `defender` (and refuse banned sources at accept).
+    pub fn with_defender(self, defender: Arc<crate::defender::Defender>) -> Transfers {
+        Transfers { defender: Some(defender), ..self }
+    }
+
+    /// The defender, when one is configured.
+    pub fn defender(&self) -> Option<&Arc<crate::defender::Defender>> {
+        self.defender.as_ref()
+    }
+
+    /// Count `offence` against the source `ip` (nothing without a defender).
+    pub fn offence(&self, ip: std::net::IpAddr, offence: crate::defender::Offence) {
+        if let Some(d) = &self.defender {
+            d.record(ip, offence, std::time::SystemTime::now());
+        }
     }
 
     /// Parse client paths under `names` (default: [`NameRefusal::Invisible`]).
@@ -407,6 +433,10 @@ impl Transfers {
     /// (a malformed path, say). The path is bounded, without control characters, and
     /// with invisible ones written `<U+XXXX>`, so the record shows what was sent.
     pub async fn deny_path(&self, who: &Principal, client: &ClientInfo, op: &str, raw: &str, why: &PathError) {
+        if matches!(why, PathError::DotSegment | PathError::EncodedSeparator | PathError::Backslash) {
+            // A traversal attempt: protocol abuse for the defender.
+            self.offence(client.remote_addr.ip(), crate::defender::Offence::ProtocolAbuse);
+        }
         let entry = AuditEntry {
             operation: Some(op.into()),
             path: Some(escape_invisible(raw).chars().take(1024).collect()),

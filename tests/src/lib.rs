@@ -51,6 +51,7 @@ pub struct Builder {
     s3_extra: String,
     tenant_extra: Vec<(String, String)>,
     user_extra: Vec<(String, String)>,
+    defender_extra: String,
 }
 
 /// Where a test gateway keeps its tenants' objects.
@@ -113,6 +114,7 @@ impl Default for Builder {
             s3_extra: String::new(),
             tenant_extra: Vec::new(),
             user_extra: Vec::new(),
+            defender_extra: String::new(),
         }
     }
 }
@@ -150,6 +152,13 @@ impl Builder {
     pub fn https_settings(mut self, lines: &str) -> Self {
         self.https_extra.push_str(lines);
         self.https_extra.push('\n');
+        self
+    }
+    /// Lines for the `[defender]` section. Without them the defender is off (`enabled =
+    /// false`): tests make many connections and refused logins from one address.
+    pub fn defender_settings(mut self, lines: &str) -> Self {
+        self.defender_extra.push_str(lines);
+        self.defender_extra.push('\n');
         self
     }
     /// Extra lines for the `[sftp]` section (e.g. `kex = [...]`).
@@ -315,7 +324,16 @@ impl Builder {
             pki.server_cert,
             pki.server_key,
             self.idle,
-            self.https_extra,
+            {
+                // Per-source connection limits are off unless a test sets them (one address).
+                let mut https = self.https_extra.clone();
+                for key in ["max_connections_per_source", "connection_rate_per_source"] {
+                    if !https.contains(key) {
+                        https.push_str(&format!("{key} = 0\n"));
+                    }
+                }
+                https
+            },
             self.storage_extra,
             self.checkpoint_every,
         );
@@ -403,6 +421,7 @@ impl Builder {
                 ("login_grace_time", "\"10s\""),
                 ("auth_rejection_delay", "\"100ms\""),
                 ("connection_rate_per_source", "0"),
+                ("max_connections_per_source", "0"),
             ] {
                 if !self.sftp_extra.contains(key) {
                     defaults.push_str(&format!("{key} = {value}\n"));
@@ -454,6 +473,11 @@ impl Builder {
                 hex::encode(token.sha256())
             ));
             tokens.insert(u.name.to_owned(), token.reveal().to_owned());
+        }
+        if self.defender_extra.is_empty() {
+            text.push_str("[defender]\nenabled = false\n\n");
+        } else {
+            text.push_str(&format!("[defender]\n{}\n", self.defender_extra));
         }
         let config_path = root.join("gateway.toml");
         std::fs::write(&config_path, &text).unwrap();

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use pending::{Interruption, PendingOutcomes};
-pub use record::{AuditEntry, AuditEvent, AuditLine, CertFacts, HostKeyFacts, S3Facts};
+pub use record::{AuditEntry, AuditEvent, AuditLine, BanFacts, CertFacts, HostKeyFacts, S3Facts};
 pub use signing::CheckpointKey;
 
 /// Hash of the line before the first one.

@@ -126,6 +126,9 @@ pub struct AuditEntry {
     /// For an SSH host key reload: the keys served before and the ones served now.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub host_keys: Option<HostKeyFacts>,
+    /// For a `ban` or `unban` by the defender: the source and what it did.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ban: Option<BanFacts>,
 }
 
 /// A TLS certificate reload: what is served after it (the new certificate, or the old one if
@@ -155,6 +158,26 @@ pub struct HostKeyFacts {
     pub sha256: Vec<String>,
     /// The key files the attempt looked at.
     pub files: Vec<String>,
+}
+
+/// A defender ban or unban. The source is also the record's `remote_addr`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanFacts {
+    /// Score when banned (the sum of event weights in the window).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub score: Option<u32>,
+    /// The event that crossed the threshold.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub offence: Option<String>,
+    /// End of the ban (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub until: Option<String>,
+    /// Bans this source has had, this one included.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub offences: Option<u32>,
+    /// Why a ban ended: `expired`, `removed` (by an operator), `evicted` (table full).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
 }
 
 /// What S3 said about an object a transfer wrote or read. Never key material: SSE-C keys
@@ -221,6 +244,7 @@ impl AuditEntry {
             s3: None,
             certificate: None,
             host_keys: None,
+            ban: None,
         }
     }
 }

@@ -262,6 +262,9 @@ impl Api {
                 Ok(who)
             }
             Err(failure) => {
+                if let Some(offence) = crate::defender::auth_offence(method, &failure) {
+                    self.transfers.offence(conn.client.remote_addr.ip(), offence);
+                }
                 let entry = crate::audit::AuditEntry {
                     user: failure.user,
                     auth_method: Some(method.into()),

@@ -39,6 +39,12 @@ pub struct HttpsSettings {
     pub idle_timeout: Duration,
     /// Concurrent connections.
     pub max_connections: usize,
+    /// Concurrent connections per source; 0 = no cap.
+    pub max_connections_per_source: u32,
+    /// New connections per second per source; 0 = unlimited.
+    pub connection_rate_per_source: u32,
+    /// Refuses banned sources at accept.
+    pub defender: Option<Arc<crate::defender::Defender>>,
     /// Time in-flight requests get to finish at shutdown.
     pub grace: Duration,
 }
@@ -102,7 +108,15 @@ pub async fn serve(
     let max = settings.max_connections;
     let grace = settings.grace;
     let streams = StreamExecutor::default();
-    let mut tasks = crate::listener::accept_until(listener, max, None, shutdown, |tcp, peer| {
+    let defender = settings.defender.clone();
+    let gate = crate::listener::SourceGate {
+        protocol: "https",
+        ipv6_prefix: defender.as_ref().map_or(64, |d| d.config().ipv6_prefix),
+        defender,
+        rate: crate::listener::SourceRateLimit::new(settings.connection_rate_per_source),
+        max_per_source: settings.max_connections_per_source,
+    };
+    let mut tasks = crate::listener::accept_until(listener, max, gate, shutdown, |tcp, peer| {
         let streams = streams.clone();
         let acceptor = acceptor.clone();
         let api = api.clone();

@@ -78,6 +78,9 @@ impl SshConnection {
     }
 
     async fn audit_failure(&self, method: &str, failure: AuthFailure) {
+        if let Some(offence) = crate::defender::auth_offence(method, &failure) {
+            self.shared.transfers.offence(self.peer.ip(), offence);
+        }
         let entry = AuditEntry {
             user: failure.user,
             auth_method: Some(method.into()),

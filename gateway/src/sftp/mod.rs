@@ -70,6 +70,7 @@ pub struct SftpFrontend {
     login_grace: Duration,
     max_connections: usize,
     connection_rate: u32,
+    max_per_source: u32,
 }
 
 impl std::fmt::Debug for SftpFrontend {
@@ -228,6 +229,7 @@ impl SftpFrontend {
             login_grace: config.login_grace_time,
             max_connections: config.max_connections,
             connection_rate: config.connection_rate_per_source,
+            max_per_source: config.max_connections_per_source,
         })
     }
 
@@ -241,8 +243,15 @@ impl SftpFrontend {
     pub async fn serve(self, listener: TcpListener, grace: Duration, shutdown: impl Future<Output = ()>) {
         let stop = tokio_util::sync::CancellationToken::new();
         let (host_keys, shared, grace_time) = (self.host_keys.clone(), self.shared.clone(), self.login_grace);
-        let limit = crate::listener::SourceRateLimit::new(self.connection_rate);
-        let mut conns = crate::listener::accept_until(listener, self.max_connections, limit, shutdown, |tcp, peer| {
+        let defender = self.shared.transfers.defender().cloned();
+        let gate = crate::listener::SourceGate {
+            protocol: "sftp",
+            ipv6_prefix: defender.as_ref().map_or(64, |d| d.config().ipv6_prefix),
+            defender,
+            rate: crate::listener::SourceRateLimit::new(self.connection_rate),
+            max_per_source: self.max_per_source,
+        };
+        let mut conns = crate::listener::accept_until(listener, self.max_connections, gate, shutdown, |tcp, peer| {
             // The host keys in force when the connection is accepted: a reload changes what
             // later connections get, never this one's.
             let (ssh, shared, stop) = (host_keys.ssh(), shared.clone(), stop.clone());
@@ -250,6 +259,10 @@ impl SftpFrontend {
                 let _session = crate::metrics::metrics().session("sftp");
                 let conn_stop = stop.child_token();
                 let wire = Arc::new(wire::WireState::default());
+                let _pre_auth = crate::defender::PreAuthWatch::new(shared.transfers.defender().cloned(), peer.ip(), {
+                    let wire = wire.clone();
+                    move || wire.authenticated.load(std::sync::atomic::Ordering::Acquire)
+                });
                 let stream = wire::WireStream::new(tcp, grace_time, wire.clone());
                 let negotiation = negotiation::NegotiationReport::new(&shared, peer, &wire);
                 let idle = shared.idle_timeout;
