@@ -359,6 +359,8 @@ impl Metrics {
                 );
             }
         }
+        drop(storage);
+        crate::alerts::render_metrics(o);
         out
     }
 }

@@ -328,7 +328,8 @@ pub(crate) fn refused_alert(
         ],
         next_steps: vec![
             "`gateway certs inspect` / `gateway check-config` on the files show what is wrong".into(),
-            "the material in force may be near its expiry: check the gateway_tls_certificate_expiry_seconds metric".into(),
+            "the material in force may be near its expiry: check the gateway_tls_certificate_expiry_seconds metric"
+                .into(),
         ],
     }
 }

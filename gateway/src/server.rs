@@ -166,6 +166,11 @@ pub fn check_files(config: &Config) -> Vec<String> {
             }
         }
     }
+    if let Some(alerts) = &config.alerts {
+        if let Err(e) = crate::alerts::webhook::check(alerts) {
+            problems.push(e);
+        }
+    }
     if let Some(path) = config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
         if let Err(e) = admin_token(path) {
             problems.push(format!("admin.token_file: {e}"));
@@ -254,6 +259,10 @@ pub struct Gateway {
     readiness: Arc<crate::admin::Readiness>,
     /// SHA-256 of the admin token `/metrics` requires, if configured.
     admin_token: Option<[u8; 32]>,
+    /// The security alert sink (disabled without `[alerts]`).
+    alerts: crate::alerts::Alerts,
+    /// The audit trail's file, named in an `audit_write_failure` alert.
+    audit_path: PathBuf,
     api: Arc<Api>,
     sftp: Option<SftpFrontend>,
     audit: AuditLog,
@@ -379,8 +388,13 @@ impl Gateway {
             Some(path) => Some(admin_token(path).map_err(|e| StartupError(vec![format!("admin.token_file: {e}")]))?),
             None => None,
         };
+        let alerts = match &config.alerts {
+            Some(a) => crate::alerts::Alerts::open(a, &config.data_dir).map_err(|e| StartupError(vec![e]))?,
+            None => crate::alerts::Alerts::disabled(),
+        };
         let transfers = Transfers::new(store, audit.clone(), config.storage.max_object_size)
-            .with_names(config.storage.refuse_in_names);
+            .with_names(config.storage.refuse_in_names)
+            .with_alerts(alerts.clone());
         // The defender: bans of the last run loaded, bans and unbans audited.
         let transfers = if config.defender.enabled {
             let defender = crate::defender::open(&config.defender, &config.data_dir, audit.clone())
@@ -419,6 +433,8 @@ impl Gateway {
             shipper,
             readiness,
             admin_token,
+            alerts,
+            audit_path: config.audit.path.clone(),
             api: Arc::new(api),
             sftp,
             audit,
@@ -470,6 +486,14 @@ impl Gateway {
         let (cert_path, key_path) = self.cert_files.clone();
         let mut cert = crate::reload::CertReloader::new(cert_path, key_path, self.cert.clone(), self.audit.clone());
         cert.watch_clients(self.clients);
+        cert.set_alerts(self.alerts.clone());
+        let alert_stop = tokio_util::sync::CancellationToken::new();
+        let delivering = tokio::spawn(self.alerts.clone().deliver(alert_stop.clone().cancelled_owned()));
+        let audit_watch = tokio::spawn(self.alerts.clone().watch_audit(
+            self.audit.clone(),
+            self.audit_path.clone(),
+            alert_stop.clone().cancelled_owned(),
+        ));
         let users = self.config_file.clone().map(|path| {
             crate::reload::UsersReloader::new(
                 path,
@@ -486,6 +510,7 @@ impl Gateway {
                 s.host_keys(),
                 self.audit.clone(),
             )
+            .with_alerts(self.alerts.clone())
         });
         let reloading = tokio::spawn(crate::reload::run(
             cert,
@@ -556,6 +581,12 @@ impl Gateway {
         if let Some(admin) = admin {
             let _ = admin.await;
         }
+        // Alerts last: whatever was raised is in the outbox (sent at the next start if the
+        // receiver did not take it now).
+        alert_stop.cancel();
+        let _ = audit_watch.await;
+        let _ = delivering.await;
+        self.alerts.close().await;
     }
 }
 

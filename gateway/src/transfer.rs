@@ -281,6 +281,9 @@ pub struct Transfers {
     live: TaskTracker,
     /// Scores misbehaving sources (both frontends report through [`Transfers::offence`]).
     defender: Option<Arc<crate::defender::Defender>>,
+    /// Security alerts (traversal attempts, encryption not confirmed); the frontends reach
+    /// it through [`Transfers::alerts`] for authentication failures.
+    alerts: crate::alerts::Alerts,
 }
 
 impl std::fmt::Debug for Transfers {
@@ -307,7 +310,18 @@ impl Transfers {
             names: NameRefusal::default(),
             live: TaskTracker::new(),
             defender: None,
+            alerts: crate::alerts::Alerts::disabled(),
         }
+    }
+
+    /// Raise security alerts through `alerts`.
+    pub fn with_alerts(self, alerts: crate::alerts::Alerts) -> Transfers {
+        Transfers { alerts, ..self }
+    }
+
+    /// The alert sink, for events the frontends see (authentication failures).
+    pub fn alerts(&self) -> &crate::alerts::Alerts {
+        &self.alerts
     }
 
     /// Score misbehaviour with `defender` (and refuse banned sources at accept).
@@ -447,6 +461,11 @@ impl Transfers {
         if let Err(e) = self.audit.append(entry, false).await {
             tracing::error!(error = %e, "could not audit a refused path");
         }
+        if matches!(why, PathError::DotSegment | PathError::EncodedSeparator | PathError::Backslash) {
+            let path: String = raw.chars().filter(|c| !c.is_control()).take(1024).collect();
+            let protocol = client.protocol.as_str();
+            self.alerts.traversal_attempt(protocol, client.remote_addr.ip(), &who.user, &path, &why.to_string());
+        }
     }
 
     /// Begin an upload of `rel`. The object appears only when [`Upload::finish`] succeeds.
@@ -479,6 +498,7 @@ impl Transfers {
             store: self.store.clone(),
             tenant: who.tenant.clone(),
             key: key.clone(),
+            alerts: self.alerts.clone(),
             _live: self.live.token(),
         };
         match self.store.begin_put(&who.tenant, &key, size_hint).await {
@@ -783,6 +803,7 @@ pub struct Upload {
     store: Arc<dyn ObjectStore>,
     tenant: Arc<str>,
     key: ObjectKey,
+    alerts: crate::alerts::Alerts,
     /// Holds shutdown until this upload is dropped (after its `Drop` queued any record).
     _live: TaskTrackerToken,
 }
@@ -841,11 +862,45 @@ impl Upload {
         };
         self.bytes += data.len() as u64;
         if let Err(e) = writer.write(data).await {
-            let e = TransferError::from(e);
+            let e = self.storage_failure(e);
             self.record_failure(&e).await;
             return Err(e);
         }
         Ok(())
+    }
+
+    /// A storage error of this upload as a transfer error; a store that did not confirm the
+    /// tenant's encryption (the write was undone, fail closed) also raises an alert.
+    fn storage_failure(&self, e: StorageError) -> TransferError {
+        if let StorageError::EncryptionNotConfirmed(detail) = &e {
+            let b = &self.base;
+            self.alerts.raise(crate::alerts::Alert {
+                severity: crate::alerts::Severity::Critical,
+                kind: "encryption_not_confirmed",
+                nature: format!("the store did not confirm server-side encryption of an upload: {detail}"),
+                scope: crate::alerts::Scope {
+                    protocol: None,
+                    users: b.user.iter().cloned().collect(),
+                    sources: b.remote_addr.iter().cloned().collect(),
+                    files: b.path.iter().cloned().collect(),
+                    count: 1,
+                    ..Default::default()
+                },
+                actions_taken: vec![
+                    "the object was deleted again (fail closed) and the upload failed; the client was told".into(),
+                    "the failed transfer is in the audit trail".into(),
+                ],
+                remediation: vec![
+                    format!("check the bucket's encryption settings and the KMS key of tenant {}", self.tenant),
+                    "check that nothing between the gateway and the store strips encryption headers".into(),
+                ],
+                next_steps: vec![
+                    "list the bucket for objects without server-side encryption".into(),
+                    "uploads keep failing closed until the store confirms encryption again".into(),
+                ],
+            });
+        }
+        TransferError::from(e)
     }
 
     /// Abandon the upload with a reason (client error, timeout); audited as `failed`.
@@ -872,7 +927,10 @@ impl Upload {
         };
         let meta = match writer.commit(expected_sha256).await {
             Ok(meta) => meta,
-            Err(e) => return Err(self.fail(e.into()).await),
+            Err(e) => {
+                let e = self.storage_failure(e);
+                return Err(self.fail(e).await);
+            }
         };
         // Every writer hashes what passes through it; a digest-less commit is a backend bug,
         // and the object it committed must not stay without its `completed` record.

@@ -265,6 +265,7 @@ impl Api {
                 if let Some(offence) = crate::defender::auth_offence(method, &failure) {
                     self.transfers.offence(conn.client.remote_addr.ip(), offence);
                 }
+                self.transfers.alerts().auth_failure("https", conn.client.remote_addr.ip(), failure.user.as_deref());
                 let entry = crate::audit::AuditEntry {
                     user: failure.user,
                     auth_method: Some(method.into()),

@@ -81,6 +81,7 @@ impl SshConnection {
         if let Some(offence) = crate::defender::auth_offence(method, &failure) {
             self.shared.transfers.offence(self.peer.ip(), offence);
         }
+        self.shared.transfers.alerts().auth_failure("sftp", self.peer.ip(), failure.user.as_deref());
         let entry = AuditEntry {
             user: failure.user,
             auth_method: Some(method.into()),
