@@ -239,6 +239,10 @@ impl Api {
     }
 
     async fn authenticate(&self, headers: &HeaderMap, conn: &Connection) -> Result<Principal, ApiError> {
+        // A connection opened before its source was banned gets no more guesses (nor records).
+        if self.transfers.banned(conn.client.remote_addr.ip()) {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "banned", "this source is banned"));
+        }
         let value = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
         let cert = conn.client.client_cert.as_deref();
         let method = if value.is_none() && cert.is_some() { "client_certificate" } else { "bearer" };
