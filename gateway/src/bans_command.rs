@@ -100,7 +100,7 @@ fn call(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<(u16, Str
         .with_context(|| format!("--url: {authority}: not an address"))?
         .next()
         .with_context(|| format!("--url: {authority}: no address"))?;
-    let mut tcp = std::net::TcpStream::connect_timeout(&addr, LIMIT).with_context(|| format!("{}", admin.url))?;
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, LIMIT).with_context(|| admin.url.clone())?;
     tcp.set_read_timeout(Some(LIMIT))?;
     tcp.set_write_timeout(Some(LIMIT))?;
     write!(
@@ -108,7 +108,7 @@ fn call(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<(u16, Str
         "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = Vec::new();
-    tcp.take(MAX_ANSWER).read_to_end(&mut answer).with_context(|| format!("{}", admin.url))?;
+    tcp.take(MAX_ANSWER).read_to_end(&mut answer).with_context(|| admin.url.clone())?;
     let text = String::from_utf8_lossy(&answer);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
