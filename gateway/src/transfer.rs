@@ -341,13 +341,6 @@ impl Transfers {
             .is_some_and(|d| matches!(d.check(ip, std::time::SystemTime::now()), crate::defender::Verdict::Refuse(_)))
     }
 
-    /// Whether the defender bans the source `ip` now.
-    pub fn banned(&self, ip: std::net::IpAddr) -> bool {
-        self.defender
-            .as_ref()
-            .is_some_and(|d| matches!(d.check(ip, std::time::SystemTime::now()), crate::defender::Verdict::Refuse(_)))
-    }
-
     /// Count `offence` against the source `ip` (nothing without a defender).
     pub fn offence(&self, ip: std::net::IpAddr, offence: crate::defender::Offence) {
         if let Some(d) = &self.defender {
