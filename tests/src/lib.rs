@@ -326,12 +326,15 @@ impl Builder {
             self.idle,
             {
                 // Per-source connection limits are off unless a test sets them (one address).
-                let mut https = self.https_extra.clone();
+                // They go first: a test's lines may open sub-tables ([https.client_auth],
+                // [audit.ship]) that keys written after them would land in.
+                let mut https = String::new();
                 for key in ["max_connections_per_source", "connection_rate_per_source"] {
-                    if !https.contains(key) {
+                    if !self.https_extra.contains(key) {
                         https.push_str(&format!("{key} = 0\n"));
                     }
                 }
+                https.push_str(&self.https_extra);
                 https
             },
             self.storage_extra,
