@@ -386,6 +386,66 @@ async fn alerts_arrive_signed_and_survive_an_absent_receiver_and_a_restart() {
     eprintln!("alerts e2e took {:?}", started.elapsed());
 }
 
+/// The audit trail's file system fills up: the trail closes and an `audit_write_failure`
+/// alert arrives — raised from the trail's state, not written through the trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_audit_trail_raises_a_critical_alert() {
+    let receiver_pki_dir = tempfile::tempdir().unwrap();
+    let receiver_pki =
+        gateway_certs::dev::mint(receiver_pki_dir.path(), gateway_certs::dev::KeyKind::EcdsaP256).unwrap();
+    let receiver = Receiver::start(&receiver_pki, "127.0.0.1:0".parse().unwrap(), KEY).await;
+    let mut files = TestGateway::builder().sftp().local_only().files();
+    let fs = gateway_e2e::served::Tmpfs::mount(&files.dir.path().join("trailfs"), "512k");
+    let trail = fs.dir.join("audit.jsonl");
+    files.audit_settings(&format!("path = {trail:?}\nappend_timeout = \"5s\""));
+    let key_file = files.dir.path().join("alert.key");
+    std::fs::write(&key_file, KEY).unwrap();
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut text = std::fs::read_to_string(&files.config_path).unwrap();
+    text.push_str(&format!(
+        "\n[alerts]\nwebhook_url = \"https://localhost:{}/hook\"\nhmac_key_file = {key_file:?}\nca_file = {:?}\n",
+        receiver.addr.port(),
+        receiver_pki.ca_cert
+    ));
+    std::fs::write(&files.config_path, text).unwrap();
+    let gw = files.serve();
+    let filler = fs.fill("filler");
+    let token = files.tokens["alice"].clone();
+    let mut broke = false;
+    for _ in 0..50 {
+        let status = curl(&[
+            "--silent",
+            "--cacert",
+            files.ca_pem.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &gw.url("/v1/files/"),
+        ])
+        .await;
+        if status == "503" {
+            broke = true;
+            break;
+        }
+    }
+    assert!(broke, "the trail never failed on a full file system");
+    let (seen, v) = receiver.wait_for("audit_write_failure", &gw.log, |v| v["kind"] == "audit_write_failure").await;
+    assert_incident_fields(&v);
+    assert_eq!(v["severity"], "critical");
+    assert_eq!(v["scope"]["files"], serde_json::json!([trail.to_str().unwrap()]));
+    assert!(verify(KEY, &seen) && fresh(&seen));
+    // Raised once, not once per refused request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = receiver.accepted().iter().filter(|(_, v)| v["kind"] == "audit_write_failure").count();
+    assert_eq!(n, 1);
+    drop(gw);
+    std::fs::remove_file(filler).unwrap();
+    drop(fs);
+}
+
 /// Paths the test relies on exist where the builder puts them.
 #[test]
 fn builder_layout_is_what_the_alert_test_expects() {
