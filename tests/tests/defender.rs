@@ -266,3 +266,27 @@ fn sftp_wrong_keys_ban_a_safelisted_source_is_never_banned_and_https_caps_connec
     assert!(ops(&files.audit(), "ban").is_empty());
     eprintln!("defender sftp/safelist test took {:?}", t0.elapsed());
 }
+
+#[test]
+fn a_traversal_attempt_is_protocol_abuse() {
+    let files = TestGateway::builder()
+        .sftp()
+        .local_only()
+        .grace("2s")
+        .defender_settings("threshold = 3\nban_time = \"1m\"")
+        .files();
+    let gw = files.serve();
+    let good = files.tokens["alice"].clone();
+    // `..` (weight 3) with a valid token: refused as a bad path, and the source banned.
+    let out = gw
+        .curl()
+        .args(["--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("Authorization: Bearer {good}")])
+        .arg(gw.url("/v1/files/a/../../etc/passwd"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
+    let records = files.wait_audit("a ban", |r| !ops(r, "ban").is_empty());
+    assert!(records.iter().any(|r| r["event"] == "denied"), "the bad path has its denied record");
+    assert_eq!(ops(&records, "ban")[0]["ban"]["offence"], "protocol_abuse");
+    assert_refused_before_tls(&gw, &good);
+}
