@@ -264,3 +264,40 @@ async fn a_failed_write_then_fail_records_one_outcome() {
     let failed = f.lines().iter().filter(|l| l.entry.event == AuditEvent::Failed).count();
     assert_eq!(failed, 1, "one transfer, one outcome");
 }
+
+#[tokio::test]
+async fn an_unconfirmed_encryption_raises_a_critical_alert_naming_user_and_path() {
+    let f = fixture(Duration::from_secs(5));
+    let key = f.dir.path().join("alert.key");
+    crate::secrets::write_secret_file(&key, b"0123456789abcdef0123456789abcdef").unwrap();
+    let config = gateway_config::AlertsConfig {
+        webhook_url: "http://127.0.0.1:9/none".into(),
+        hmac_key_file: key,
+        ca_file: None,
+        timeout: Duration::from_secs(1),
+        max_outbox: 10,
+        min_severity: gateway_config::AlertSeverity::Info,
+        auth_failure_threshold: 5,
+        auth_failure_window: Duration::from_secs(600),
+    };
+    let alerts = crate::alerts::Alerts::open(&config, f.dir.path()).unwrap();
+    let transfers = f.transfers.clone().with_alerts(alerts.clone());
+    let up = transfers.begin_upload(&f.who, &f.client, &rel("secret.pdf"), None).await.unwrap();
+    let e =
+        up.storage_failure(StorageError::EncryptionNotConfirmed("PutObject: no x-amz-server-side-encryption".into()));
+    assert!(matches!(e, TransferError::Storage(_)), "{e:?}");
+    // Other storage errors raise nothing.
+    let _ = up.storage_failure(StorageError::Unavailable("timeout".into()));
+    let _ = up.fail(e).await;
+    alerts.close().await;
+    let outbox = f.dir.path().join("alerts/outbox");
+    let files: Vec<_> = std::fs::read_dir(&outbox).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    assert_eq!(v["kind"], "encryption_not_confirmed");
+    assert_eq!(v["severity"], "critical");
+    assert_eq!(v["scope"]["users"], serde_json::json!(["alice"]));
+    assert_eq!(v["scope"]["sources"], serde_json::json!(["127.0.0.1:1"]));
+    assert_eq!(v["scope"]["files"], serde_json::json!(["secret.pdf"]));
+    assert!(v["nature"].as_str().unwrap().contains("no x-amz-server-side-encryption"), "{v}");
+}
