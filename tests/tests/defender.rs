@@ -3,8 +3,8 @@
 //! s_client receives no certificate); OpenSSH `sftp` with a key the user does not have until
 //! banned (ssh sees the connection closed before the SSH version exchange); bans and unbans
 //! in the trail and the metrics; `gateway bans list|remove` through the admin listener; a
-//! ban that survives a restart; a safelisted source that is never banned; the per-source
-//! connection cap on HTTPS.
+//! ban that survives a restart; a safelisted source that is never banned; a traversal attempt
+//! scored as protocol abuse; the per-source connection caps on both listeners. About 8 s.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
 
 use std::io::Write;
@@ -203,7 +203,7 @@ fn https_bad_tokens_ban_at_accept_the_cli_unbans_and_a_ban_survives_a_restart() 
 }
 
 #[test]
-fn sftp_wrong_keys_ban_a_safelisted_source_is_never_banned_and_https_caps_connections_per_source() {
+fn sftp_wrong_keys_ban_a_safelisted_source_is_never_banned_and_both_listeners_cap_connections_per_source() {
     let t0 = Instant::now();
     let files = TestGateway::builder()
         .sftp()
@@ -237,6 +237,7 @@ fn sftp_wrong_keys_ban_a_safelisted_source_is_never_banned_and_https_caps_connec
         .local_only()
         .grace("2s")
         .https_settings("max_connections_per_source = 2")
+        .sftp_settings("max_connections_per_source = 2")
         .defender_settings("threshold = 3\nban_time = \"1m\"\nsafelist = [\"127.0.0.1\"]")
         .files();
     let token_file = with_admin(&files);
@@ -259,8 +260,17 @@ fn sftp_wrong_keys_ban_a_safelisted_source_is_never_banned_and_https_caps_connec
     drop(idle);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(list_with(&gw, &files.tokens["alice"]), "200");
+    // The same on the SFTP listener.
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(gw.sftp_addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, err) = sftp_with(&files, &gw, &files.user_keys["alice"]);
+    assert!(!ok, "a third SSH connection from this source: {err}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sftp_with(&files, &gw, &files.user_keys["alice"]).0, "served again once they closed");
     let m = scrape(&gw);
     assert!(metric(&m, "gateway_connections_refused_total{protocol=\"https\",reason=\"concurrent\"}") >= 1.0);
+    assert!(metric(&m, "gateway_connections_refused_total{protocol=\"sftp\",reason=\"concurrent\"}") >= 1.0);
     assert_eq!(metric(&m, "gateway_defender_bans_total"), 0.0);
     drop(gw);
     assert!(ops(&files.audit(), "ban").is_empty());
