@@ -252,11 +252,18 @@ impl SourceCount {
 struct Sources {
     map: HashMap<(IpAddr, &'static str), SourceCount>,
     users: HashMap<IpAddr, Vec<String>>,
+    /// When the full table was last swept (at most once a second, so a flood of new sources
+    /// does not pay a sweep each).
+    swept: Option<Instant>,
 }
 
 impl Sources {
     fn entry(&mut self, key: (IpAddr, &'static str), now: Instant, window: Duration) -> Option<&mut SourceCount> {
         if !self.map.contains_key(&key) && self.map.len() >= MAX_SOURCES {
+            if self.swept.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+                return None;
+            }
+            self.swept = Some(now);
             self.map.retain(|_, c| !c.stale(now, window));
             let map = &self.map;
             self.users.retain(|ip, _| map.keys().any(|(k, _)| k == ip));
@@ -527,11 +534,14 @@ impl Alerts {
             let body = match tokio::fs::read(&path).await {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "an alert file cannot be read; dropping it");
                     let mut outbox = inner.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                     outbox.remove(&name);
                     publish_outbox(&outbox);
-                    dropped(1, "unreadable alert file");
+                    // Gone: evicted (and counted) while it was next in line.
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::error!(file = %path.display(), error = %e, "an alert file cannot be read; dropping it");
+                        dropped(1, "unreadable alert file");
+                    }
                     continue;
                 }
             };
@@ -759,5 +769,33 @@ mod tests {
         assert_eq!(v["scope"]["sources"][0], "192.0.2.7");
         assert_eq!(v["scope"]["users"], serde_json::json!(["alice", "bob"]));
         assert!(v["id"].as_str().unwrap().len() == 32);
+        let mut metrics = String::new();
+        render_metrics(&mut metrics);
+        let raised: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_alerts_total{result=\"raised\"} "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(raised >= 1, "{metrics}");
+        assert!(metrics.contains("# TYPE gateway_alert_outbox gauge"), "{metrics}");
+    }
+
+    #[test]
+    fn a_full_source_table_is_swept_at_most_once_a_second() {
+        let mut sources = Sources::default();
+        let now = Instant::now();
+        let window = Duration::from_secs(1);
+        for i in 0..MAX_SOURCES {
+            let ip = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+            sources.entry((ip, "auth"), now, window).unwrap().add(now, window);
+        }
+        let new: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(sources.entry((new, "auth"), now, window).is_none(), "full of live sources");
+        // Everything is stale later, but the next sweep waits a second after the last one.
+        let later = now + window * 3;
+        assert!(sources.entry((new, "auth"), now + Duration::from_millis(500), window).is_none());
+        assert!(sources.entry((new, "auth"), later, window).is_some(), "stale sources swept");
+        assert_eq!(sources.map.len(), 1);
     }
 }

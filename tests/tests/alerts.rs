@@ -198,6 +198,22 @@ fn openssl_signature(key: &str, seen: &Seen) -> String {
     format!("sha256={}", text.split_whitespace().next().unwrap())
 }
 
+/// The alert figures of `/metrics` on the admin listener: `m("sent")`, ..., `m("outbox")`.
+async fn metrics(gw: &gateway_e2e::served::ServedGateway) -> impl Fn(&str) -> u64 {
+    let text = curl(&["--silent", &format!("http://{}/metrics", gw.admin_addr.unwrap())]).await;
+    move |what: &str| {
+        let prefix = match what {
+            "outbox" => "gateway_alert_outbox ".to_owned(),
+            r => format!("gateway_alerts_total{{result=\"{r}\"}} "),
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+}
+
 async fn curl(args: &[&str]) -> String {
     let out = tokio::process::Command::new("curl").args(args).output().await.unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -220,7 +236,7 @@ async fn alerts_arrive_signed_and_survive_an_absent_receiver_and_a_restart() {
     let mut text = std::fs::read_to_string(&files.config_path).unwrap();
     text.push_str(&format!(
         "\n[alerts]\nwebhook_url = \"https://localhost:{port}/hooks/gateway\"\nhmac_key_file = {key_file:?}\n\
-         ca_file = {:?}\ntimeout = \"5s\"\nauth_failure_threshold = 3\n",
+         ca_file = {:?}\ntimeout = \"5s\"\nauth_failure_threshold = 3\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         receiver_pki.ca_cert
     ));
     std::fs::write(&files.config_path, text).unwrap();
@@ -310,6 +326,9 @@ async fn alerts_arrive_signed_and_survive_an_absent_receiver_and_a_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    let m = metrics(&gw).await;
+    assert_eq!((m("raised"), m("sent"), m("dropped"), m("outbox")), (3, 3, 0, 0));
+
     // 4. The receiver goes away; two alerts are raised and wait in the outbox.
     let first_log = receiver.stop();
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nYW5vdGhlciBiYWQgb25l\n-----END CERTIFICATE-----\n").unwrap();
@@ -357,6 +376,8 @@ async fn alerts_arrive_signed_and_survive_an_absent_receiver_and_a_restart() {
     }
     assert!(receiver.accepted().is_empty());
     assert_eq!(outbox_files(&outbox), waiting);
+    let m = metrics(&gw).await;
+    assert!(m("failed") >= 2 && m("outbox") == 2 && m("sent") == 0, "failed {} outbox {}", m("failed"), m("outbox"));
 
     // 6. With the right key, each waiting alert arrives exactly once, with its outbox id.
     *receiver.key.lock().unwrap() = KEY.to_owned();
@@ -380,6 +401,8 @@ async fn alerts_arrive_signed_and_survive_an_absent_receiver_and_a_restart() {
         assert_incident_fields(v);
         assert!(verify(KEY, seen) && fresh(seen));
     }
+    let m = metrics(&gw).await;
+    assert_eq!((m("raised"), m("sent"), m("outbox")), (0, 2, 0), "this run raised nothing, sent the two");
     let host = accepted.iter().find(|(_, v)| v["kind"] == "host_key_refused").unwrap();
     assert!(host.1["scope"]["files"].as_array().unwrap().iter().any(|f| f.as_str() == host_key.to_str()));
     drop(gw);
