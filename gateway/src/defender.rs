@@ -478,7 +478,7 @@ impl Defender {
             if score >= threshold {
                 entry.events.clear();
                 entry.offences = entry.offences.saturating_add(1);
-                let until = now + self.ban_time(entry.offences);
+                let until = later(now, self.ban_time(entry.offences));
                 entry.banned_until = Some(until);
                 let offences = entry.offences;
                 dirty = true;
@@ -504,8 +504,8 @@ impl Defender {
 
     /// Length of the `offences`-th ban: `ban_time` doubled per earlier offence, capped.
     fn ban_time(&self, offences: u32) -> Duration {
-        let doublings = offences.saturating_sub(1).min(32);
-        self.config.ban_time.saturating_mul(1 << doublings).min(self.config.ban_time_max)
+        let factor = 2u32.checked_pow(offences.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.config.ban_time.saturating_mul(factor).min(self.config.ban_time_max)
     }
 
     /// End the ban on the source `addr` names (an address, or an IPv6 network as listed).
@@ -614,7 +614,7 @@ impl Defender {
         let mut loaded = 0;
         for s in saved.sources.into_iter().take(self.config.max_sources) {
             let source = self.source_of(s.source);
-            let banned_until = s.banned_until.map(|secs| UNIX_EPOCH + Duration::from_secs(secs));
+            let banned_until = s.banned_until.map(|secs| later(UNIX_EPOCH, Duration::from_secs(secs)));
             table.map.insert(source, Entry { events: VecDeque::new(), banned_until, offences: s.offences, seq: 0 });
             table.requeue(source);
             loaded += 1;
@@ -639,6 +639,11 @@ struct SavedSource {
     /// Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     banned_until: Option<u64>,
+}
+
+/// `t + d`, or a time a century past `t` when that would overflow.
+fn later(t: SystemTime, d: Duration) -> SystemTime {
+    t.checked_add(d).or_else(|| t.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(t)
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -763,6 +768,11 @@ mod tests {
             assert_eq!(d.check(a, at(t)), Verdict::Admit);
         }
         assert_eq!(lengths, [100, 200, 350, 350]);
+        // However many offences, the length stays capped (no overflow).
+        for n in [33, 64, u32::MAX] {
+            assert_eq!(d.ban_time(n), Duration::from_secs(350));
+        }
+        assert_eq!(d.ban_time(0), Duration::from_secs(100));
     }
 
     #[test]
@@ -877,6 +887,13 @@ mod tests {
         };
         assert_eq!((offences, until), (2, at(301)));
         assert_eq!(Defender::new(config()).load(&dir.path().join("absent.json")), Ok(0));
+        // A file from elsewhere with an absurd end of ban loads without overflow.
+        let far = r#"{"version":1,"sources":[{"source":"192.0.2.9","offences":4000000000,"banned_until":18446744073709551615}]}"#;
+        std::fs::write(&path, far).unwrap();
+        let odd = Defender::new(config());
+        assert_eq!(odd.load(&path), Ok(1));
+        assert!(matches!(odd.check(ip("192.0.2.9"), at(0)), Verdict::Refuse(_)));
+        assert_eq!(odd.bans(at(0)).len(), 1);
         std::fs::write(&path, "{").unwrap();
         assert!(Defender::new(config()).load(&path).unwrap_err().contains("bans.json"));
     }
