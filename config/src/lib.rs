@@ -174,6 +174,17 @@ pub struct AlertsConfig {
     pub auth_failure_threshold: u32,
     /// The window of `auth_failure_threshold` (default 10m).
     pub auth_failure_window: Duration,
+    /// Also send each alert to syslog (RFC 5424, facility authpriv), best effort.
+    pub syslog: Option<SyslogTarget>,
+}
+
+/// Where `[alerts] syslog` sends: `unix:/dev/log` or `udp:host-ip:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogTarget {
+    /// A local datagram socket (`/dev/log`).
+    Unix(PathBuf),
+    /// A syslog collector over UDP.
+    Udp(SocketAddr),
 }
 
 /// How urgent an alert is; ordered, so `min_severity` filters.

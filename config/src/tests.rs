@@ -1407,8 +1407,25 @@ fn alerts_section() {
     assert_eq!(alerts.min_severity, AlertSeverity::Warning);
     assert_eq!((alerts.auth_failure_threshold, alerts.auth_failure_window), (5, Duration::from_secs(600)));
     assert!(AlertSeverity::Info < AlertSeverity::Warning && AlertSeverity::Warning < AlertSeverity::Critical);
+    assert_eq!(alerts.syslog, None);
     let loopback = ok(&format!("{MINIMAL}[alerts]\nwebhook_url = \"http://127.0.0.1:9/x\"\nhmac_key_file = \"k\"\n"));
     assert_eq!(loopback.alerts.unwrap().webhook_url, "http://127.0.0.1:9/x");
+    for (text, want) in [
+        ("unix:/dev/log", SyslogTarget::Unix(PathBuf::from("/dev/log"))),
+        ("udp:127.0.0.1:514", SyslogTarget::Udp("127.0.0.1:514".parse().unwrap())),
+        ("udp:[::1]:5514", SyslogTarget::Udp("[::1]:5514".parse().unwrap())),
+    ] {
+        let c = ok(&format!(
+            "{MINIMAL}[alerts]\nwebhook_url = \"https://a.example/\"\nhmac_key_file = \"k\"\nsyslog = {text:?}\n"
+        ));
+        assert_eq!(c.alerts.unwrap().syslog, Some(want));
+    }
+    for bad in ["dev/log", "unix:dev/log", "udp:loghost:514", "tcp:127.0.0.1:514"] {
+        let got = errs(&format!(
+            "{MINIMAL}[alerts]\nwebhook_url = \"https://a.example/\"\nhmac_key_file = \"k\"\nsyslog = {bad:?}\n"
+        ));
+        assert!(has(&got, "alerts.syslog", "expected \"unix:/dev/log\""), "{bad}: {got:#?}");
+    }
 
     let got = errs(&format!(
         "{MINIMAL}[alerts]\nwebhook_url = \"http://alerts.example.com/hook\"\nca_file = \"\"\ntimeout = \"0s\"\n\

@@ -15,8 +15,8 @@ use crate::{
     AdminConfig, AlertSeverity, AlertsConfig, AuditConfig, AuditShipConfig, CertBinding, Cidr, ClientAuthConfig,
     ClientAuthMode, Config, ConfigError, DefenderConfig, DefenderWeights, DevelopmentConfig, ExplicitAlgorithms,
     HttpsConfig, Mode, NamedStorage, PasswordHash, Permissions, Retention, RetentionMode, S3Credentials, S3Storage,
-    SftpConfig, Sse, SshAlgorithms, SshProfile, StorageBackend, StorageConfig, TenantConfig, TenantStorage, TlsProfile,
-    TokenConfig, UserConfig,
+    SftpConfig, Sse, SshAlgorithms, SshProfile, StorageBackend, StorageConfig, SyslogTarget, TenantConfig,
+    TenantStorage, TlsProfile, TokenConfig, UserConfig,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -44,6 +44,7 @@ const ALERTS_KEYS: &[&str] = &[
     "min_severity",
     "auth_failure_threshold",
     "auth_failure_window",
+    "syslog",
 ];
 const ALERT_SEVERITIES: &[(&str, AlertSeverity)] =
     &[("info", AlertSeverity::Info), ("warning", AlertSeverity::Warning), ("critical", AlertSeverity::Critical)];
@@ -560,6 +561,20 @@ impl Ctx<'_> {
         let auth_failure_threshold =
             u32::try_from(self.bounded(t, P, "auth_failure_threshold", (1, 10_000), 5)).unwrap_or(5);
         let auth_failure_window = self.positive_duration(t, P, "auth_failure_window", Duration::from_secs(600));
+        let syslog = self.string(t, P, "syslog").and_then(|s| {
+            let target = if let Some(path) = s.strip_prefix("unix:") {
+                (path.starts_with('/') && !path.contains('\0')).then(|| SyslogTarget::Unix(PathBuf::from(path)))
+            } else {
+                s.strip_prefix("udp:").and_then(|a| a.parse::<SocketAddr>().ok()).map(SyslogTarget::Udp)
+            };
+            if target.is_none() {
+                self.err(
+                    &child(P, "syslog"),
+                    format!("{s:?}: expected \"unix:/dev/log\" or \"udp:IP:port\" such as \"udp:127.0.0.1:514\""),
+                );
+            }
+            target
+        });
         AlertsConfig {
             webhook_url: webhook_url.unwrap_or_default().to_owned(),
             hmac_key_file: hmac_key_file.unwrap_or_default(),
@@ -569,6 +584,7 @@ impl Ctx<'_> {
             min_severity,
             auth_failure_threshold,
             auth_failure_window,
+            syslog,
         }
     }
 

@@ -21,6 +21,7 @@
 //! [`COALESCE_WINDOW`], likewise counted. The defender (bans) can call [`Alerts::raise`] too.
 
 mod outbox;
+mod syslog;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -200,7 +201,7 @@ fn dropped(n: u64, why: &str) {
 }
 
 enum Msg {
-    Alert { severity: Severity, id: String, body: Vec<u8> },
+    Alert { severity: Severity, id: String, body: Vec<u8>, syslog: Option<Vec<u8>> },
     Close(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -282,6 +283,8 @@ struct Inner {
     outbox: Arc<Mutex<Outbox>>,
     wake: Arc<tokio::sync::Notify>,
     webhook: webhook::Webhook,
+    /// Also sent to syslog, when configured.
+    syslog: bool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     sources: Mutex<Sources>,
     auth_threshold: u64,
@@ -323,6 +326,8 @@ impl Alerts {
     /// Delivery starts with [`Alerts::deliver`].
     pub fn open(config: &gateway_config::AlertsConfig, data_dir: &Path) -> Result<Alerts, String> {
         let webhook = webhook::Webhook::open(config)?;
+        let syslog = config.syslog.as_ref().map(syslog::Syslog::open).transpose()?;
+        let to_syslog = syslog.is_some();
         let dir = data_dir.join("alerts").join("outbox");
         let (outbox, trimmed) = Outbox::open(&dir, config.max_outbox).map_err(|e| format!("alerts outbox: {e}"))?;
         if trimmed > 0 {
@@ -339,7 +344,7 @@ impl Alerts {
             let (outbox, wake) = (outbox.clone(), wake.clone());
             std::thread::Builder::new()
                 .name("alert-outbox".into())
-                .spawn(move || persist(rx, &outbox, &wake))
+                .spawn(move || persist(rx, &outbox, &wake, syslog.as_ref()))
                 .map_err(|e| format!("cannot start the alert outbox thread: {e}"))?
         };
         let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -355,6 +360,7 @@ impl Alerts {
                 outbox,
                 wake,
                 webhook,
+                syslog: to_syslog,
                 thread: Mutex::new(Some(thread)),
                 sources: Mutex::new(Sources::default()),
                 auth_threshold: u64::from(config.auth_failure_threshold),
@@ -386,7 +392,9 @@ impl Alerts {
             return None;
         }
         tracing::warn!(id = %id, kind = alert.kind, severity = alert.severity.name(), nature = %clean(&alert.nature), "security alert");
-        match inner.queue.try_send(Msg::Alert { severity: alert.severity, id: id.clone(), body }) {
+        let syslog =
+            inner.syslog.then(|| syslog::format(alert.severity, alert.kind, &id, &detected_at, &inner.node, &body));
+        match inner.queue.try_send(Msg::Alert { severity: alert.severity, id: id.clone(), body, syslog }) {
             Ok(()) => Some(id),
             Err(_) => {
                 dropped(1, "the alert queue is full or the outbox thread stopped");
@@ -631,10 +639,15 @@ impl Alerts {
 }
 
 /// The outbox thread: write each alert durably, then wake the delivery task.
-fn persist(rx: mpsc::Receiver<Msg>, outbox: &Mutex<Outbox>, wake: &tokio::sync::Notify) {
+fn persist(rx: mpsc::Receiver<Msg>, outbox: &Mutex<Outbox>, wake: &tokio::sync::Notify, to: Option<&syslog::Syslog>) {
     for msg in rx {
         let (severity, id, body) = match msg {
-            Msg::Alert { severity, id, body } => (severity, id, body),
+            Msg::Alert { severity, id, body, syslog } => {
+                if let (Some(to), Some(line)) = (to, syslog) {
+                    to.send(&line);
+                }
+                (severity, id, body)
+            }
             Msg::Close(done) => {
                 let _ = done.send(());
                 return;
@@ -738,6 +751,7 @@ mod tests {
             min_severity: Severity::Warning,
             auth_failure_threshold: 3,
             auth_failure_window: Duration::from_secs(600),
+            syslog: None,
         };
         let alerts = Alerts::open(&config, dir.path()).unwrap();
         let src: IpAddr = "192.0.2.7".parse().unwrap();

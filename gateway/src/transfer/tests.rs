@@ -279,6 +279,7 @@ async fn an_unconfirmed_encryption_raises_a_critical_alert_naming_user_and_path(
         min_severity: gateway_config::AlertSeverity::Info,
         auth_failure_threshold: 5,
         auth_failure_window: Duration::from_secs(600),
+        syslog: None,
     };
     let alerts = crate::alerts::Alerts::open(&config, f.dir.path()).unwrap();
     let transfers = f.transfers.clone().with_alerts(alerts.clone());
