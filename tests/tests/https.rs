@@ -176,6 +176,16 @@ async fn unauthenticated_and_forbidden() {
     assert_eq!(fail["user"], "alice");
     assert!(fail["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
     gw.wait_audit("unknown id", |r| r["event"] == "auth_failure" && r["credential_id"] == "nobody-1").await;
+    // A claimed token id of 60 KB does not make a 60 KB record: peer-supplied fields are cut.
+    let long = format!("gw1.{}.secret", "i".repeat(60_000));
+    assert_eq!(gw.request(true, "GET", "/v1/files/x", Some(&long), &[], Bytes::new()).await.status, 401);
+    let cut = gw
+        .wait_audit("long id", |r| {
+            r["event"] == "auth_failure" && r["credential_id"].as_str().is_some_and(|c| c.starts_with("iiii"))
+        })
+        .await;
+    assert!(cut.to_string().len() < 2048, "record of {} bytes", cut.to_string().len());
+    assert!(cut["credential_id"].as_str().unwrap().ends_with(" bytes]"), "{cut}");
 
     // A read-only user cannot write or delete; a denied record is written.
     assert_eq!(gw.call("alice", "PUT", "/v1/files/a.txt", Bytes::from_static(b"x")).await.status, 201);

@@ -243,7 +243,8 @@ impl AuditLog {
     /// Returns the record's `seq`. Waits for a queue slot when [`QUEUE_LIMIT`] records are
     /// queued; fails with [`AuditError::Timeout`] when the record is not confirmed within
     /// [`AuditConfig::append_timeout`] (withdrawing it if the writer has not taken it yet).
-    pub async fn append(&self, entry: AuditEntry, durable: bool) -> Result<u64, AuditError> {
+    pub async fn append(&self, mut entry: AuditEntry, durable: bool) -> Result<u64, AuditError> {
+        entry.bound_fields();
         crate::metrics::metrics().observe_record(&entry);
         let started = Instant::now();
         let result = self.append_inner(entry, durable).await;
@@ -280,7 +281,8 @@ impl AuditLog {
     /// dropped mid-way, and for the outcome owed to a record already queued. Still written in
     /// order, before the final checkpoint. This bypasses the queue bound: such records are
     /// bounded by the transfers in flight (each owes at most one or two), not by clients.
-    pub fn append_detached(&self, entry: AuditEntry) {
+    pub fn append_detached(&self, mut entry: AuditEntry) {
+        entry.bound_fields();
         crate::metrics::metrics().observe_record(&entry);
         if self.tx.send(Msg::Append { entry: Box::new(entry), durable: true, ack: None, slot: None }).is_err() {
             tracing::error!("audit writer stopped; a record was lost");

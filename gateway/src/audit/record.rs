@@ -210,7 +210,57 @@ pub struct S3Facts {
     pub parts: Option<u32>,
 }
 
+/// Longest a name-like field (user, credential id, method, addresses, negotiated names) may
+/// be in a record, in bytes: what a peer claims is cut here, so a record's size does not grow
+/// with what an outsider sends (a 60 KB token id became a 60 KB line).
+pub const MAX_NAME_FIELD: usize = 256;
+/// Longest a path, object key, certificate subject or error text may be, in bytes.
+pub const MAX_TEXT_FIELD: usize = 2048;
+
+/// Cut `value` to at most `max` bytes (on a character boundary), saying how much was cut.
+fn bound(value: &mut Option<String>, max: usize) {
+    let Some(v) = value.as_mut() else { return };
+    if v.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(24);
+    while end > 0 && !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = v.len() - end;
+    v.truncate(end);
+    v.push_str(&format!("…[+{cut} bytes]"));
+}
+
 impl AuditEntry {
+    /// Cut every field a peer can influence to its bound ([`MAX_NAME_FIELD`],
+    /// [`MAX_TEXT_FIELD`]). The writer does this for every record.
+    pub fn bound_fields(&mut self) {
+        for f in [
+            &mut self.transfer_id,
+            &mut self.protocol,
+            &mut self.user,
+            &mut self.tenant,
+            &mut self.auth_method,
+            &mut self.credential_id,
+            &mut self.remote_addr,
+            &mut self.tls_version,
+            &mut self.tls_cipher,
+            &mut self.client_cert_sha256,
+            &mut self.ssh_client,
+            &mut self.ssh_kex,
+            &mut self.ssh_cipher,
+            &mut self.ssh_mac,
+            &mut self.operation,
+            &mut self.result,
+        ] {
+            bound(f, MAX_NAME_FIELD);
+        }
+        for f in [&mut self.path, &mut self.object_key, &mut self.error, &mut self.client_cert_subject] {
+            bound(f, MAX_TEXT_FIELD);
+        }
+    }
+
     /// An entry with only its event set.
     pub fn new(event: AuditEvent) -> AuditEntry {
         AuditEntry {
@@ -281,4 +331,28 @@ pub(crate) fn write_line(
     prev: &str,
 ) -> Result<(), serde_json::Error> {
     serde_json::to_writer(buf, &LineOut { seq, time, entry, prev })
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn peer_supplied_fields_are_cut_to_their_bounds() {
+        let mut e = AuditEntry::new(AuditEvent::AuthFailure);
+        e.credential_id = Some("x".repeat(60_000));
+        e.user = Some("é".repeat(1000));
+        e.path = Some("p/".repeat(5000));
+        e.error = Some("short".into());
+        e.bound_fields();
+        let id = e.credential_id.as_deref().unwrap();
+        assert!(id.len() <= MAX_NAME_FIELD && id.ends_with("bytes]"), "{id}");
+        assert!(id.contains(&format!("+{} bytes", 60_000 - (MAX_NAME_FIELD - 24))), "{id}");
+        let user = e.user.as_deref().unwrap();
+        assert!(user.len() <= MAX_NAME_FIELD && user.starts_with("éé"), "{user}");
+        assert!(e.path.as_deref().unwrap().len() <= MAX_TEXT_FIELD);
+        assert_eq!(e.error.as_deref(), Some("short"));
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.len() < 4 * 1024, "{}", line.len());
+    }
 }
