@@ -607,6 +607,11 @@ pub struct AuditConfig {
     /// Longest a request waits for its audit record to be written (default 10s, more than
     /// 0); past it the request fails (HTTPS 503, SFTP failure) and nothing is changed.
     pub append_timeout: Duration,
+    /// Authentication failures written one by one per source and window; beyond it they are
+    /// counted into one summary record per source and window (default 10, 1 to 100000).
+    pub auth_failures_per_source: u32,
+    /// The window of `auth_failures_per_source` (default 60s).
+    pub auth_failure_window: Duration,
     /// Shipping of sealed segments to an audit bucket, when `[audit.ship]` is configured.
     pub ship: Option<AuditShipConfig>,
 }

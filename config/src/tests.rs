@@ -1444,3 +1444,14 @@ fn alerts_section() {
     let got = errs(&format!("{MINIMAL}[alerts]\nwebhook_url = \"https://a.example/x y\"\nhmac_key_file = \"k\"\n"));
     assert!(has(&got, "alerts.webhook_url", "printable ASCII"), "{got:#?}");
 }
+
+#[test]
+fn auth_failure_folding_settings() {
+    let c = ok("mode = \"development\"");
+    assert_eq!((c.audit.auth_failures_per_source, c.audit.auth_failure_window), (10, Duration::from_secs(60)));
+    let c = ok("mode = \"development\"\n[audit]\nauth_failures_per_source = 3\nauth_failure_window = \"2s\"");
+    assert_eq!((c.audit.auth_failures_per_source, c.audit.auth_failure_window), (3, Duration::from_secs(2)));
+    let got = errs("mode = \"development\"\n[audit]\nauth_failures_per_source = 0\nauth_failure_window = \"0s\"");
+    assert!(has(&got, "audit.auth_failures_per_source", ""), "{got:#?}");
+    assert!(has(&got, "audit.auth_failure_window", ""), "{got:#?}");
+}

@@ -71,8 +71,16 @@ const NAME_REFUSALS: &[(&str, crate::NameRefusal)] = &[
     ("bidi", crate::NameRefusal::Bidi),
     ("none", crate::NameRefusal::Nothing),
 ];
-const AUDIT_KEYS: &[&str] =
-    &["path", "signing_key", "checkpoint_every_records", "checkpoint_interval", "append_timeout", "ship"];
+const AUDIT_KEYS: &[&str] = &[
+    "path",
+    "signing_key",
+    "checkpoint_every_records",
+    "checkpoint_interval",
+    "append_timeout",
+    "ship",
+    "auth_failures_per_source",
+    "auth_failure_window",
+];
 const AUDIT_SHIP_KEYS: &[&str] =
     &["storage", "bucket", "prefix", "node", "interval", "retention_days", "retention_mode"];
 const RETENTION_MODES: &[(&str, RetentionMode)] =
@@ -876,7 +884,19 @@ impl Ctx<'_> {
         let checkpoint_interval = self.positive_duration(t, P, "checkpoint_interval", Duration::from_secs(60));
         let append_timeout = self.positive_duration(t, P, "append_timeout", Duration::from_secs(10));
         let ship = self.table(t, P, "ship").map(|t| self.audit_ship(t));
-        AuditConfig { path, signing_key, checkpoint_every_records, checkpoint_interval, append_timeout, ship }
+        let auth_failures_per_source =
+            u32::try_from(self.bounded(t, P, "auth_failures_per_source", (1, 100_000), 10)).unwrap_or(10);
+        let auth_failure_window = self.positive_duration(t, P, "auth_failure_window", Duration::from_secs(60));
+        AuditConfig {
+            path,
+            signing_key,
+            checkpoint_every_records,
+            checkpoint_interval,
+            append_timeout,
+            auth_failures_per_source,
+            auth_failure_window,
+            ship,
+        }
     }
 
     fn audit_ship(&mut self, t: &Table) -> AuditShipConfig {

@@ -154,7 +154,8 @@ impl Metrics {
             }
             AuditEvent::AuthFailure => {
                 if let Some(c) = protocol.and_then(|p| self.auth_failures.get(p)) {
-                    c.fetch_add(1, Ordering::Relaxed);
+                    // A summary record stands for `count` failures.
+                    c.fetch_add(entry.count.unwrap_or(1), Ordering::Relaxed);
                 }
             }
             AuditEvent::Operation => {

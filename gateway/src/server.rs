@@ -394,7 +394,8 @@ impl Gateway {
         };
         let transfers = Transfers::new(store, audit.clone(), config.storage.max_object_size)
             .with_names(config.storage.refuse_in_names)
-            .with_alerts(alerts.clone());
+            .with_alerts(alerts.clone())
+            .with_auth_folding(config.audit.auth_failures_per_source, config.audit.auth_failure_window);
         // The defender: bans of the last run loaded, bans and unbans audited.
         let transfers = if config.defender.enabled {
             let defender = crate::defender::open(&config.defender, &config.data_dir, audit.clone())
@@ -512,6 +513,16 @@ impl Gateway {
             )
             .with_alerts(self.alerts.clone())
         });
+        let folding = {
+            let transfers = self.transfers.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    transfers.flush_auth_summaries(false).await;
+                }
+            })
+        };
         let reloading = tokio::spawn(crate::reload::run(
             cert,
             users,
@@ -563,10 +574,14 @@ impl Gateway {
         }
         let _ = reloading.await;
         let _ = keyrings.await;
+        folding.abort();
+        let _ = folding.await;
         let alive = self.transfers.wait_until_idle(TRANSFERS_DROP_LIMIT).await;
         if alive > 0 {
             tracing::warn!(alive, "transfers still alive after every connection ended; closing the audit trail anyway");
         }
+        // Failures folded and not yet summarised are written before the trail closes.
+        self.transfers.flush_auth_summaries(true).await;
         self.audit.close().await;
         // The trail is closed (final checkpoint written): ship what is left.
         ship_stop.cancel();

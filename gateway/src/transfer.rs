@@ -284,6 +284,8 @@ pub struct Transfers {
     /// Security alerts (traversal attempts, encryption not confirmed); the frontends reach
     /// it through [`Transfers::alerts`] for authentication failures.
     alerts: crate::alerts::Alerts,
+    /// Authentication failures beyond a rate per source, folded into summary records.
+    auth_folder: Option<Arc<crate::audit::fold::AuthFailureFolder>>,
 }
 
 impl std::fmt::Debug for Transfers {
@@ -291,6 +293,9 @@ impl std::fmt::Debug for Transfers {
         f.write_str("Transfers")
     }
 }
+
+/// Sources whose authentication failures are being folded at once.
+const AUTH_FOLD_SOURCES: usize = 10_000;
 
 fn new_transfer_id() -> String {
     random_bytes::<16>().map(hex::encode).unwrap_or_else(|_| "unavailable".into())
@@ -311,6 +316,40 @@ impl Transfers {
             live: TaskTracker::new(),
             defender: None,
             alerts: crate::alerts::Alerts::disabled(),
+            auth_folder: None,
+        }
+    }
+
+    /// Write at most `limit` authentication failures per source per `window`; fold the rest
+    /// into summary records.
+    pub fn with_auth_folding(self, limit: u32, window: Duration) -> Transfers {
+        let folder = crate::audit::fold::AuthFailureFolder::new(limit, window, AUTH_FOLD_SOURCES);
+        Transfers { auth_folder: Some(Arc::new(folder)), ..self }
+    }
+
+    /// Audit an authentication failure from `source`: written, or counted into the
+    /// source's summary record when it is over its rate (see [`crate::audit::fold`]).
+    pub async fn audit_auth_failure(&self, entry: AuditEntry, source: std::net::IpAddr) -> Result<(), AuditError> {
+        let Some(folder) = &self.auth_folder else {
+            return self.audit.append(entry, false).await.map(|_| ());
+        };
+        let (fold, summaries) = folder.check(source, &entry, Instant::now());
+        for s in summaries {
+            self.audit.append(s, false).await?;
+        }
+        match fold {
+            crate::audit::fold::Fold::Write => self.audit.append(entry, false).await.map(|_| ()),
+            crate::audit::fold::Fold::Folded => Ok(()),
+        }
+    }
+
+    /// Write the summaries of ended windows (all of them when `all`, at shutdown).
+    pub async fn flush_auth_summaries(&self, all: bool) {
+        let Some(folder) = &self.auth_folder else { return };
+        for s in folder.flush(Instant::now(), all) {
+            if let Err(e) = self.audit.append(s, false).await {
+                tracing::error!(error = %e, "could not write an authentication failure summary");
+            }
         }
     }
 

@@ -52,6 +52,7 @@ pub struct Builder {
     tenant_extra: Vec<(String, String)>,
     user_extra: Vec<(String, String)>,
     defender_extra: String,
+    audit_extra: String,
 }
 
 /// Where a test gateway keeps its tenants' objects.
@@ -114,6 +115,7 @@ impl Default for Builder {
             s3_extra: String::new(),
             tenant_extra: Vec::new(),
             user_extra: Vec::new(),
+            audit_extra: String::new(),
             defender_extra: String::new(),
         }
     }
@@ -218,6 +220,13 @@ impl Builder {
     }
 
     /// Serve these users instead of the default alice, reader and bob.
+    /// Extra lines in `[audit]`.
+    pub fn audit_settings(mut self, lines: &str) -> Self {
+        self.audit_extra.push_str(lines);
+        self.audit_extra.push('\n');
+        self
+    }
+
     /// Extra lines in one user's `[[users]]` stanza.
     pub fn user_settings(mut self, user: &str, lines: &str) -> Self {
         self.user_extra.push((user.to_owned(), format!("{lines}\n")));
@@ -317,7 +326,7 @@ impl Builder {
         tenants.dedup();
         let mut text = format!(
             "mode = \"production\"\ndata_dir = {:?}\nshutdown_grace = {:?}\n\n[https]\nlisten = \"127.0.0.1:0\"\n\
-             tls_profile = {:?}\ncert = {:?}\nkey = {:?}\nidle_timeout = {:?}\n{}\n[storage]\n{}\n[audit]\ncheckpoint_every_records = {}\n\n",
+             tls_profile = {:?}\ncert = {:?}\nkey = {:?}\nidle_timeout = {:?}\n{}\n[storage]\n{}\n[audit]\ncheckpoint_every_records = {}\n{}\n",
             root.join("data"),
             self.grace,
             self.profile,
@@ -339,6 +348,15 @@ impl Builder {
             },
             self.storage_extra,
             self.checkpoint_every,
+            {
+                // Every authentication failure is written unless a test sets a rate: tests
+                // look for particular failures among many from one address.
+                let mut audit = self.audit_extra.clone();
+                if !audit.contains("auth_failures_per_source") {
+                    audit.push_str("auth_failures_per_source = 100000\n");
+                }
+                audit
+            },
         );
         let kind = self.storage.unwrap_or_else(StorageKind::from_env);
         let mut s3 = None;

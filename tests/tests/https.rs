@@ -432,3 +432,43 @@ async fn grace_period_over_fails_the_upload_with_a_record() {
     assert!(!gw.object_exists("acme", "partners/alice/stuck.bin").await);
     drop(tls);
 }
+
+/// Authentication failures beyond the rate per source fold into one summary record per
+/// window: the trail grows with time, not with the attacker's request rate, and nothing is
+/// dropped silently (the summary counts every folded failure, also at shutdown).
+#[tokio::test]
+async fn auth_failures_beyond_the_rate_fold_into_summaries() {
+    let mut gw = TestGateway::builder()
+        .audit_settings("auth_failures_per_source = 3\nauth_failure_window = \"2s\"")
+        .start()
+        .await;
+    let alice = gateway::secrets::Token::mint("alice-1").unwrap();
+    for _ in 0..20 {
+        let r = gw.request(true, "GET", "/v1/files/x", Some(alice.reveal()), &[], Bytes::new()).await;
+        assert_eq!(r.status, 401);
+    }
+    let summary = gw
+        .wait_audit("summary after the window", |r| {
+            r["event"] == "auth_failure" && r["operation"] == "auth_failure_summary"
+        })
+        .await;
+    assert_eq!(summary["count"], 17, "{summary}");
+    assert!(summary["error"].as_str().unwrap().contains("alice"), "{summary}");
+    let single = |gw: &TestGateway| {
+        gw.audit().iter().filter(|r| r["event"] == "auth_failure" && r["operation"].is_null()).count()
+    };
+    assert_eq!(single(&gw), 3);
+    // A new window: three written, the rest summarised when the gateway stops.
+    for _ in 0..10 {
+        gw.request(true, "GET", "/v1/files/x", Some(alice.reveal()), &[], Bytes::new()).await;
+    }
+    gw.stop().await;
+    assert_eq!(single(&gw), 6);
+    let counts: Vec<u64> = gw
+        .audit()
+        .iter()
+        .filter(|r| r["operation"] == "auth_failure_summary")
+        .map(|r| r["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [17, 7]);
+}

@@ -21,6 +21,7 @@
 //! with that mark (a crash, kill -9) is scanned and each transfer or change left without an
 //! outcome gets its `interrupted` record, so no `started` or `intent` stays unanswered.
 
+pub mod fold;
 mod pending;
 mod record;
 pub mod ship;

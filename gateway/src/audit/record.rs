@@ -92,6 +92,9 @@ pub struct AuditEntry {
     /// The tenant-relative storage key.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub object_key: Option<String>,
+    /// For a summary record (`auth_failure_summary`): how many events it stands for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub count: Option<u64>,
     /// Bytes moved.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub bytes: Option<u64>,
@@ -283,6 +286,7 @@ impl AuditEntry {
             operation: None,
             path: None,
             object_key: None,
+            count: None,
             bytes: None,
             sha256: None,
             duration_ms: None,

@@ -278,7 +278,10 @@ impl Api {
                     error: Some(failure.reason.into()),
                     ..conn.client.entry(AuditEvent::AuthFailure)
                 };
-                self.transfers.audit().append(entry, false).await.map_err(TransferError::from)?;
+                self.transfers
+                    .audit_auth_failure(entry, conn.client.remote_addr.ip())
+                    .await
+                    .map_err(TransferError::from)?;
                 Err(ApiError::unauthorized())
             }
         }

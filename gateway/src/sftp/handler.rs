@@ -90,7 +90,7 @@ impl SshConnection {
             error: Some(failure.reason.into()),
             ..self.client().entry(AuditEvent::AuthFailure)
         };
-        if let Err(e) = self.shared.transfers.audit().append(entry, false).await {
+        if let Err(e) = self.shared.transfers.audit_auth_failure(entry, self.peer.ip()).await {
             tracing::error!(error = %e, "could not audit an authentication failure");
         }
     }
