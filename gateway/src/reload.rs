@@ -27,6 +27,37 @@ use tokio::sync::Notify;
 
 use crate::audit::{AuditEntry, AuditEvent, AuditLog, CertFacts};
 
+/// SHA-256 over the contents of `paths` (each length-prefixed); `None` if one cannot be read.
+/// Key material passes through: wiped when dropped.
+fn files_digest<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> Option<[u8; 32]> {
+    let mut all = zeroize::Zeroizing::new(Vec::new());
+    for path in paths {
+        let part = zeroize::Zeroizing::new(std::fs::read(path).ok()?);
+        all.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        all.extend_from_slice(&part);
+    }
+    Some(crate::digest::sha256(&all))
+}
+
+/// A change is taken once two looks in a row see the same content (a file being written is
+/// not read half-way), or at once when asked (SIGHUP).
+#[derive(Debug, Default)]
+pub(crate) struct Settle {
+    settling: Option<[u8; 32]>,
+}
+
+impl Settle {
+    /// Whether the changed content `digest` may be taken now.
+    pub(crate) fn ready(&mut self, digest: Option<[u8; 32]>, now: bool) -> bool {
+        if !now && self.settling != digest {
+            self.settling = digest;
+            return false;
+        }
+        self.settling = None;
+        true
+    }
+}
+
 /// Days before the end of validity at which the log warns, once each.
 pub const EXPIRY_WARNINGS: [i64; 3] = [30, 7, 1];
 
@@ -103,13 +134,7 @@ impl ClientTrustWatch {
     }
 
     fn content_digest(&self) -> Option<[u8; 32]> {
-        let mut all = Vec::new();
-        for path in std::iter::once(&self.ca).chain(self.crls.iter()) {
-            let part = std::fs::read(path).ok()?;
-            all.extend_from_slice(&(part.len() as u64).to_be_bytes());
-            all.extend_from_slice(&part);
-        }
-        Some(crate::digest::sha256(&all))
+        files_digest(std::iter::once(&self.ca).chain(self.crls.iter()))
     }
 
     async fn check(&mut self, audit: &AuditLog, alerts: &crate::alerts::Alerts) -> Outcome {
@@ -192,14 +217,7 @@ impl CertReloader {
 
     /// Digest of both files' current contents; `None` if either cannot be read.
     fn content_digest(&self) -> Option<[u8; 32]> {
-        let cert = std::fs::read(&self.cert_path).ok()?;
-        let key = std::fs::read(&self.key_path).ok()?;
-        let mut both = Vec::with_capacity(cert.len() + key.len() + 16);
-        for part in [&cert, &key] {
-            both.extend_from_slice(&(part.len() as u64).to_be_bytes());
-            both.extend_from_slice(part);
-        }
-        Some(crate::digest::sha256(&both))
+        files_digest([&self.cert_path, &self.key_path])
     }
 
     /// Also watch the client CA bundle and CRLs.
@@ -404,9 +422,9 @@ pub struct UsersReloader {
     audit: AuditLog,
     /// Digest of the content last acted on.
     seen: Option<[u8; 32]>,
-    /// Digest of new content seen once by the periodic look, acted on when the next look
-    /// finds it unchanged (so a file caught half-written by an editor is not refused).
-    settling: Option<[u8; 32]>,
+    /// New content is taken once two periodic looks agree (so a file caught half-written by
+    /// an editor is not refused).
+    settling: Settle,
 }
 
 impl std::fmt::Debug for UsersReloader {
@@ -430,7 +448,7 @@ impl UsersReloader {
     ) -> Self {
         tenants.sort();
         let seen = std::fs::read(&path).ok().map(|t| crate::digest::sha256(&t));
-        UsersReloader { path, users, tenants, extra, audit, seen, settling: None }
+        UsersReloader { path, users, tenants, extra, audit, seen, settling: Settle::default() }
     }
 
     /// Look at the file once; rebuild and swap in the directory if its content changed and
@@ -446,11 +464,9 @@ impl UsersReloader {
         if digest == self.seen {
             return Outcome::Unchanged;
         }
-        if !now && self.settling != digest {
-            self.settling = digest;
+        if !self.settling.ready(digest, now) {
             return Outcome::Unchanged;
         }
-        self.settling = None;
         self.seen = digest;
         match self.build(&bytes) {
             Ok(directory) => {

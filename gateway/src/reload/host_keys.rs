@@ -28,9 +28,8 @@ pub struct HostKeyReloader {
     audit: AuditLog,
     /// Digest of the file list, contents and modes last acted on.
     seen: Option<[u8; 32]>,
-    /// Digest of new content seen once by the periodic look, acted on when the next look
-    /// finds it unchanged.
-    settling: Option<[u8; 32]>,
+    /// New content is taken once two periodic looks agree.
+    settling: super::Settle,
     /// Refused sets raise alerts here.
     alerts: crate::alerts::Alerts,
 }
@@ -56,7 +55,7 @@ impl HostKeyReloader {
             served,
             audit,
             seen: None,
-            settling: None,
+            settling: super::Settle::default(),
             alerts: crate::alerts::Alerts::disabled(),
         };
         let paths = reloader.configured_paths();
@@ -100,11 +99,9 @@ impl HostKeyReloader {
         if digest == self.seen {
             return Outcome::Unchanged;
         }
-        if !now && self.settling != digest {
-            self.settling = digest;
+        if !self.settling.ready(digest, now) {
             return Outcome::Unchanged;
         }
-        self.settling = None;
         self.seen = digest;
         let old = self.served.fingerprints();
         let mut keys = Vec::new();
