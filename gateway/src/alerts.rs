@@ -477,6 +477,62 @@ impl Alerts {
         });
     }
 
+    /// The defender banned a source, or had to drop a ban to make room: one alert each (a
+    /// ban is already the summary of many offences; repeat bans double in length, so their
+    /// number stays small). Expired and operator-removed bans are audited, not alerted.
+    pub fn ban(&self, change: &crate::defender::BanChange) {
+        use crate::defender::{BanChange, UnbanReason};
+        if !self.enabled() {
+            return;
+        }
+        match change {
+            BanChange::Banned { source, score, offence, until, offences } => {
+                let until = crate::defender::rfc3339(*until);
+                self.raise(Alert {
+                    severity: if *offences > 1 { Severity::Critical } else { Severity::Warning },
+                    kind: "source_banned",
+                    nature: format!(
+                        "source {source} banned until {until}: score {score} reached the defender's threshold, the last offence {} (ban number {offences} for this source)",
+                        offence.name()
+                    ),
+                    scope: Scope { sources: vec![source.to_string()], count: u64::from(*score), ..Scope::default() },
+                    actions_taken: vec![
+                        format!("new HTTPS and SFTP connections from {source} are refused at accept until {until}, before any TLS or SSH work"),
+                        "requests on HTTPS connections it already had open are answered 403".into(),
+                        "recorded in the audit trail (ban)".into(),
+                    ],
+                    remediation: vec![
+                        format!("if {source} is an attacker, block it at the firewall for longer"),
+                        format!(
+                            "if it is a known partner or a load balancer, lift the ban (`gateway bans remove {source}`) and add it to [defender] safelist"
+                        ),
+                    ],
+                    next_steps: vec![
+                        format!("search the audit trail for records with remote_addr {source} before the ban (auth_failure, auth_failure_summary, denied)"),
+                        "check whether any login from that source succeeded before it was banned".into(),
+                    ],
+                });
+            }
+            BanChange::Unbanned { source, reason: UnbanReason::Evicted } => {
+                self.raise(Alert {
+                    severity: Severity::Critical,
+                    kind: "ban_evicted",
+                    nature: format!(
+                        "the defender's table is full of banned sources; the oldest ban ({source}) was lifted to make room"
+                    ),
+                    scope: Scope { sources: vec![source.to_string()], count: 1, ..Scope::default() },
+                    actions_taken: vec![format!("{source} is admitted again")],
+                    remediation: vec![
+                        "a large number of sources is attacking: block them upstream (firewall, provider DDoS protection)".into(),
+                        "raise [defender] max_sources if memory allows".into(),
+                    ],
+                    next_steps: vec!["watch gateway_defender_banned_sources and the ban records of the audit trail".into()],
+                });
+            }
+            BanChange::Unbanned { .. } => {}
+        }
+    }
+
     /// A client path refused as an attempt to leave the user's home (`..`, encoded
     /// separators, backslashes): at most one alert per source per [`COALESCE_WINDOW`].
     pub fn traversal_attempt(&self, protocol: &'static str, source: IpAddr, user: &str, path: &str, why: &str) {

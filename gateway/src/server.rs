@@ -400,6 +400,10 @@ impl Gateway {
         let transfers = if config.defender.enabled {
             let defender = crate::defender::open(&config.defender, &config.data_dir, audit.clone())
                 .map_err(|e| StartupError(vec![e]))?;
+            if alerts.enabled() {
+                let alerts = alerts.clone();
+                defender.set_hook(Box::new(move |change| alerts.ban(change)));
+            }
             transfers.with_defender(defender)
         } else {
             transfers

@@ -440,16 +440,7 @@ async fn a_broken_audit_trail_raises_a_critical_alert() {
     let fs = gateway_e2e::served::Tmpfs::mount(&files.dir.path().join("trailfs"), "512k");
     let trail = fs.dir.join("audit.jsonl");
     files.audit_settings(&format!("path = {trail:?}\nappend_timeout = \"5s\""));
-    let key_file = files.dir.path().join("alert.key");
-    std::fs::write(&key_file, KEY).unwrap();
-    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let mut text = std::fs::read_to_string(&files.config_path).unwrap();
-    text.push_str(&format!(
-        "\n[alerts]\nwebhook_url = \"https://localhost:{}/hook\"\nhmac_key_file = {key_file:?}\nca_file = {:?}\n",
-        receiver.addr.port(),
-        receiver_pki.ca_cert
-    ));
-    std::fs::write(&files.config_path, text).unwrap();
+    send_alerts_to(&files, &receiver, &receiver_pki);
     let gw = files.serve();
     let filler = fs.fill("filler");
     let token = files.tokens["alice"].clone();
@@ -486,6 +477,69 @@ async fn a_broken_audit_trail_raises_a_critical_alert() {
     drop(gw);
     std::fs::remove_file(filler).unwrap();
     drop(fs);
+}
+
+/// Point the gateway's `[alerts]` at `receiver` (key [`KEY`], CA of `pki`).
+fn send_alerts_to(files: &gateway_e2e::served::GatewayFiles, receiver: &Receiver, pki: &gateway_certs::dev::DevPki) {
+    let key_file = files.dir.path().join("alert.key");
+    std::fs::write(&key_file, KEY).unwrap();
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut text = std::fs::read_to_string(&files.config_path).unwrap();
+    text.push_str(&format!(
+        "\n[alerts]\nwebhook_url = \"https://localhost:{}/hook\"\nhmac_key_file = {key_file:?}\nca_file = {:?}\n",
+        receiver.addr.port(),
+        pki.ca_cert
+    ));
+    std::fs::write(&files.config_path, text).unwrap();
+}
+
+/// A defender ban raises one `source_banned` alert with the incident fields: the source,
+/// until when, what the gateway did (refused at accept) and how to lift it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_raises_an_alert_naming_the_source_and_the_action() {
+    let receiver_pki_dir = tempfile::tempdir().unwrap();
+    let receiver_pki =
+        gateway_certs::dev::mint(receiver_pki_dir.path(), gateway_certs::dev::KeyKind::EcdsaP256).unwrap();
+    let receiver = Receiver::start(&receiver_pki, "127.0.0.1:0".parse().unwrap(), KEY).await;
+    let files = TestGateway::builder()
+        .sftp()
+        .local_only()
+        .defender_settings("threshold = 4\nwindow = \"1m\"\nban_time = \"1m\"")
+        .files();
+    send_alerts_to(&files, &receiver, &receiver_pki);
+    let gw = files.serve();
+    // Unknown tokens weigh 2: the second one bans 127.0.0.1.
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(
+            curl(&[
+                "--silent",
+                "--cacert",
+                files.ca_pem.to_str().unwrap(),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Authorization: Bearer gw1.mallory-1.c2VjcmV0c2VjcmV0c2VjcmV0",
+                &gw.url("/v1/files/"),
+            ])
+            .await,
+        );
+    }
+    assert_eq!(codes, ["401", "401", "000"], "the third connection is refused at accept");
+    let (seen, v) = receiver.wait_for("source_banned", &gw.log, |v| v["kind"] == "source_banned").await;
+    assert!(verify(KEY, &seen) && fresh(&seen));
+    assert_incident_fields(&v);
+    assert_eq!(v["severity"], "warning", "a first ban");
+    assert_eq!(v["scope"]["sources"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(v["scope"]["count"], 4, "the score at the ban");
+    assert!(v["nature"].as_str().unwrap().contains("auth_failed_unknown_user"), "{v}");
+    assert!(v["actions_taken"][0].as_str().unwrap().contains("refused at accept"), "{v}");
+    assert!(v["remediation"].to_string().contains("gateway bans remove 127.0.0.1"), "{v}");
+    // One ban, one alert.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.accepted().iter().filter(|(_, v)| v["kind"] == "source_banned").count(), 1);
 }
 
 /// Paths the test relies on exist where the builder puts them.
