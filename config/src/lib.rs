@@ -148,6 +148,31 @@ pub struct Config {
     pub defender: DefenderConfig,
     /// The security alert sink; `None` when the `[alerts]` section is absent.
     pub alerts: Option<AlertsConfig>,
+    /// Where enrolled TOTP secrets live (`[mfa]`, defaults under `data_dir/mfa`).
+    pub mfa: MfaConfig,
+}
+
+/// `[mfa]`: where `gateway users mfa enroll` keeps the users' TOTP secrets, encrypted
+/// (AES-256-GCM) under `key_file`. The secrets are never in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MfaConfig {
+    /// 32-byte key (64 hex characters, mode 0600) that seals the secrets; created by the
+    /// first enrolment (default `data_dir/mfa/mfa.key`).
+    pub key_file: PathBuf,
+    /// One sealed file per enrolled user (default `data_dir/mfa/secrets`).
+    pub secrets_dir: PathBuf,
+    /// The issuer shown by authenticator apps (`otpauth://` URI), default `gateway`.
+    pub issuer: String,
+}
+
+/// A user's second factor (`mfa` of a `[[users]]` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MfaMethod {
+    /// TOTP (RFC 6238), HMAC-SHA-256: `mfa = "totp"`.
+    TotpSha256,
+    /// TOTP with HMAC-SHA-1, for authenticator apps that support nothing else:
+    /// `mfa = "totp-sha1"`.
+    TotpSha1,
 }
 
 /// `[alerts]`: security alerts (incident notices) posted to an HTTPS webhook, signed with
@@ -781,6 +806,8 @@ pub struct UserConfig {
     /// Client certificates that are this user's (`sha256:`, `cn:`, `san:`). A user with any
     /// must present one of them on HTTPS; one alone also logs the user in.
     pub client_certificates: Vec<CertBinding>,
+    /// Second factor required at login (`mfa = "totp"`), `None` for none.
+    pub mfa: Option<MfaMethod>,
 }
 
 /// A password hash `pbkdf2-sha256$<iterations>$<salt base64>$<hash base64>`,

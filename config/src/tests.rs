@@ -1455,3 +1455,23 @@ fn auth_failure_folding_settings() {
     assert!(has(&got, "audit.auth_failures_per_source", ""), "{got:#?}");
     assert!(has(&got, "audit.auth_failure_window", ""), "{got:#?}");
 }
+
+#[test]
+fn mfa_settings_and_their_errors() {
+    let user = "[[tenants]]\nname = \"acme\"\n[[users]]\nname = \"alice\"\ntenant = \"acme\"\nhome = \"/\"\npermissions = [\"read\"]\n";
+    let c = ok(&format!("{MINIMAL}data_dir = \"/srv/gw\"\n{user}"));
+    assert_eq!(c.mfa.key_file, Path::new("/srv/gw/mfa/mfa.key"));
+    assert_eq!(c.mfa.secrets_dir, Path::new("/srv/gw/mfa/secrets"));
+    assert_eq!(c.mfa.issuer, "gateway");
+    assert_eq!(c.users[0].mfa, None);
+    let c = ok(&format!(
+        "{MINIMAL}[mfa]\nkey_file = \"/k/mfa.key\"\nsecrets_dir = \"/k/s\"\nissuer = \"ACME Gateway\"\n{user}mfa = \"totp\"\n"
+    ));
+    assert_eq!((c.mfa.key_file.as_path(), c.mfa.issuer.as_str()), (Path::new("/k/mfa.key"), "ACME Gateway"));
+    assert_eq!(c.users[0].mfa, Some(MfaMethod::TotpSha256));
+    assert_eq!(ok(&format!("{MINIMAL}{user}mfa = \"totp-sha1\"\n")).users[0].mfa, Some(MfaMethod::TotpSha1));
+    let got = errs(&format!("{MINIMAL}[mfa]\nissuer = \"a:b\"\nsalt = 1\n{user}mfa = \"sms\"\n"));
+    assert!(has(&got, "mfa.issuer", "without ':'"), "{got:#?}");
+    assert!(has(&got, "mfa.salt", "unknown key"), "{got:#?}");
+    assert!(has(&got, "users[0].mfa", "accepted: totp, totp-sha1"), "{got:#?}");
+}

@@ -34,7 +34,11 @@ const TOP_KEYS: &[&str] = &[
     "development",
     "defender",
     "alerts",
+    "mfa",
 ];
+const MFA_KEYS: &[&str] = &["key_file", "secrets_dir", "issuer"];
+const MFA_METHODS: &[(&str, crate::MfaMethod)] =
+    &[("totp", crate::MfaMethod::TotpSha256), ("totp-sha1", crate::MfaMethod::TotpSha1)];
 const ALERTS_KEYS: &[&str] = &[
     "webhook_url",
     "hmac_key_file",
@@ -126,8 +130,17 @@ const SFTP_KEYS: &[&str] = &[
     "max_buffer_per_connection",
     "max_buffer_total",
 ];
-const USER_KEYS: &[&str] =
-    &["name", "tenant", "home", "permissions", "tokens", "authorized_keys", "password_hash", "client_certificates"];
+const USER_KEYS: &[&str] = &[
+    "name",
+    "tenant",
+    "home",
+    "permissions",
+    "tokens",
+    "authorized_keys",
+    "password_hash",
+    "client_certificates",
+    "mfa",
+];
 const TOKEN_KEYS: &[&str] = &["id", "sha256"];
 const DEVELOPMENT_KEYS: &[&str] = &["demo_user"];
 const DEFENDER_KEYS: &[&str] = &[
@@ -491,6 +504,8 @@ impl Ctx<'_> {
         let sftp = self.table(root, "", "sftp").map(|t| self.sftp(t, &data_dir, https.listen));
         let admin = self.table(root, "", "admin").map(|t| self.admin(t));
         let alerts = self.table(root, "", "alerts").map(|t| self.alerts(t));
+        let mfa_table = self.table(root, "", "mfa").unwrap_or(&empty);
+        let mfa = self.mfa(mfa_table, &data_dir);
 
         let storage_entries = self.tables(root, "", "storages");
         let storages = self.storages(&storage_entries);
@@ -543,7 +558,20 @@ impl Ctx<'_> {
             development,
             defender,
             alerts,
+            mfa,
         }
+    }
+
+    fn mfa(&mut self, t: &Table, data_dir: &std::path::Path) -> crate::MfaConfig {
+        const P: &str = "mfa";
+        self.check_keys(t, P, MFA_KEYS);
+        let key_file = self.path(t, P, "key_file").unwrap_or_else(|| data_dir.join("mfa").join("mfa.key"));
+        let secrets_dir = self.path(t, P, "secrets_dir").unwrap_or_else(|| data_dir.join("mfa").join("secrets"));
+        let issuer = self.string(t, P, "issuer").unwrap_or("gateway").to_owned();
+        if issuer.is_empty() || issuer.len() > 64 || issuer.chars().any(|c| c.is_control() || c == ':') {
+            self.err(&child(P, "issuer"), "must be 1 to 64 characters, without ':' or control characters");
+        }
+        crate::MfaConfig { key_file, secrets_dir, issuer }
     }
 
     fn alerts(&mut self, t: &Table) -> AlertsConfig {
@@ -1234,6 +1262,7 @@ impl Ctx<'_> {
             });
 
             let client_certificates = self.client_certificates(t, at, &mut bindings);
+            let mfa = self.choice(t, at, "mfa", MFA_METHODS);
 
             if let (true, Some(name), Some(tenant), Some(home)) = (ok, name, tenant, home) {
                 users.push(UserConfig {
@@ -1245,6 +1274,7 @@ impl Ctx<'_> {
                     authorized_keys,
                     password_hash,
                     client_certificates,
+                    mfa,
                 });
             }
         }
