@@ -17,6 +17,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
 
+mod accounts;
 mod cidr;
 mod duration;
 mod edit;
@@ -33,6 +34,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use accounts::{parse_rfc3339, AccountsConfig, UserAccount, DEFAULT_DORMANT_AFTER};
 pub use cidr::{canonical as canonical_ip, mask as mask_ip, Cidr};
 pub use duration::parse_duration;
 pub use edit::add_authorized_key;
@@ -150,6 +152,8 @@ pub struct Config {
     pub alerts: Option<AlertsConfig>,
     /// Where enrolled TOTP secrets live (`[mfa]`, defaults under `data_dir/mfa`).
     pub mfa: MfaConfig,
+    /// Account lifecycle (`[accounts]`): dormancy and where the login state is kept.
+    pub accounts: AccountsConfig,
 }
 
 /// `[mfa]`: where `gateway users mfa enroll` keeps the users' TOTP secrets, encrypted
@@ -270,6 +274,10 @@ pub struct HttpsConfig {
     pub hsts_max_age: Duration,
     /// Client certificates (mTLS), when `[https.client_auth]` is configured.
     pub client_auth: Option<ClientAuthConfig>,
+    /// Longest one connection may live, however busy (default 1h): a kept-alive client must
+    /// reconnect and present its credential again, so a disabled account or a revoked
+    /// certificate cannot ride an old connection for long.
+    pub max_connection_duration: Duration,
 }
 
 /// `[https.client_auth]`: which client certificates the HTTPS listener asks for and trusts.
@@ -468,6 +476,9 @@ pub struct SftpConfig {
     pub max_buffer_per_connection: usize,
     /// The same for all connections together (default: a quarter of the machine's memory).
     pub max_buffer_total: Option<usize>,
+    /// Longest one SSH connection may live, however busy (default 8h: a working day, so a
+    /// login is re-checked at least daily).
+    pub max_session_duration: Duration,
 }
 
 /// Named SSH algorithm profile of an `[sftp]` listener (`profile`), as AWS Transfer Family
@@ -808,6 +819,9 @@ pub struct UserConfig {
     pub client_certificates: Vec<CertBinding>,
     /// Second factor required at login (`mfa = "totp"`), `None` for none.
     pub mfa: Option<MfaMethod>,
+    /// When and from where the account may log in (`disabled`, `expires_at`,
+    /// `allowed_sources`).
+    pub account: UserAccount,
 }
 
 /// A password hash `pbkdf2-sha256$<iterations>$<salt base64>$<hash base64>`,

@@ -35,7 +35,9 @@ const TOP_KEYS: &[&str] = &[
     "defender",
     "alerts",
     "mfa",
+    "accounts",
 ];
+const ACCOUNTS_KEYS: &[&str] = &["dormant_after", "state_dir"];
 const MFA_KEYS: &[&str] = &["key_file", "secrets_dir", "issuer"];
 const MFA_METHODS: &[(&str, crate::MfaMethod)] =
     &[("totp", crate::MfaMethod::TotpSha256), ("totp-sha1", crate::MfaMethod::TotpSha1)];
@@ -64,6 +66,7 @@ const HTTPS_KEYS: &[&str] = &[
     "connection_rate_per_source",
     "hsts_max_age",
     "client_auth",
+    "max_connection_duration",
 ];
 const CLIENT_AUTH_KEYS: &[&str] = &["mode", "ca", "crls"];
 const CLIENT_AUTH_MODES: &[(&str, ClientAuthMode)] =
@@ -129,6 +132,7 @@ const SFTP_KEYS: &[&str] = &[
     "connection_rate_per_source",
     "max_buffer_per_connection",
     "max_buffer_total",
+    "max_session_duration",
 ];
 const USER_KEYS: &[&str] = &[
     "name",
@@ -140,6 +144,9 @@ const USER_KEYS: &[&str] = &[
     "password_hash",
     "client_certificates",
     "mfa",
+    "disabled",
+    "expires_at",
+    "allowed_sources",
 ];
 const TOKEN_KEYS: &[&str] = &["id", "sha256"];
 const DEVELOPMENT_KEYS: &[&str] = &["demo_user"];
@@ -506,6 +513,8 @@ impl Ctx<'_> {
         let alerts = self.table(root, "", "alerts").map(|t| self.alerts(t));
         let mfa_table = self.table(root, "", "mfa").unwrap_or(&empty);
         let mfa = self.mfa(mfa_table, &data_dir);
+        let accounts_table = self.table(root, "", "accounts").unwrap_or(&empty);
+        let accounts = self.accounts(accounts_table, &data_dir);
 
         let storage_entries = self.tables(root, "", "storages");
         let storages = self.storages(&storage_entries);
@@ -559,7 +568,63 @@ impl Ctx<'_> {
             defender,
             alerts,
             mfa,
+            accounts,
         }
+    }
+
+    fn accounts(&mut self, t: &Table, data_dir: &std::path::Path) -> crate::AccountsConfig {
+        const P: &str = "accounts";
+        self.check_keys(t, P, ACCOUNTS_KEYS);
+        let defaults = crate::AccountsConfig::defaults(data_dir);
+        let dormant_after = match t.get("dormant_after") {
+            None => defaults.dormant_after,
+            Some(Value::String(s)) if s == "off" || s == "0" => None,
+            Some(_) => {
+                let d = self.duration(t, P, "dormant_after", crate::accounts::DEFAULT_DORMANT_AFTER);
+                (!d.is_zero()).then_some(d)
+            }
+        };
+        let state_dir = self.path(t, P, "state_dir").unwrap_or(defaults.state_dir);
+        crate::AccountsConfig { dormant_after, state_dir }
+    }
+
+    /// `disabled`, `expires_at` and `allowed_sources` of the user at `at`.
+    fn user_account(&mut self, t: &Table, at: &str) -> crate::UserAccount {
+        let disabled = self.boolean(t, at, "disabled", false);
+        let expires_at = match t.get("expires_at") {
+            None => None,
+            Some(Value::String(s)) => match crate::accounts::parse_rfc3339(s) {
+                Ok(when) => Some(when),
+                Err(why) => {
+                    self.err(&child(at, "expires_at"), why);
+                    None
+                }
+            },
+            Some(Value::Datetime(dt)) => match crate::accounts::datetime_to_system_time(dt) {
+                Ok(when) => Some(when),
+                Err(why) => {
+                    self.err(&child(at, "expires_at"), format!("{dt}: {why}"));
+                    None
+                }
+            },
+            Some(other) => {
+                self.wrong_type(&child(at, "expires_at"), "an RFC 3339 date-time string", other);
+                None
+            }
+        };
+        let allowed_sources = self
+            .strings(t, at, "allowed_sources")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(item_at, s)| match Cidr::parse(s) {
+                Ok(c) => Some(c),
+                Err(message) => {
+                    self.err(&item_at, message);
+                    None
+                }
+            })
+            .collect();
+        crate::UserAccount { disabled, expires_at, allowed_sources }
     }
 
     fn mfa(&mut self, t: &Table, data_dir: &std::path::Path) -> crate::MfaConfig {
@@ -707,6 +772,8 @@ impl Ctx<'_> {
             u32::try_from(self.bounded(t, P, "connection_rate_per_source", (0, 10_000), 50)).unwrap_or(50);
         let hsts_max_age = self.duration(t, P, "hsts_max_age", Duration::from_secs(365 * 86_400));
         let client_auth = self.table(t, P, "client_auth").map(|t| self.client_auth(t));
+        let max_connection_duration =
+            self.positive_duration(t, P, "max_connection_duration", Duration::from_secs(3600));
         HttpsConfig {
             listen,
             tls_profile,
@@ -719,6 +786,7 @@ impl Ctx<'_> {
             connection_rate_per_source,
             hsts_max_age,
             client_auth,
+            max_connection_duration,
         }
     }
 
@@ -792,6 +860,7 @@ impl Ctx<'_> {
         let max_buffer_per_connection = self.buffer_size(t, P, "max_buffer_per_connection", 16 << 20);
         let max_buffer_total =
             t.contains_key("max_buffer_total").then(|| self.buffer_size(t, P, "max_buffer_total", 1 << 30));
+        let max_session_duration = self.positive_duration(t, P, "max_session_duration", Duration::from_secs(8 * 3600));
         SftpConfig {
             listen,
             host_keys,
@@ -805,6 +874,7 @@ impl Ctx<'_> {
             connection_rate_per_source,
             max_buffer_per_connection,
             max_buffer_total,
+            max_session_duration,
         }
     }
 
@@ -1263,6 +1333,7 @@ impl Ctx<'_> {
 
             let client_certificates = self.client_certificates(t, at, &mut bindings);
             let mfa = self.choice(t, at, "mfa", MFA_METHODS);
+            let account = self.user_account(t, at);
 
             if let (true, Some(name), Some(tenant), Some(home)) = (ok, name, tenant, home) {
                 users.push(UserConfig {
@@ -1275,6 +1346,7 @@ impl Ctx<'_> {
                     password_hash,
                     client_certificates,
                     mfa,
+                    account,
                 });
             }
         }
