@@ -53,6 +53,8 @@ struct UserEntry {
     password: Option<PasswordHash>,
     /// Client certificates bound to the user; when any, HTTPS requires one of them.
     client_certs: Vec<CertBinding>,
+    /// Second factor required after the first (`mfa = "totp"`).
+    mfa: Option<gateway_config::MfaMethod>,
 }
 
 /// `pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>`, parsed.
@@ -130,12 +132,24 @@ impl std::fmt::Debug for Directory {
 #[derive(Debug)]
 pub struct Users {
     current: std::sync::RwLock<Arc<Directory>>,
+    /// Second-factor checks (secrets read on demand, replay memory), fixed at start.
+    mfa: crate::mfa::Mfa,
 }
 
 impl Users {
     /// Start with `directory`.
     pub fn new(directory: Directory) -> Users {
-        Users { current: std::sync::RwLock::new(Arc::new(directory)) }
+        Users { current: std::sync::RwLock::new(Arc::new(directory)), mfa: crate::mfa::Mfa::disabled() }
+    }
+
+    /// Check second factors with `mfa` (without it, users that require MFA cannot log in).
+    pub fn with_mfa(self, mfa: crate::mfa::Mfa) -> Users {
+        Users { mfa, ..self }
+    }
+
+    /// The second-factor checks.
+    pub fn mfa(&self) -> &crate::mfa::Mfa {
+        &self.mfa
     }
 
     /// The directory in force now.
@@ -195,6 +209,7 @@ impl Directory {
                 ssh_keys,
                 password,
                 client_certs: u.client_certificates.clone(),
+                mfa: u.mfa,
             });
             for b in &u.client_certificates {
                 dir.certs.insert(b.clone(), entry.clone());
@@ -218,6 +233,11 @@ impl Directory {
         let mut names: Vec<String> = self.users.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The second factor `user` must pass, if any.
+    pub fn mfa_of(&self, user: &str) -> Option<gateway_config::MfaMethod> {
+        self.users.get(user).and_then(|u| u.mfa)
     }
 
     /// How many tokens are known.

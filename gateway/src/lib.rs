@@ -17,6 +17,7 @@ pub mod https;
 pub mod keyring;
 pub mod listener;
 pub mod metrics;
+pub mod mfa;
 pub mod path;
 pub mod reload;
 pub mod secrets;
