@@ -55,6 +55,8 @@ struct UserEntry {
     client_certs: Vec<CertBinding>,
     /// Second factor required after the first (`mfa = "totp"`).
     mfa: Option<gateway_config::MfaMethod>,
+    /// When and from where the account may log in (checked by [`crate::accounts`]).
+    account: gateway_config::UserAccount,
 }
 
 /// `pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>`, parsed.
@@ -210,6 +212,7 @@ impl Directory {
                 password,
                 client_certs: u.client_certificates.clone(),
                 mfa: u.mfa,
+                account: u.account.clone(),
             });
             for b in &u.client_certificates {
                 dir.certs.insert(b.clone(), entry.clone());
@@ -233,6 +236,18 @@ impl Directory {
         let mut names: Vec<String> = self.users.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The tenant and account settings of `user`, if configured.
+    pub fn account(&self, user: &str) -> Option<(&str, &gateway_config::UserAccount)> {
+        self.users.get(user).map(|u| (&*u.tenant, &u.account))
+    }
+
+    /// Every user as (name, tenant, account settings), sorted by name.
+    pub fn accounts(&self) -> Vec<(&str, &str, &gateway_config::UserAccount)> {
+        let mut all: Vec<_> = self.users.values().map(|u| (&*u.name, &*u.tenant, &u.account)).collect();
+        all.sort_by_key(|(name, _, _)| *name);
+        all
     }
 
     /// The second factor `user` must pass, if any.

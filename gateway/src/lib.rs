@@ -7,6 +7,7 @@
 //! [`server`] assembles it all from the configuration.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic))]
 
+pub mod accounts;
 pub mod admin;
 pub mod alerts;
 pub mod audit;

@@ -286,6 +286,9 @@ pub struct Transfers {
     alerts: crate::alerts::Alerts,
     /// Authentication failures beyond a rate per source, folded into summary records.
     auth_folder: Option<Arc<crate::audit::fold::AuthFailureFolder>>,
+    /// Who may log in now (disabled, expired, dormant, source); both frontends ask it
+    /// after a credential checked out ([`Transfers::accounts`]).
+    accounts: crate::accounts::Accounts,
 }
 
 impl std::fmt::Debug for Transfers {
@@ -317,6 +320,7 @@ impl Transfers {
             defender: None,
             alerts: crate::alerts::Alerts::disabled(),
             auth_folder: None,
+            accounts: crate::accounts::Accounts::unchecked(),
         }
     }
 
@@ -330,6 +334,7 @@ impl Transfers {
     /// Audit an authentication failure from `source`: written, or counted into the
     /// source's summary record when it is over its rate (see [`crate::audit::fold`]).
     pub async fn audit_auth_failure(&self, entry: AuditEntry, source: std::net::IpAddr) -> Result<(), AuditError> {
+        let entry = crate::accounts::annotate(entry);
         let Some(folder) = &self.auth_folder else {
             return self.audit.append(entry, false).await.map(|_| ());
         };
@@ -351,6 +356,16 @@ impl Transfers {
                 tracing::error!(error = %e, "could not write an authentication failure summary");
             }
         }
+    }
+
+    /// Check logins against `accounts` (default: no account checks).
+    pub fn with_accounts(self, accounts: crate::accounts::Accounts) -> Transfers {
+        Transfers { accounts, ..self }
+    }
+
+    /// The account checks the frontends apply after a credential checked out.
+    pub fn accounts(&self) -> &crate::accounts::Accounts {
+        &self.accounts
     }
 
     /// Raise security alerts through `alerts`.

@@ -110,6 +110,10 @@ pub struct AuditEntry {
     /// What went wrong, in words safe to keep.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// Why, as a stable code: an account refused or disabled (`disabled`, `operator`,
+    /// `dormant`, `expired`, `source_not_allowed`), a session ended (`max_session_duration`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
     /// For a storage key reload: the tenant's key ids in force after it, oldest first (the
     /// last one seals new objects). Ids only, never key material.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -256,6 +260,7 @@ impl AuditEntry {
             &mut self.ssh_mac,
             &mut self.operation,
             &mut self.result,
+            &mut self.reason,
         ] {
             bound(f, MAX_NAME_FIELD);
         }
@@ -292,6 +297,7 @@ impl AuditEntry {
             duration_ms: None,
             result: None,
             error: None,
+            reason: None,
             key_ids: None,
             public_key: None,
             signature: None,
