@@ -231,6 +231,15 @@ impl Api {
             }
             resp = Response::from_parts(parts, empty());
         }
+        if resp.status() == StatusCode::FORBIDDEN
+            && head.version() < hyper::Version::HTTP_2
+            && self.transfers.banned(conn.client.remote_addr.ip())
+        {
+            // A banned source's kept-alive HTTP/1.1 connection ends with this answer, so a
+            // flood over it stops costing a request each; its next connection is refused at
+            // accept. (HTTP/2 connections keep getting 403s, one stream each.)
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let h = resp.headers_mut();
         h.insert(header::STRICT_TRANSPORT_SECURITY, self.hsts.clone());
         h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
