@@ -13,6 +13,11 @@
 #   WARMUP=1        untimed rounds first (page cache and first-touch memory, see docs/benchmarks.md)
 #   CIPHERS="aes256-gcm@openssh.com chacha20-poly1305@openssh.com"
 #   SESSIONS=500    idle authenticated sessions per server (0 skips the idle-session test)
+#   SMALL=1000      many-small-files test: `put -r` / `get -r` of SMALL files of SMALL_KIB KiB
+#                   (files/s, gateway vs OpenSSH; 0 skips it)
+#   SMALL_KIB=16    size of each small file, KiB
+#   SMALL_RUNS=3    counted rounds of the small-files test (after one warm-up round)
+#   ONLY=smallfiles run only the small-files test (no big transfers, no idle sessions)
 #   SESSION_BATCH=25   idle sessions started at a time (then waited for until authenticated)
 #   SKIP_BUILD=1    do not run `cargo build --release -p gateway` (use target/release/gateway as is)
 #   GATEWAY_BIN=... benchmark this gateway binary instead (implies SKIP_BUILD=1)
@@ -34,6 +39,12 @@ WARMUP=${WARMUP:-1}
 CIPHERS=${CIPHERS:-aes256-gcm@openssh.com chacha20-poly1305@openssh.com}
 SESSIONS=${SESSIONS:-500}
 SESSION_BATCH=${SESSION_BATCH:-25}
+SMALL=${SMALL:-1000}
+SMALL_KIB=${SMALL_KIB:-16}
+SMALL_RUNS=${SMALL_RUNS:-3}
+ONLY=${ONLY:-}
+[[ -z $ONLY || $ONLY == smallfiles ]] || { echo "error: ONLY must be empty or 'smallfiles' (got '$ONLY')" >&2; exit 1; }
+[[ $ONLY == smallfiles ]] && SESSIONS=0
 XFER_MAX_TIME=${XFER_MAX_TIME:-600}
 KEX=curve25519-sha256  # both servers support it; OpenSSH 9.2's default (sntrup761x25519) the gateway lacks
 STARTUP_TIMEOUT=60     # seconds a server gets to come up (the gateway makes an RSA-3072 host key)
@@ -52,13 +63,17 @@ extra=""
 [[ ${SKIP_BUILD:-0} == 1 && -z ${GATEWAY_BIN:-} ]] && extra+="SKIP_BUILD=1 "
 [[ -n ${BENCH_TMPDIR:-} ]] && extra+="BENCH_TMPDIR=$BENCH_TMPDIR "
 [[ $CIPHERS != "aes256-gcm@openssh.com chacha20-poly1305@openssh.com" ]] && extra+="CIPHERS=\"$CIPHERS\" "
-echo "command: ${extra}BIG=$BIG RUNS=$RUNS WARMUP=$WARMUP SESSIONS=$SESSIONS bash benches/sftp.sh${*:+ $*}   (cwd $ROOT)"
+[[ -n $ONLY ]] && extra+="ONLY=$ONLY "
+echo "command: ${extra}BIG=$BIG RUNS=$RUNS WARMUP=$WARMUP SESSIONS=$SESSIONS SMALL=$SMALL SMALL_KIB=$SMALL_KIB SMALL_RUNS=$SMALL_RUNS bash benches/sftp.sh${*:+ $*}   (cwd $ROOT)"
 echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 
 for v in BIG RUNS SESSION_BATCH XFER_MAX_TIME; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
-for v in WARMUP SESSIONS; do
+for v in SMALL_KIB SMALL_RUNS; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+done
+for v in WARMUP SESSIONS SMALL; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
 read -r -a CIPHER_LIST <<<"$CIPHERS"
@@ -140,6 +155,7 @@ trap cleanup EXIT
 trap 'echo "interrupted" >&2; exit 130' INT TERM
 
 need_kib=$(((4 * BIG + 64) * 1024))
+[[ $ONLY == smallfiles ]] && need_kib=$(((8 * SMALL * SMALL_KIB) + 65536))
 avail_kib=$(df -Pk "$T" | awk 'NR == 2 { print $4 }')
 ((avail_kib >= need_kib)) || die "$T has $((avail_kib / 1024)) MiB free, need about $((need_kib / 1024)) MiB"
 
@@ -328,10 +344,14 @@ wait_no_sessions() { # wait until sshd has reaped every session process (cutime 
 }
 
 SRC=$T/big.bin
-echo "== making a ${BIG} MiB random file"
-head -c $((BIG * 1048576)) /dev/urandom >"$SRC"
-SRC_SHA=$(sha256sum "$SRC" | cut -d' ' -f1)
 BIG_BYTES=$((BIG * 1048576))
+if [[ -z $ONLY ]]; then
+    echo "== making a ${BIG} MiB random file"
+    head -c $((BIG * 1048576)) /dev/urandom >"$SRC"
+    SRC_SHA=$(sha256sum "$SRC" | cut -d' ' -f1)
+fi
+SMALL_SRC=$T/small
+SMALL_NAME=small   # remote directory of the current small-files round (set per round)
 
 # transfer SIDE OP CIPHER [LOCAL] -> SPEED (bytes/s), SECS, CPU (server CPU s for the whole
 # session incl. handshake), PEAK (server peak RSS during the session, KiB), SYNC_S.
@@ -346,6 +366,8 @@ transfer() {
         case $op in
             put) echo "put $SRC $(remote "$side" big.bin)" ;;
             get) echo "get $(remote "$side" big.bin) $local" ;;
+            putr) echo "put -r $SMALL_SRC $(remote "$side" "$SMALL_NAME")" ;;
+            getr) echo "get -r $(remote "$side" "$SMALL_NAME") $local" ;;
             none) ;;   # connect, authenticate, start SFTP, quit
         esac
         echo "!date +%s.%N >$T/t1.tmp; mv $T/t1.tmp $T/t1"
@@ -388,11 +410,11 @@ transfer() {
     [[ $op == none ]] && SPEED=0
     CPU=$(awk -v t=$((after - before)) -v h="$CLK_TCK" 'BEGIN { printf "%.2f", t / h }')
     SYNC_S=0
-    if [[ $op == put ]]; then   # how long the data took to reach the disk after the put
+    if [[ $op == put* ]]; then   # how long the data took to reach the disk after the put
         local s0 s1
         s0=$(now); sync; s1=$(now)
         SYNC_S=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.2f", b - a }')
-        if [[ $side == ossh ]]; then
+        if [[ $side == ossh && $op == put ]]; then
             [[ $(stat -c %s "$T/ossh/big.bin") == "$BIG_BYTES" ]] || die "ossh put: wrong size on disk"
         fi
     fi
@@ -402,6 +424,7 @@ per_gib() { awk -v c="$1" -v m="$BIG" 'BEGIN { printf "%.2f", c * 1024 / m }'; }
 short() { sed 's/@openssh.com//; s/-poly1305//' <<<"$1"; }
 
 # ---------------------------------------------------------------------------- throughput runs
+if [[ -z $ONLY ]]; then   # big transfers (not indented: up to the end of the fresh-process section)
 sync
 t0=$(now)
 dd if="$SRC" of="$T/dd.bin" bs=1M status=none
@@ -477,6 +500,54 @@ for op in put get; do
     printf '   %-3s: idle %6s MiB, peak %6s MiB, RSS after the session %6s MiB (%s MB/s)\n' "$op" \
         "$(mib "${FRESH[idle.$op]}")" "$(mib "${FRESH[$op]}")" "$(mib "${FRESH[after.$op]}")" "$(mb "$SPEED")"
 done
+
+fi   # big transfers
+
+# ---------------------------------------------------------------------------- many small files
+# SMALL files of SMALL_KIB KiB in one local directory, `put -r` into a new remote directory, then
+# `get -r` of it, alternated gateway / OpenSSH, one warm-up round and SMALL_RUNS counted rounds.
+# The gateway acknowledges each CLOSE only once the file's data, its directory entry and its
+# `completed` audit record are on disk; sftp-server makes nothing durable, so the "sync s" column
+# (a sync(1) right after the put) is what OpenSSH leaves to be written.
+declare -A SMALL_RATE SMALL_CPU SMALL_SYNC
+if ((SMALL > 0)); then
+    echo
+    echo "== many small files: put -r / get -r of $SMALL x $SMALL_KIB KiB ($(short "${CIPHER_LIST[0]}")), 1 warm-up round (w), $SMALL_RUNS counted"
+    mkdir -p "$SMALL_SRC"
+    for ((i = 0; i < SMALL; i++)); do head -c $((SMALL_KIB * 1024)) /dev/urandom >"$SMALL_SRC/f$(printf '%05d' "$i").bin"; done
+    SMALL_SUM=$(cd "$SMALL_SRC" && sha256sum -- * | sha256sum | cut -d' ' -f1)
+    printf '%-5s %-8s %-4s %9s %8s %12s %8s
+' round server op "files/s" "secs" "server CPU s" "sync s"
+    for ((r = 0; r <= SMALL_RUNS; r++)); do
+        SMALL_NAME=small.$r
+        for step in "gateway putr" "ossh putr" "gateway getr" "ossh getr"; do
+            read -r side op <<<"$step"
+            rm -rf "$T/got"
+            transfer "$side" "$op" "${CIPHER_LIST[0]}" "$T/got"
+            rate=$(awk -v s="$SECS" -v n="$SMALL" 'BEGIN { printf "%.1f", n / s }')
+            label=$r; ((r < 1)) && label=w
+            printf '%-5s %-8s %-4s %9s %8s %12s %8s
+' "$label" "$side" "${op%r} -r" "$rate" "$SECS" "$CPU" \
+                "$([[ $op == putr ]] && echo "$SYNC_S" || echo -)"
+            if [[ $op == getr ]]; then   # what came back is what went up
+                got=$(cd "$T/got" 2>/dev/null && sha256sum -- * | sha256sum | cut -d' ' -f1)
+                [[ $got == "$SMALL_SUM" ]] || die "$side get -r of $SMALL_NAME: the files differ from the source"
+                rm -rf "$T/got"
+            fi
+            ((r < 1)) && continue
+            SMALL_RATE[$side.$op]+="$rate "
+            SMALL_CPU[$side.$op]+="$CPU "
+            [[ $op == putr ]] && SMALL_SYNC[$side]+="$SYNC_S "
+        done
+        rm -rf "$T/ossh/$SMALL_NAME"
+    done
+    # Every acknowledged file has its `completed` record in the gateway's trail.
+    trail=$GW_DATA/audit/audit.jsonl
+    done_n=$(grep -c '"event":"completed".*"path":"small\.[0-9]*/f[0-9]*\.bin"' "$trail" || true)
+    want=$((SMALL * (SMALL_RUNS + 1)))
+    ((done_n >= want)) || die "the gateway's trail has $done_n completed uploads under /small.N, expected $want"
+    echo "   gateway trail: $done_n completed records for the $want uploaded small files"
+fi
 
 # ---------------------------------------------------------------------------- idle sessions
 # SESSIONS sftp clients (`-b -` reading a FIFO nobody writes to) stay connected, authenticated
@@ -561,6 +632,7 @@ if ((SESSIONS > 0)); then
 fi
 
 # ---------------------------------------------------------------------------- summary
+if [[ -z $ONLY ]]; then   # big transfers (not indented)
 echo
 echo "== summary (${BIG} MiB, ${RUNS} rounds; OpenSSH sftp client, $KEX, 127.0.0.1)"
 echo "   med = median; CPU s/GiB = server CPU seconds per GiB, whole session, median (min); peak RSS = median of the rounds
@@ -590,6 +662,21 @@ for cipher in "${CIPHER_LIST[@]}"; do
 done
 echo "server CPU s of an empty session (included once in every CPU s/GiB above): gateway $(vals "${EMPTY[gateway]}" | median), ossh $(vals "${EMPTY[ossh]}" | median) (medians of 5)"
 echo "gateway peak RSS, fresh process, $(short "${CIPHER_LIST[0]}"): put $(mib "${FRESH[put]}") MiB, get $(mib "${FRESH[get]}") MiB (idle after start-up $(mib "${FRESH[idle.put]}") MiB)"
+fi   # big transfers
+if ((SMALL > 0)); then
+    echo
+    echo "== summary, many small files ($SMALL x $SMALL_KIB KiB, $SMALL_RUNS rounds, $(short "${CIPHER_LIST[0]}")): medians"
+    printf '| %-6s | %10s | %10s | %7s | %12s | %12s |\n' op "gw files/s" "ossh files/s" "gw/ossh" "gw CPU s" "ossh CPU s"
+    printf '|--------|------------|------------|---------|--------------|--------------|\n'
+    for op in putr getr; do
+        g=$(vals "${SMALL_RATE[gateway.$op]}" | median); o=$(vals "${SMALL_RATE[ossh.$op]}" | median)
+        printf '| %-6s | %10s | %10s | %7s | %12s | %12s |\n' "${op%r} -r" "$g" "$o" "$(ratio "$g" "$o")" \
+            "$(vals "${SMALL_CPU[gateway.$op]}" | median)" "$(vals "${SMALL_CPU[ossh.$op]}" | median)"
+    done
+    echo "   sync s after the put (median): gateway $(vals "${SMALL_SYNC[gateway]}" | median), ossh $(vals "${SMALL_SYNC[ossh]}" | median)"
+    g=$(vals "${SMALL_RATE[gateway.putr]}" | median); o=$(vals "${SMALL_RATE[ossh.putr]}" | median)
+    echo "goal gateway >= 0.8x OpenSSH files/s, put -r of $SMALL x $SMALL_KIB KiB (medians): $(awk -v g="$g" -v n="$o" 'BEGIN { print (g >= 0.8 * n ? "met" : "NOT met") }') ($(ratio "$g" "$o"))"
+fi
 if ((SESSIONS > 0)); then
     echo
     printf '| %-8s | %8s | %10s | %10s | %12s | %12s | %9s | %9s |\n' server sessions "RSS MiB" "PSS MiB" "RSS/session" "PSS/session" "up in" processes

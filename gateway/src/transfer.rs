@@ -546,7 +546,15 @@ impl Transfers {
             transfer_id: Some(transfer_id.clone()),
             ..self.entry(AuditEvent::Started, who, client, "upload", rel)
         };
-        self.start(&base).await?;
+        // The `started` record and the store's preparations (local: the staging file) at the
+        // same time; nothing is visible before commit, and a writer not wanted is aborted.
+        let (started, writer) = tokio::join!(self.start(&base), self.store.begin_put(&who.tenant, &key, size_hint));
+        if let Err(e) = started {
+            if let Ok(w) = writer {
+                w.abort().await;
+            }
+            return Err(e);
+        }
         let mut upload = Upload {
             writer: None,
             bytes: 0,
@@ -562,7 +570,7 @@ impl Transfers {
             alerts: self.alerts.clone(),
             _live: self.live.token(),
         };
-        match self.store.begin_put(&who.tenant, &key, size_hint).await {
+        match writer {
             Ok(w) => upload.writer = Some(w),
             Err(e) => {
                 let e = TransferError::from(e);
@@ -974,18 +982,26 @@ impl Upload {
     /// commit, and write the durable `completed` record before returning, so success is only
     /// reported for audited, stored data. Without the intent nothing is committed; without
     /// the `completed` record the object is deleted again and the upload fails.
+    ///
+    /// The intent and the store's [`prepare`](crate::storage::ObjectWriter::prepare) (local:
+    /// seal the rest, fsync the data) run at the same time: neither changes what is visible,
+    /// and a close then waits for the longer of the two instead of their sum.
     pub async fn finish(mut self, expected_sha256: Option<[u8; 32]>) -> Result<Receipt, TransferError> {
-        if self.writer.is_none() {
-            return Err(TransferError::Storage("upload already finished".into()));
-        }
-        let intent = AuditEntry { event: AuditEvent::Intent, bytes: Some(self.bytes), ..self.base.clone() };
-        if let Err(e) = self.audit.append(intent, true).await {
-            // The `failed` record below answers the intent too, should it still land.
-            return Err(self.fail(e.into()).await);
-        }
-        let Some(writer) = self.writer.take() else {
+        let Some(mut writer) = self.writer.take() else {
             return Err(TransferError::Storage("upload already finished".into()));
         };
+        let intent = AuditEntry { event: AuditEvent::Intent, bytes: Some(self.bytes), ..self.base.clone() };
+        let (logged, prepared) = tokio::join!(self.audit.append(intent, true), writer.prepare(expected_sha256));
+        if let Err(e) = logged {
+            // The `failed` record below answers the intent too, should it still land.
+            self.writer = Some(writer);
+            return Err(self.fail(e.into()).await);
+        }
+        if let Err(e) = prepared {
+            self.writer = Some(writer);
+            let e = self.storage_failure(e);
+            return Err(self.fail(e).await);
+        }
         let meta = match writer.commit(expected_sha256).await {
             Ok(meta) => meta,
             Err(e) => {

@@ -5,11 +5,20 @@
 //! the metadata block, fsyncs the file, renames it into place and fsyncs the directory, so an
 //! object is either absent or complete, also after a crash. Staging is emptied at start.
 //! File-system work runs on the blocking pool, in batches of [`BATCH`] bytes.
+//!
+//! Where an upload's time goes, and what overlaps:
+//! - A large upload asks the kernel to write its staging file back every [`FLUSH_EVERY`]
+//!   bytes (`fdatasync` on a second blocking thread, while sealing goes on), so the final
+//!   fsync at commit finds little left to write instead of the whole file.
+//! - [`ObjectWriter::prepare`] seals the last chunk, writes the metadata block and fsyncs the
+//!   file while the caller writes its durable `intent` record; only the rename waits for both.
+//! - After the rename, the parent directory is fsynced; its ancestors up to the tenant root
+//!   only until they are known durable ([`DurableDirs`]), not again for every file.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,11 +40,48 @@ use crate::secrets::random_bytes;
 /// Plaintext buffered per upload before it is sealed and written (bounds memory per transfer).
 pub const BATCH: usize = 16 * CHUNK;
 
+/// Bytes an upload writes to its staging file between two background flushes (`fdatasync` on
+/// another blocking thread). Without them the whole file waits in the page cache (below the
+/// kernel's dirty thresholds) for the final fsync, which then takes as long as the disk needs
+/// for all of it, after the last byte arrived.
+pub const FLUSH_EVERY: u64 = 16 * 1024 * 1024;
+
+/// Most directories remembered as durable (the set starts over when full).
+const DURABLE_DIRS_MAX: usize = 4096;
+
+/// Object directories whose entry, and every ancestor's up to the tenant root, is known to be
+/// on disk (fsynced by this process), by path with the inode number they had then. A commit
+/// into one of them fsyncs only the directory itself for the new name. Removing or renaming a
+/// directory forgets them all; a directory that was replaced since (another inode at the same
+/// path) does not match.
+#[derive(Default)]
+struct DurableDirs(std::sync::Mutex<HashMap<PathBuf, u64>>);
+
+impl DurableDirs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, u64>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn contains(&self, dir: &Path, ino: u64) -> bool {
+        self.lock().get(dir) == Some(&ino)
+    }
+    fn insert(&self, dirs: Vec<(PathBuf, u64)>) {
+        let mut known = self.lock();
+        if known.len() + dirs.len() > DURABLE_DIRS_MAX {
+            known.clear();
+        }
+        known.extend(dirs);
+    }
+    fn forget_all(&self) {
+        self.lock().clear();
+    }
+}
+
 /// Encrypted local object store.
 pub struct LocalStore {
     objects: PathBuf,
     staging: PathBuf,
     keys: HashMap<String, Arc<SharedKeyring>>,
+    durable_dirs: Arc<DurableDirs>,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -84,7 +130,7 @@ impl LocalStore {
                 tracing::warn!(path = %entry.path().display(), error = %e, "could not remove stale staging file");
             }
         }
-        Ok(LocalStore { objects, staging, keys })
+        Ok(LocalStore { objects, staging, keys, durable_dirs: Arc::default() })
     }
 
     /// The tenant's keyring in force now.
@@ -261,9 +307,17 @@ struct LocalWriter {
     frames: Vec<Bytes>,
     frames_len: usize,
     size: u64,
+    /// Plaintext handed to batches so far, and how much of it the last flush covers.
+    handed: u64,
+    flushed_to: u64,
+    /// The background flush of the staging file (see [`FLUSH_EVERY`]), if one was started.
+    flush: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Set by [`ObjectWriter::prepare`]: sealed, digest checked, durable; only the rename left.
+    prepared: Option<SealedMeta>,
     staging_path: PathBuf,
     final_path: PathBuf,
     tenant_root: PathBuf,
+    durable_dirs: Arc<DurableDirs>,
     done: bool,
 }
 
@@ -284,6 +338,28 @@ impl LocalWriter {
             return Ok(sealing);
         }
         self.sealing.take().ok_or_else(|| StorageError::Backend("upload writer used after a failure".into()))
+    }
+
+    /// Wait for the background flush, if one was started; its error fails the upload.
+    async fn join_flush(&mut self) -> Result<(), StorageError> {
+        if let Some(task) = self.flush.take() {
+            task.await.map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// Start a background flush of what `sealing` has written, once [`FLUSH_EVERY`] bytes
+    /// have gone out since the last one and that one is done (a disk that falls behind skips
+    /// a turn rather than holding up the upload).
+    async fn flush_behind(&mut self, sealing: &Sealing) -> Result<(), StorageError> {
+        if self.handed - self.flushed_to < FLUSH_EVERY || self.flush.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
+        }
+        self.join_flush().await?;
+        let file = sealing.file.try_clone()?;
+        self.flushed_to = self.handed;
+        self.flush = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        Ok(())
     }
 
     /// Split off the largest whole number of chunks from the received frames, keeping at
@@ -332,7 +408,13 @@ impl ObjectWriter for LocalWriter {
             self.frames.push(data);
             if self.frames_len > BATCH {
                 let mut sealing = self.settle().await?;
+                // Everything handed so far is written now: flush it while the next batch seals.
+                if let Err(e) = self.flush_behind(&sealing).await {
+                    self.sealing = Some(sealing);
+                    return Err(e);
+                }
                 let batch = self.take_batch();
+                self.handed += batch.iter().map(|b| b.len() as u64).sum::<u64>();
                 self.in_flight =
                     Some(tokio::task::spawn_blocking(move || sealing.seal_frames(batch, false).map(|()| sealing)));
             }
@@ -341,17 +423,17 @@ impl ObjectWriter for LocalWriter {
         .boxed()
     }
 
-    fn commit(
-        mut self: Box<Self>,
-        expected_sha256: Option<[u8; 32]>,
-    ) -> BoxFuture<'static, Result<ObjectMeta, StorageError>> {
+    /// Seal the rest, check the digest, write the metadata block and make the staging file
+    /// durable: everything but the rename, so it overlaps with the caller's `intent` record.
+    fn prepare(&mut self, expected_sha256: Option<[u8; 32]>) -> BoxFuture<'_, Result<(), StorageError>> {
         async move {
+            if self.prepared.is_some() {
+                return Ok(());
+            }
             let mut sealing = self.settle().await?;
+            self.join_flush().await?;
             let frames = std::mem::take(&mut self.frames);
             let size = self.size;
-            let final_path = self.final_path.clone();
-            let staging_path = self.staging_path.clone();
-            let tenant_root = self.tenant_root.clone();
             let meta = blocking(move || {
                 sealing.seal_frames(frames, true)?;
                 let sha256 = std::mem::take(&mut sealing.hasher).finish();
@@ -362,12 +444,32 @@ impl ObjectWriter for LocalWriter {
                 let block = sealing.sealer.seal_meta(&meta).map_err(integrity)?;
                 sealing.file.seek(SeekFrom::Start(HEADER_LEN as u64))?;
                 sealing.file.write_all(&block)?;
-                sealing.file.sync_all()?;
-                drop(sealing);
-                publish(&staging_path, &final_path, &tenant_root)?;
+                // Data and size; the name it will have is made durable by `publish`.
+                sealing.file.sync_data()?;
                 Ok(meta)
             })
             .await?;
+            self.prepared = Some(meta);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn commit(
+        mut self: Box<Self>,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> BoxFuture<'static, Result<ObjectMeta, StorageError>> {
+        async move {
+            self.prepare(expected_sha256).await?;
+            let meta = self.prepared.take().ok_or_else(|| StorageError::Backend("upload not prepared".into()))?;
+            if expected_sha256.is_some_and(|want| want != meta.sha256) {
+                return Err(StorageError::DigestMismatch);
+            }
+            let final_path = self.final_path.clone();
+            let staging_path = self.staging_path.clone();
+            let tenant_root = self.tenant_root.clone();
+            let known = self.durable_dirs.clone();
+            blocking(move || publish(&staging_path, &final_path, &tenant_root, &known)).await?;
             self.done = true;
             Ok(to_meta(&meta))
         }
@@ -375,8 +477,10 @@ impl ObjectWriter for LocalWriter {
     }
 }
 
-/// Rename a finished staging file into place and make the rename durable.
-fn publish(staging: &Path, target: &Path, tenant_root: &Path) -> Result<(), StorageError> {
+/// Rename a finished staging file into place and make the rename durable: the parent
+/// directory is fsynced, and its ancestors up to the tenant root unless `known` says they are
+/// durable already.
+fn publish(staging: &Path, target: &Path, tenant_root: &Path, known: &DurableDirs) -> Result<(), StorageError> {
     let parent = target.parent().ok_or_else(|| StorageError::Backend("object has no parent directory".into()))?;
     if let Err(e) = fs::create_dir_all(parent) {
         return Err(match e.kind() {
@@ -390,15 +494,21 @@ fn publish(staging: &Path, target: &Path, tenant_root: &Path) -> Result<(), Stor
         return Err(StorageError::Conflict("path names a directory".into()));
     }
     fs::rename(staging, target)?;
-    // Make the new directory entries durable, up to the tenant root.
+    // Make the new directory entries durable, up to the tenant root or the first directory
+    // known to be durable with all its ancestors.
+    let mut learned = Vec::new();
     let mut dir = Some(parent);
     while let Some(d) = dir {
-        File::open(d)?.sync_all()?;
-        if d == tenant_root {
+        let handle = File::open(d)?;
+        let ino = handle.metadata()?.ino();
+        handle.sync_all()?;
+        if d == tenant_root || known.contains(d, ino) {
             break;
         }
+        learned.push((d.to_path_buf(), ino));
         dir = d.parent();
     }
+    known.insert(learned);
     Ok(())
 }
 
@@ -427,17 +537,18 @@ fn move_no_replace(src: &Path, dst: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-impl ObjectStore for LocalStore {
-    fn begin_put(
+impl LocalStore {
+    /// [`ObjectStore::begin_put`], with the writer's own type.
+    fn begin_writer(
         &self,
         tenant: &str,
         key: &ObjectKey,
-        _size_hint: Option<u64>,
-    ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
+    ) -> impl std::future::Future<Output = Result<LocalWriter, StorageError>> {
         let tenant_key = self.key(tenant);
         let final_path = self.object_path(tenant, key);
         let tenant_root = self.objects.join(tenant);
         let staging = self.staging.clone();
+        let durable_dirs = self.durable_dirs.clone();
         let is_root = key.is_root();
         async move {
             let tenant_key = tenant_key?;
@@ -446,7 +557,7 @@ impl ObjectStore for LocalStore {
             }
             let name = hex::encode(random_bytes::<16>().map_err(|e| StorageError::Backend(e.to_string()))?);
             let staging_path = staging.join(format!("{name}.part"));
-            let writer = blocking(move || {
+            blocking(move || {
                 let sealer = Sealer::new(&tenant_key).map_err(integrity)?;
                 let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staging_path)?;
                 file.write_all(sealer.header())?;
@@ -458,16 +569,31 @@ impl ObjectStore for LocalStore {
                     frames: Vec::new(),
                     frames_len: 0,
                     size: 0,
+                    handed: 0,
+                    flushed_to: 0,
+                    flush: None,
+                    prepared: None,
                     staging_path,
                     final_path,
                     tenant_root,
+                    durable_dirs,
                     done: false,
                 })
             })
-            .await?;
-            Ok(Box::new(writer) as Box<dyn ObjectWriter>)
+            .await
         }
-        .boxed()
+    }
+}
+
+impl ObjectStore for LocalStore {
+    fn begin_put(
+        &self,
+        tenant: &str,
+        key: &ObjectKey,
+        _size_hint: Option<u64>,
+    ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
+        let writer = self.begin_writer(tenant, key);
+        async move { Ok(Box::new(writer.await?) as Box<dyn ObjectWriter>) }.boxed()
     }
 
     fn stat(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ObjectMeta, StorageError>> {
@@ -621,6 +747,7 @@ impl ObjectStore for LocalStore {
         let path = self.object_path(tenant, key);
         let has_key = self.key(tenant).map(|_| ());
         let is_root = key.is_root();
+        let known = self.durable_dirs.clone();
         async move {
             has_key?;
             if is_root {
@@ -630,7 +757,10 @@ impl ObjectStore for LocalStore {
                 if !fs::symlink_metadata(&path)?.is_dir() {
                     return Err(StorageError::Conflict("not a directory".into()));
                 }
-                match fs::remove_dir(&path) {
+                known.forget_all();
+                let removed = fs::remove_dir(&path);
+                known.forget_all();
+                match removed {
                     Ok(()) => Ok(()),
                     Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => {
                         Err(StorageError::Conflict("directory not empty".into()))
@@ -653,6 +783,7 @@ impl ObjectStore for LocalStore {
         let src = self.object_path(tenant, from);
         let dst = self.object_path(tenant, to);
         let roots = from.is_root() || to.is_root();
+        let known = self.durable_dirs.clone();
         async move {
             self.key(tenant)?;
             if roots {
@@ -675,7 +806,11 @@ impl ObjectStore for LocalStore {
                     _ => {}
                 }
                 if replace || src_meta.is_dir() {
-                    fs::rename(&src, &dst)?;
+                    // A directory moves: the paths known durable may name other directories now.
+                    known.forget_all();
+                    let moved = fs::rename(&src, &dst);
+                    known.forget_all();
+                    moved?;
                 } else {
                     move_no_replace(&src, &dst)?;
                 }
@@ -820,6 +955,105 @@ mod tests {
         let read = store.open("t", &ObjectKey::home(name).unwrap(), RangeRequest::All).await.unwrap();
         let back: Vec<Bytes> = read.body.try_collect().await.unwrap();
         back.concat()
+    }
+
+    fn test_store(dir: &Path) -> LocalStore {
+        let mut keys = HashMap::new();
+        keys.insert(
+            "t".to_owned(),
+            SharedKeyring::new(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap())),
+        );
+        LocalStore::open(dir, keys).unwrap()
+    }
+
+    fn staged(dir: &Path) -> usize {
+        fs::read_dir(dir.join("staging")).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn prepare_makes_nothing_visible_and_commit_or_abort_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path());
+        let key = ObjectKey::home("p").unwrap();
+        let data = vec![5u8; BATCH + 3];
+        // prepare, then abort: nothing anywhere.
+        let mut w = store.begin_put("t", &key, None).await.unwrap();
+        w.write(Bytes::from(data.clone())).await.unwrap();
+        w.prepare(None).await.unwrap();
+        assert!(!store.object_path("t", &key).exists());
+        assert_eq!(staged(dir.path()), 1);
+        w.abort().await;
+        assert_eq!(staged(dir.path()), 0);
+        // A wrong digest fails at prepare, and commit refuses it too.
+        let mut w = store.begin_put("t", &key, None).await.unwrap();
+        w.write(Bytes::from(data.clone())).await.unwrap();
+        assert!(matches!(w.prepare(Some([0u8; 32])).await, Err(StorageError::DigestMismatch)));
+        w.abort().await;
+        let mut w = store.begin_put("t", &key, None).await.unwrap();
+        w.write(Bytes::from(data.clone())).await.unwrap();
+        w.prepare(None).await.unwrap();
+        assert!(matches!(w.commit(Some([0u8; 32])).await, Err(StorageError::DigestMismatch)));
+        assert!(!store.object_path("t", &key).exists());
+        assert_eq!(staged(dir.path()), 0);
+        // prepare, then commit: the object, whole.
+        let mut w = store.begin_put("t", &key, None).await.unwrap();
+        w.write(Bytes::from(data.clone())).await.unwrap();
+        w.prepare(Some(crate::digest::sha256(&data))).await.unwrap();
+        let meta = w.commit(Some(crate::digest::sha256(&data))).await.unwrap();
+        assert_eq!(meta.size, data.len() as u64);
+        assert_eq!(get(&store, "p").await, data);
+        assert_eq!(staged(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_upload_is_flushed_while_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path());
+        let key = ObjectKey::home("big").unwrap();
+        let data: Vec<u8> = (0..(2 * FLUSH_EVERY as usize + 5 * BATCH)).map(|i| (i % 251) as u8).collect();
+        let mut w = store.begin_writer("t", &key).await.unwrap();
+        for piece in data.chunks(256 * 1024) {
+            w.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        // Flushes started behind the sealing: at least the first FLUSH_EVERY bytes.
+        assert!(w.flushed_to >= FLUSH_EVERY, "flushed to {}", w.flushed_to);
+        assert!(w.flush.is_some());
+        Box::new(w).commit(None).await.unwrap();
+        assert_eq!(get(&store, "big").await, data);
+    }
+
+    #[tokio::test]
+    async fn directories_known_durable_are_not_fsynced_again_until_one_is_removed_or_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path());
+        let root = store.objects.join("t");
+        let known = |p: &str| {
+            let path = root.join(p);
+            let ino = fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
+            store.durable_dirs.contains(&path, ino)
+        };
+        put(&store, "top", b"1").await;
+        assert_eq!(store.durable_dirs.lock().len(), 0, "the tenant root is fsynced each time, never remembered");
+        put(&store, "a/b/c/f", b"2").await;
+        assert!(known("a/b/c") && known("a/b") && known("a"));
+        put(&store, "a/b/g", b"3").await;
+        assert_eq!(store.durable_dirs.lock().len(), 3);
+        // A directory removed and made again is another one: nothing is trusted after rmdir.
+        store.mkdir("t", &ObjectKey::home("a/e").unwrap()).await.unwrap();
+        store.rmdir("t", &ObjectKey::home("a/e").unwrap()).await.unwrap();
+        assert_eq!(store.durable_dirs.lock().len(), 0);
+        put(&store, "a/b/c/h", b"4").await;
+        assert!(known("a/b/c") && known("a/b") && known("a"));
+        // Moving a directory forgets them all as well; moving a file does not.
+        store.rename("t", &ObjectKey::home("top").unwrap(), &ObjectKey::home("a/top").unwrap(), false).await.unwrap();
+        assert!(known("a/b/c"));
+        store.rename("t", &ObjectKey::home("a/b").unwrap(), &ObjectKey::home("x").unwrap(), false).await.unwrap();
+        assert_eq!(store.durable_dirs.lock().len(), 0);
+        put(&store, "x/c/i", b"5").await;
+        assert!(known("x/c") && known("x"));
+        assert_eq!(get(&store, "x/c/f").await, b"2");
+        // A path remembered with an inode it no longer has does not count.
+        assert!(!store.durable_dirs.contains(&root.join("x"), 0));
     }
 
     #[tokio::test]

@@ -233,6 +233,14 @@ pub trait ObjectWriter: Send {
     fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<(), StorageError>>;
     /// Discard the upload and wait until nothing of it remains.
     fn abort(self: Box<Self>) -> BoxFuture<'static, ()>;
+    /// Optional: do the work of [`ObjectWriter::commit`] that comes before the object becomes
+    /// visible (the local store: seal the rest, check `expected_sha256`, make the data durable),
+    /// so that it can run while the caller writes its durable `intent` record. Nothing is
+    /// visible afterwards; `commit` (with the same digest) does the rest, `abort` undoes it.
+    /// After an error only `abort` remains.
+    fn prepare(&mut self, _expected_sha256: Option<[u8; 32]>) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Make the object visible, atomically and durably, and return its size and SHA-256
     /// (computed by the writer as the bytes went through). With `expected_sha256`, a
     /// different digest fails with [`StorageError::DigestMismatch`] and nothing appears.
