@@ -279,8 +279,7 @@ struct Inner {
     audit: AuditLog,
     alerts: Alerts,
     /// Open SFTP connections per user, ended when an operator disables the user.
-    sessions: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
-    next_session: std::sync::atomic::AtomicU64,
+    sessions: Mutex<HashMap<String, Vec<CancellationToken>>>,
 }
 
 /// The account checks; a cheap handle. [`Accounts::unchecked`] admits everyone (unit tests of
@@ -380,7 +379,6 @@ impl Accounts {
             audit,
             alerts,
             sessions: Mutex::new(HashMap::new()),
-            next_session: std::sync::atomic::AtomicU64::new(0),
         };
         let accounts = Accounts { inner: Some(Arc::new(inner)) };
         if let Some(inner) = &accounts.inner {
@@ -417,18 +415,14 @@ impl Accounts {
     }
 
     /// Register an open SFTP connection of `user`, ended (`stop` cancelled) if an operator
-    /// disables the user; unregistered when the guard drops.
-    pub fn session(&self, user: &str, stop: CancellationToken) -> SessionGuard {
-        let Some(inner) = &self.inner else { return SessionGuard { inner: None, user: String::new(), id: 0 } };
-        let id = inner.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        inner
-            .sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(user.to_owned())
-            .or_default()
-            .push((id, stop));
-        SessionGuard { inner: Some(inner.clone()), user: user.to_owned(), id }
+    /// disables the user. The connection cancels `stop` when it ends; cancelled tokens are
+    /// dropped whenever the user's list is touched, so it holds about as many as are open.
+    pub fn watch_session(&self, user: &str, stop: CancellationToken) {
+        let Some(inner) = &self.inner else { return };
+        let mut sessions = inner.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = sessions.entry(user.to_owned()).or_default();
+        list.retain(|t| !t.is_cancelled());
+        list.push(stop);
     }
 
     /// Every configured account with its status and last login.
@@ -591,32 +585,6 @@ impl Accounts {
     }
 }
 
-/// Keeps an SFTP connection registered with [`Accounts::session`].
-pub struct SessionGuard {
-    inner: Option<Arc<Inner>>,
-    user: String,
-    id: u64,
-}
-
-impl std::fmt::Debug for SessionGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionGuard").field("user", &self.user).finish()
-    }
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        let Some(inner) = &self.inner else { return };
-        let mut sessions = inner.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(list) = sessions.get_mut(&self.user) {
-            list.retain(|(id, _)| *id != self.id);
-            if list.is_empty() {
-                sessions.remove(&self.user);
-            }
-        }
-    }
-}
-
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -718,13 +686,14 @@ impl Inner {
         self.save().await
     }
 
+    /// End the open SFTP connections of `user`; how many there were.
     fn end_sessions(&self, user: &str) -> usize {
-        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = sessions.get(user).map(Vec::as_slice).unwrap_or_default();
-        for (_, stop) in list {
+        let list = self.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(user).unwrap_or_default();
+        let open: Vec<_> = list.into_iter().filter(|t| !t.is_cancelled()).collect();
+        for stop in &open {
             stop.cancel();
         }
-        list.len()
+        open.len()
     }
 
     async fn record(&self, operation: &str, user: &str, tenant: &str, reason: &str, operator: Option<IpAddr>) {

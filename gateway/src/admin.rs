@@ -6,6 +6,8 @@
 //!
 //! `/bans` (GET: the defender's bans as JSON) and `/bans/ADDR` (DELETE: end that ban) need
 //! the admin token, and are refused when none is configured: `gateway bans` calls them.
+//! So do `/users` (GET: every account's status and last login) and `/users/NAME/disable`,
+//! `/users/NAME/enable` (POST), which `gateway users list|disable|enable` call.
 //!
 //! On shutdown readiness flips to 503 first (`draining`), then the front ends drain; the
 //! listener closes last.
@@ -118,6 +120,7 @@ pub async fn serve(
     readiness: Arc<Readiness>,
     token_sha256: Option<[u8; 32]>,
     defender: Option<Arc<Defender>>,
+    accounts: crate::accounts::Accounts,
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
@@ -139,11 +142,14 @@ pub async fn serve(
                 }
             },
         };
-        let (readiness, defender) = (readiness.clone(), defender.clone());
+        let (readiness, defender, accounts) = (readiness.clone(), defender.clone(), accounts.clone());
         conns.spawn(async move {
             let service = service_fn(move |req| {
-                let (readiness, defender) = (readiness.clone(), defender.clone());
+                let (readiness, defender, accounts) = (readiness.clone(), defender.clone(), accounts.clone());
                 async move {
+                    if req.uri().path() == "/users" || req.uri().path().starts_with("/users/") {
+                        return Ok(users(&req, token_sha256, &accounts, peer.ip()).await);
+                    }
                     Ok::<_, std::convert::Infallible>(handle(req, &readiness, token_sha256, defender.as_deref()).await)
                 }
             });
@@ -216,7 +222,59 @@ async fn handle(
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             resp
         }
-        _ => text(StatusCode::NOT_FOUND, "endpoints: /metrics, /healthz, /readyz, /bans\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "endpoints: /metrics, /healthz, /readyz, /bans, /users\n".into()),
+    }
+}
+
+/// The admin token's answer to a request without it (or `None` when it may go on).
+fn token_refusal(req: &Request<Incoming>, token_sha256: Option<[u8; 32]>, what: &str) -> Option<Response<Full<Bytes>>> {
+    if token_sha256.is_none() {
+        return Some(text(StatusCode::FORBIDDEN, format!("{what} needs admin.token_file to be configured\n")));
+    }
+    if !authorized(req, token_sha256) {
+        let mut resp = text(StatusCode::UNAUTHORIZED, "bearer token required\n".into());
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"admin\""));
+        return Some(resp);
+    }
+    None
+}
+
+/// `GET /users`, `POST /users/NAME/disable`, `POST /users/NAME/enable`. Only with the admin
+/// token; each change is audited with the caller's address.
+async fn users(
+    req: &Request<Incoming>,
+    token_sha256: Option<[u8; 32]>,
+    accounts: &crate::accounts::Accounts,
+    caller: std::net::IpAddr,
+) -> Response<Full<Bytes>> {
+    if let Some(refused) = token_refusal(req, token_sha256, "/users") {
+        return refused;
+    }
+    let path = req.uri().path();
+    let action = path.strip_prefix("/users/").and_then(|rest| rest.rsplit_once('/'));
+    match (req.method(), action) {
+        (&Method::GET, None) if path == "/users" => {
+            let body = serde_json::to_string(&accounts.list()).unwrap_or_else(|_| "[]".into());
+            let mut resp = text(StatusCode::OK, body + "\n");
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        (&Method::POST, Some((name, verb @ ("disable" | "enable")))) => {
+            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            let result = if verb == "disable" {
+                accounts.disable(&name, Some(caller)).await
+            } else {
+                accounts.enable(&name, Some(caller)).await
+            };
+            match result {
+                Ok(change) => text(StatusCode::OK, change.message + "\n"),
+                Err(e @ crate::accounts::AccountError::UnknownUser(_)) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
+                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            }
+        }
+        _ => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "GET /users, POST /users/NAME/disable or /users/NAME/enable\n".into())
+        }
     }
 }
 

@@ -410,6 +410,16 @@ impl Gateway {
         };
         let https_defender = transfers.defender().cloned();
         let directory = Arc::new(Users::new(directory));
+        // Who may log in now: disabled, expired, dormant, source (state under [accounts]).
+        let accounts = crate::accounts::Accounts::open(
+            &config.accounts,
+            directory.clone(),
+            audit.clone(),
+            alerts.clone(),
+            Arc::new(crate::accounts::SystemClock),
+        )
+        .map_err(|e| StartupError(vec![e]))?;
+        let transfers = transfers.with_accounts(accounts);
         let sftp = match &config.sftp {
             Some(sftp) => Some(
                 SftpFrontend::new(sftp, host_keys, directory.clone(), transfers.clone())
@@ -542,6 +552,9 @@ impl Gateway {
         let ship_stop = tokio_util::sync::CancellationToken::new();
         let shipping =
             self.shipper.map(|(shipper, every)| tokio::spawn(shipper.run(every, ship_stop.clone().cancelled_owned())));
+        // Dormancy checks (at once, then every minute) and the login state written (debounced,
+        // and once more at the end).
+        let accounts = tokio::spawn(self.transfers.accounts().clone().maintain(stop.clone().cancelled_owned()));
         // Ends expired bans and saves the table every few seconds, and once more at the end.
         let defending =
             self.transfers.defender().cloned().map(|d| tokio::spawn(d.maintain(stop.clone().cancelled_owned())));
@@ -569,6 +582,7 @@ impl Gateway {
                 self.readiness.clone(),
                 self.admin_token,
                 self.transfers.defender().cloned(),
+                self.transfers.accounts().clone(),
                 admin_stop.clone().cancelled_owned(),
             ))
         });
@@ -576,6 +590,7 @@ impl Gateway {
         if let Some(task) = defending {
             let _ = task.await;
         }
+        let _ = accounts.await;
         let _ = reloading.await;
         let _ = keyrings.await;
         folding.abort();

@@ -195,12 +195,13 @@ async fn enable_restarts_the_dormancy_clock_and_disable_takes_effect_for_new_log
     accounts.enable("bob", None).await.unwrap();
 
     // An operator's disable: refused from now on, an SFTP connection registered for bob ends.
-    let stop = CancellationToken::new();
-    let guard = accounts.session("bob", stop.clone());
+    let (ended, stop) = (CancellationToken::new(), CancellationToken::new());
+    ended.cancel();
+    accounts.watch_session("bob", ended);
+    accounts.watch_session("bob", stop.clone());
     let change = accounts.disable("bob", Some(ip("127.0.0.1"))).await.unwrap();
     assert!(change.changed && change.message.contains("SFTP connections ended: 1"), "{change:?}");
     assert!(stop.is_cancelled());
-    drop(guard);
     assert_eq!(refusal(&accounts, "bob", "192.0.2.1"), Some(Refusal::DisabledByOperator.text()));
     assert_eq!(status(&accounts, "bob"), Status::DisabledOperator);
     assert!(!accounts.disable("bob", None).await.unwrap().changed, "already disabled");

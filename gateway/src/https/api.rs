@@ -255,7 +255,14 @@ impl Api {
         let value = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
         let cert = conn.client.client_cert.as_deref();
         let method = if value.is_none() && cert.is_some() { "client_certificate" } else { "bearer" };
-        match self.directory.current().authenticate_https(value, cert) {
+        let ip = conn.client.remote_addr.ip();
+        // The credential, then the account (disabled, expired, dormant, source).
+        let authenticated = self
+            .directory
+            .current()
+            .authenticate_https(value, cert)
+            .and_then(|who| self.transfers.accounts().admit(who, ip));
+        match authenticated {
             Ok(who) => {
                 let first_use = {
                     let mut last = conn.last_credential.lock().unwrap_or_else(|p| p.into_inner());
@@ -271,6 +278,7 @@ impl Api {
                         ..conn.client.user_entry(AuditEvent::AuthSuccess, &who)
                     };
                     self.transfers.audit().append(entry, false).await.map_err(TransferError::from)?;
+                    self.transfers.accounts().logged_in(&who.user);
                 }
                 Ok(who)
             }

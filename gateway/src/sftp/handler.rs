@@ -100,6 +100,9 @@ impl SshConnection {
         let entry = AuditEntry { result: Some("ok".into()), ..self.client().user_entry(AuditEvent::AuthSuccess, &who) };
         match self.shared.transfers.audit().append(entry, false).await {
             Ok(_) => {
+                // The dormancy clock restarts; an operator's disable ends this connection.
+                self.shared.transfers.accounts().logged_in(&who.user);
+                self.shared.transfers.accounts().watch_session(&who.user, self.stop.clone());
                 self.principal = Some(who);
                 Auth::Accept
             }
@@ -123,7 +126,13 @@ impl SshConnection {
                 reason: "ssh-rsa (SHA-1) signatures are refused; use rsa-sha2-256/512",
             });
         }
-        self.shared.directory.current().authenticate_publickey(user, key)
+        // The key, then the account (disabled, expired, dormant, source); the unsigned probe
+        // too, so a refused account's client never gets as far as signing.
+        self.shared
+            .directory
+            .current()
+            .authenticate_publickey(user, key)
+            .and_then(|who| self.shared.transfers.accounts().admit(who, self.peer.ip()))
     }
 }
 
@@ -167,7 +176,8 @@ impl Handler for SshConnection {
         };
         let result = tokio::task::spawn_blocking(move || directory.authenticate_password(&user_owned, &pw))
             .await
-            .unwrap_or(Err(busy));
+            .unwrap_or(Err(busy))
+            .and_then(|who| self.shared.transfers.accounts().admit(who, self.peer.ip()));
         match result {
             Ok(who) => Ok(self.accept(who).await),
             Err(f) => {
