@@ -91,7 +91,7 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
 }
 
 /// One HTTP/1.1 request to the admin listener: (status, body).
-fn call(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) fn call(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let token = read_token(&admin.token_file)?;
     let rest = admin.url.strip_prefix("http://").context("--url: only http:// URLs (the admin listener)")?;
     let authority = rest.split('/').next().unwrap_or(rest);

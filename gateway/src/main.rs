@@ -12,6 +12,7 @@ use gateway::secrets::{TenantKey, Token};
 use gateway::{check_files, prepare_development, Gateway};
 use gateway_config::Mode;
 
+mod accounts_command;
 mod bans_command;
 mod certs_command;
 
@@ -155,6 +156,8 @@ enum UsersCommand {
     },
     /// Print a `password_hash` for a user; reads the password from standard input.
     Password,
+    #[command(flatten)]
+    Accounts(accounts_command::AccountsCommand),
 }
 
 #[derive(Subcommand)]
@@ -424,6 +427,7 @@ fn users(command: UsersCommand) -> anyhow::Result<ExitCode> {
     let suffix = hex::encode(gateway::secrets::random_bytes::<4>()?);
     match command {
         UsersCommand::AddKey { config, user, public_key_file } => return add_key(&config, &user, &public_key_file),
+        UsersCommand::Accounts(command) => return accounts_command::run(command),
         UsersCommand::Password => {
             let mut pw = zeroize::Zeroizing::new(String::new());
             std::io::stdin().read_line(&mut pw)?;
