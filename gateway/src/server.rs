@@ -409,6 +409,7 @@ impl Gateway {
             transfers
         };
         let https_defender = transfers.defender().cloned();
+        let https_audit = audit.clone();
         let directory = Arc::new(Users::new(directory));
         // Who may log in now: disabled, expired, dormant, source (state under [accounts]).
         let accounts = crate::accounts::Accounts::open(
@@ -462,6 +463,8 @@ impl Gateway {
                 connection_rate_per_source: config.https.connection_rate_per_source,
                 defender: https_defender,
                 grace: config.shutdown_grace,
+                max_connection_duration: config.https.max_connection_duration,
+                audit: Some(https_audit),
             },
         })
     }

@@ -3,6 +3,9 @@
 //! The accept loop only accepts: each connection gets its own task, which runs the TLS
 //! handshake under [`HttpsSettings::handshake_timeout`] and then serves HTTP. A semaphore caps
 //! concurrent connections (the loop waits for a free slot rather than accepting and dropping).
+//! A connection lives at most [`HttpsSettings::max_connection_duration`], however busy: then
+//! it is told to finish the same way as at shutdown, gets [`LIFETIME_DRAIN`], and ends; the
+//! client reconnects and presents its credential again.
 //! On shutdown the listener closes, open connections are told to finish (HTTP/2 GOAWAY,
 //! HTTP/1.1 close after the current request) and get [`HttpsSettings::grace`] to do so;
 //! connections still busy after that are aborted, and so are HTTP/2 stream tasks (which
@@ -47,6 +50,35 @@ pub struct HttpsSettings {
     pub defender: Option<Arc<crate::defender::Defender>>,
     /// Time in-flight requests get to finish at shutdown.
     pub grace: Duration,
+    /// Longest one connection may live, however busy.
+    pub max_connection_duration: Duration,
+    /// Where a connection ended for its age is recorded.
+    pub audit: Option<crate::audit::AuditLog>,
+}
+
+/// What requests still running on a connection that reached its maximum duration get to
+/// finish before it is closed anyway.
+pub const LIFETIME_DRAIN: Duration = Duration::from_secs(5);
+
+/// Log and audit that a connection reached `max_connection_duration`.
+async fn lifetime_ended(settings: &HttpsSettings, peer: std::net::SocketAddr) {
+    tracing::info!(%peer, "closing an HTTPS connection at its maximum duration");
+    let Some(audit) = &settings.audit else { return };
+    let entry = crate::audit::AuditEntry {
+        protocol: Some("https".into()),
+        remote_addr: Some(peer.to_string()),
+        operation: Some("connection".into()),
+        result: Some("error".into()),
+        error: Some(format!(
+            "closed by the server: max_connection_duration ({}s) reached",
+            settings.max_connection_duration.as_secs()
+        )),
+        reason: Some("max_connection_duration".into()),
+        ..crate::audit::AuditEntry::new(crate::audit::AuditEvent::Operation)
+    };
+    if let Err(e) = audit.append(entry, false).await {
+        tracing::error!(error = %e, "could not audit a closed connection");
+    }
 }
 
 /// Largest HTTP/2 header list and HTTP/1 read buffer we accept.
@@ -104,7 +136,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Cancelled at shutdown: every connection is told to finish.
+    let draining = CancellationToken::new();
     let max = settings.max_connections;
     let grace = settings.grace;
     let streams = StreamExecutor::default();
@@ -121,7 +154,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let api = api.clone();
         let settings = settings.clone();
-        let watcher = graceful.watcher();
+        let draining = draining.clone();
         async move {
             let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -168,14 +201,30 @@ pub async fn serve(
                 .initial_connection_window_size(2 << 20)
                 .max_frame_size(1 << 16);
             let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = draining.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
+                () = tokio::time::sleep(settings.max_connection_duration) => {
+                    lifetime_ended(&settings, peer).await;
+                    conn.as_mut().graceful_shutdown();
+                    // Requests in flight get a moment; then the connection ends, busy or not
+                    // (their transfers record themselves as failed).
+                    tokio::time::timeout(LIFETIME_DRAIN, conn.as_mut()).await.unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         }
     })
     .await;
-    tracing::info!(connections = graceful.count(), "HTTPS listener closed; draining");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    tracing::info!(connections = tasks.len(), "HTTPS listener closed; draining");
+    draining.cancel();
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
         tracing::warn!("grace period over; dropping the remaining connections");
     }
     // Connections still in their handshake or over the grace period end here, and so do

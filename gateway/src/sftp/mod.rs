@@ -60,6 +60,8 @@ pub struct SftpShared {
     pub password_checks: Arc<tokio::sync::Semaphore>,
     /// The session idle timeout, also the stall limit of a session whose budget is spent.
     pub idle_timeout: Duration,
+    /// Longest a connection may live, however busy (`max_session_duration`).
+    pub max_session: Duration,
 }
 
 /// A configured SFTP frontend.
@@ -99,15 +101,32 @@ fn password_parallelism() -> usize {
     std::thread::available_parallelism().map(|n| n.get() / 2).unwrap_or(1).max(1)
 }
 
-/// Log and audit that the server closed a connection (`why`: idle, login grace).
+/// Why the watchdog ends a connection.
+const LOGIN_GRACE: &str = "login grace time exceeded";
+const IDLE: &str = "idle timeout";
+const MAX_SESSION: &str = "max_session_duration reached";
+
+/// Log and audit that the server closed a connection (`why`: idle, login grace, the
+/// absolute limit).
 async fn close_audited(shared: &SftpShared, peer: std::net::SocketAddr, why: &str) {
-    tracing::warn!(%peer, reason = why, "closing an SSH connection that made no progress");
+    if why == MAX_SESSION {
+        tracing::info!(%peer, reason = why, "closing an SSH connection at its maximum duration");
+    } else {
+        tracing::warn!(%peer, reason = why, "closing an SSH connection that made no progress");
+    }
+    let reason = match why {
+        LOGIN_GRACE => "login_grace_time",
+        IDLE => "idle_timeout",
+        MAX_SESSION => "max_session_duration",
+        _ => "other",
+    };
     let entry = crate::audit::AuditEntry {
         protocol: Some("sftp".into()),
         remote_addr: Some(peer.to_string()),
         operation: Some("connection".into()),
         result: Some("error".into()),
         error: Some(format!("closed by the server: {why}")),
+        reason: Some(reason.into()),
         ..crate::audit::AuditEntry::new(crate::audit::AuditEvent::Operation)
     };
     if let Err(e) = shared.transfers.audit().append(entry, false).await {
@@ -116,22 +135,26 @@ async fn close_audited(shared: &SftpShared, peer: std::net::SocketAddr, why: &st
 }
 
 /// Resolves when a connection must be closed whatever russh is doing: not authenticated
-/// within the login grace time, or nothing read or written for the idle timeout. russh
-/// enforces both itself while its session loop runs; this also holds when that loop is held
-/// up (a handler waiting, a channel not drained).
-async fn watchdog(wire: &wire::WireState, grace: Duration, idle: Duration) -> &'static str {
+/// within the login grace time, nothing read or written for the idle timeout, or alive for
+/// `max_session` however busy. russh enforces the first two itself while its session loop
+/// runs; this also holds when that loop is held up (a handler waiting, a channel not
+/// drained).
+async fn watchdog(wire: &wire::WireState, grace: Duration, idle: Duration, max_session: Duration) -> &'static str {
     let slack = Duration::from_secs(1);
     loop {
         let authenticated = wire.authenticated.load(std::sync::atomic::Ordering::Acquire);
         let since_start = wire.since_start();
         if !authenticated && since_start >= grace + slack {
-            return "login grace time exceeded";
+            return LOGIN_GRACE;
+        }
+        if since_start >= max_session {
+            return MAX_SESSION;
         }
         let quiet = wire.since_activity();
         if quiet >= idle + slack {
-            return "idle timeout";
+            return IDLE;
         }
-        let mut wait = (idle + slack).saturating_sub(quiet);
+        let mut wait = (idle + slack).saturating_sub(quiet).min(max_session.saturating_sub(since_start));
         if !authenticated {
             wait = wait.min((grace + slack).saturating_sub(since_start));
         }
@@ -225,6 +248,7 @@ impl SftpFrontend {
                 connection_budget: config.max_buffer_per_connection,
                 password_checks: Arc::new(tokio::sync::Semaphore::new(password_parallelism())),
                 idle_timeout: config.idle_timeout,
+                max_session: config.max_session_duration,
             }),
             login_grace: config.login_grace_time,
             max_connections: config.max_connections,
@@ -282,7 +306,7 @@ impl SftpFrontend {
                 };
                 let handle = running.handle();
                 tokio::pin!(running);
-                let watchdog = watchdog(&wire, grace_time, idle);
+                let watchdog = watchdog(&wire, grace_time, idle, shared.max_session);
                 tokio::pin!(watchdog);
                 let disconnect = |why: &'static str| {
                     let handle = handle.clone();
@@ -295,7 +319,7 @@ impl SftpFrontend {
                     r = &mut running => {
                         match r {
                             // russh's own idle limit (its loop was free to notice).
-                            Err(russh::Error::InactivityTimeout) => close_audited(&shared, peer, "idle timeout").await,
+                            Err(russh::Error::InactivityTimeout) => close_audited(&shared, peer, IDLE).await,
                             Err(e) => {
                                 negotiation.report(&e).await;
                                 tracing::debug!(%peer, error = %e, "SSH session ended with an error");
