@@ -19,6 +19,7 @@ mod certs_command;
 const DEFAULT_CONFIG: &str = "config/gateway.toml";
 
 mod keys_command;
+mod mfa_command;
 
 /// Secure file-exchange gateway.
 #[derive(Parser)]
@@ -158,6 +159,11 @@ enum UsersCommand {
     Password,
     #[command(flatten)]
     Accounts(accounts_command::AccountsCommand),
+    /// Second factor (TOTP) enrolment.
+    Mfa {
+        #[command(subcommand)]
+        command: mfa_command::MfaCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -428,6 +434,7 @@ fn users(command: UsersCommand) -> anyhow::Result<ExitCode> {
     match command {
         UsersCommand::AddKey { config, user, public_key_file } => return add_key(&config, &user, &public_key_file),
         UsersCommand::Accounts(command) => return accounts_command::run(command),
+        UsersCommand::Mfa { command } => return mfa_command::run(command),
         UsersCommand::Password => {
             let mut pw = zeroize::Zeroizing::new(String::new());
             std::io::stdin().read_line(&mut pw)?;

@@ -410,7 +410,7 @@ impl Gateway {
         };
         let https_defender = transfers.defender().cloned();
         let https_audit = audit.clone();
-        let directory = Arc::new(Users::new(directory));
+        let directory = Arc::new(Users::new(directory).with_mfa(crate::mfa::Mfa::new(&config.mfa, alerts.clone())));
         // Who may log in now: disabled, expired, dormant, source (state under [accounts]).
         let accounts = crate::accounts::Accounts::open(
             &config.accounts,

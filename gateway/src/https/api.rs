@@ -46,12 +46,14 @@ pub struct Connection {
     /// TLS and peer details for the audit trail.
     pub client: ClientInfo,
     last_credential: Mutex<Option<String>>,
+    /// The second factor this connection passed (`X-Gateway-TOTP`), if any.
+    mfa: crate::mfa::HttpsSession,
 }
 
 impl Connection {
     /// State for a new connection.
     pub fn new(client: ClientInfo) -> Connection {
-        Connection { client, last_credential: Mutex::new(None) }
+        Connection { client, last_credential: Mutex::new(None), mfa: crate::mfa::HttpsSession::default() }
     }
 }
 
@@ -255,13 +257,14 @@ impl Api {
         let value = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
         let cert = conn.client.client_cert.as_deref();
         let method = if value.is_none() && cert.is_some() { "client_certificate" } else { "bearer" };
+        let directory = self.directory.current();
+        let totp = headers.get(crate::mfa::HEADER).map(|v| v.to_str().unwrap_or(""));
         let ip = conn.client.remote_addr.ip();
-        // The credential, then the account (disabled, expired, dormant, source).
-        let authenticated = self
-            .directory
-            .current()
+        let authenticated = directory
             .authenticate_https(value, cert)
-            .and_then(|who| self.transfers.accounts().admit(who, ip));
+            // Then the account (disabled, expired, dormant, source), before any second factor.
+            .and_then(|who| self.transfers.accounts().admit(who, ip))
+            .and_then(|who| self.directory.mfa().check_https(&directory, who, totp, &conn.mfa, ip));
         match authenticated {
             Ok(who) => {
                 let first_use = {

@@ -32,6 +32,11 @@ impl std::fmt::Debug for TotpSecret {
 }
 
 impl TotpSecret {
+    /// The raw secret, for the enrolment URI (shown once) and code checks only.
+    pub fn expose(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// A fresh random secret of the algorithm's length (20 bytes SHA-1, 32 bytes SHA-256).
     pub fn generate(algorithm: Algorithm) -> Result<TotpSecret, SecretError> {
         let raw = Zeroizing::new(random_bytes::<32>()?);
@@ -109,13 +114,10 @@ impl Store {
         }
         let path = self.path_of(user);
         if path.exists() && !replace {
-            return Err(SecretError::Io {
-                path,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "already enrolled (use --force to replace the secret; the old one stops working)",
-                ),
-            });
+            return Err(malformed(
+                &path,
+                "already enrolled (use --force to replace the secret; the old one stops working)",
+            ));
         }
         let key = self.key_or_create()?;
         let nonce_bytes = random_bytes::<NONCE_LEN>()?;

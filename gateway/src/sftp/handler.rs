@@ -33,12 +33,24 @@ pub fn methods(passwords: bool) -> MethodSet {
     set
 }
 
+/// What the server offers after a first factor, for a user that must pass a second.
+fn second_factor_methods() -> MethodSet {
+    let mut set = MethodSet::empty();
+    set.push(MethodKind::KeyboardInteractive);
+    set
+}
+
+/// The prompt of the second factor (echo off).
+const CODE_PROMPT: &str = "Verification code: ";
+
 /// Per-connection SSH handler.
 pub struct SshConnection {
     shared: Arc<SftpShared>,
     peer: SocketAddr,
     wire: Arc<WireState>,
     principal: Option<Principal>,
+    /// A first factor passed by a user that must also pass `mfa` (keyboard-interactive).
+    mfa_pending: Option<(Principal, gateway_config::MfaMethod)>,
     channels: HashMap<ChannelId, Channel<Msg>>,
     opened: usize,
     /// Memory this connection's sessions may hold for the client.
@@ -56,7 +68,17 @@ impl SshConnection {
         stop: CancellationToken,
     ) -> SshConnection {
         let budget = Budget::new(shared.connection_budget, shared.global_budget.clone());
-        SshConnection { shared, peer, wire, principal: None, channels: HashMap::new(), opened: 0, budget, stop }
+        SshConnection {
+            shared,
+            peer,
+            wire,
+            principal: None,
+            mfa_pending: None,
+            channels: HashMap::new(),
+            opened: 0,
+            budget,
+            stop,
+        }
     }
 
     /// Connection details for the audit trail, from what the wire saw.
@@ -113,6 +135,25 @@ impl SshConnection {
         }
     }
 
+    /// A first factor passed: log in, or, for a user with `mfa`, answer partial success and
+    /// wait for the code (keyboard-interactive). A user that cannot answer one (not enrolled,
+    /// secret unreadable) is refused here, with the reason in the audit trail.
+    async fn first_factor(&mut self, who: Principal, method: &str) -> Auth {
+        let Some(mfa) = self.shared.directory.current().mfa_of(&who.user) else { return self.accept(who).await };
+        if let Err(reason) = self.shared.directory.mfa().ready(&who.user, mfa) {
+            let failure = AuthFailure {
+                credential_id: Some(who.credential_id.clone()),
+                user: Some(who.user.to_string()),
+                reason,
+            };
+            self.shared.directory.mfa().failed("sftp", self.peer.ip(), &who.user, reason);
+            self.audit_failure(method, failure).await;
+            return self.reject();
+        }
+        self.mfa_pending = Some((who, mfa));
+        Auth::Reject { proceed_with_methods: Some(second_factor_methods()), partial_success: true }
+    }
+
     fn reject(&self) -> Auth {
         Auth::Reject { proceed_with_methods: Some(methods(self.shared.passwords)), partial_success: false }
     }
@@ -155,7 +196,7 @@ impl Handler for SshConnection {
 
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
         match self.check_key(user, key.public_key, key.algorithm) {
-            Ok(who) => Ok(self.accept(who).await),
+            Ok(who) => Ok(self.first_factor(who, "publickey").await),
             Err(f) => {
                 self.audit_failure("publickey", f).await;
                 Ok(self.reject())
@@ -179,10 +220,47 @@ impl Handler for SshConnection {
             .unwrap_or(Err(busy))
             .and_then(|who| self.shared.transfers.accounts().admit(who, self.peer.ip()));
         match result {
-            Ok(who) => Ok(self.accept(who).await),
+            Ok(who) => Ok(self.first_factor(who, "password").await),
             Err(f) => {
                 self.audit_failure("password", f).await;
                 Ok(self.reject())
+            }
+        }
+    }
+
+    /// The second factor, only after a first one for the same user: the first request gets
+    /// the prompt, the answer is checked (once-only codes). A refusal keeps the first factor
+    /// and offers the prompt again; russh's `max_auth_attempts` bounds the tries.
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let Some((who, mfa)) = self.mfa_pending.clone().filter(|(who, _)| &*who.user == user) else {
+            return Ok(self.reject());
+        };
+        let Some(mut response) = response else {
+            return Ok(Auth::Partial {
+                name: "".into(),
+                instructions: "".into(),
+                prompts: vec![(CODE_PROMPT.into(), false)].into(),
+            });
+        };
+        let answer = response.next().unwrap_or_default();
+        let code = zeroize::Zeroizing::new(String::from_utf8_lossy(&answer).into_owned());
+        match self.shared.directory.mfa().verify(user, mfa, &code) {
+            Ok(()) => {
+                self.mfa_pending = None;
+                let method = if who.auth_method == "password" { "password+totp" } else { "publickey+totp" };
+                Ok(self.accept(Principal { auth_method: method, ..who }).await)
+            }
+            Err(reason) => {
+                self.shared.directory.mfa().failed("sftp", self.peer.ip(), user, reason);
+                let failure =
+                    AuthFailure { credential_id: Some(who.credential_id), user: Some(user.to_owned()), reason };
+                self.audit_failure("keyboard-interactive", failure).await;
+                Ok(Auth::Reject { proceed_with_methods: Some(second_factor_methods()), partial_success: false })
             }
         }
     }
