@@ -242,7 +242,7 @@ permissions = ["all"]
     // Display formats.
     assert_eq!(
         errors[0].to_string(),
-        "bad.toml: colour: unknown key \"colour\" (accepted: mode, data_dir, shutdown_grace, https, sftp, admin, storage, storages, audit, tenants, users, development, defender, alerts)"
+        "bad.toml: colour: unknown key \"colour\" (accepted: mode, data_dir, shutdown_grace, https, sftp, admin, storage, storages, audit, tenants, users, development, defender, alerts, mfa, accounts)"
     );
     let all = ConfigErrors(errors).to_string();
     assert_eq!(all.lines().count(), 7);
