@@ -543,7 +543,7 @@ if ((SMALL > 0)); then
     done
     # Every acknowledged file has its `completed` record in the gateway's trail.
     trail=$GW_DATA/audit/audit.jsonl
-    done_n=$(grep -c '"event":"completed".*"path":"small\.[0-9]*/f[0-9]*\.bin"' "$trail" || true)
+    done_n=$(grep -c '"event":"completed".*"operation":"upload","path":"small\.[0-9]*/f[0-9]*\.bin"' "$trail" || true)
     want=$((SMALL * (SMALL_RUNS + 1)))
     ((done_n >= want)) || die "the gateway's trail has $done_n completed uploads under /small.N, expected $want"
     echo "   gateway trail: $done_n completed records for the $want uploaded small files"

@@ -255,13 +255,27 @@ impl ChunkReader {
 /// The blocking side of an upload: file, cipher and digest. Owned by whichever batch is
 /// being sealed, so receiving the next batch overlaps with sealing and writing this one.
 struct Sealing {
-    file: File,
+    /// The staging file, made with the first batch (or at `prepare`), so opening an upload
+    /// costs no file-system round trip and a small file is created, sealed and synced in one.
+    file: Option<File>,
+    path: PathBuf,
     sealer: Sealer,
     hasher: Sha256,
     out: Vec<u8>,
 }
 
 impl Sealing {
+    /// The staging file, created (header and a blank metadata block) on first use.
+    fn file(&mut self) -> Result<&mut File, StorageError> {
+        if self.file.is_none() {
+            let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&self.path)?;
+            file.write_all(self.sealer.header())?;
+            file.write_all(&[0u8; META_LEN])?;
+            self.file = Some(file);
+        }
+        self.file.as_mut().ok_or_else(|| StorageError::Backend("staging file missing".into()))
+    }
+
     /// Seal `frames` (a whole number of chunks, unless `last`) and write them.
     fn seal_frames(&mut self, frames: Vec<Bytes>, last: bool) -> Result<(), StorageError> {
         self.out.clear();
@@ -292,8 +306,10 @@ impl Sealing {
         } else if partial {
             return Err(StorageError::Backend("internal error: partial chunk in a non-final batch".into()));
         }
-        self.file.write_all(&self.out)?;
-        Ok(())
+        let out = std::mem::take(&mut self.out);
+        let written = self.file().and_then(|f| Ok(f.write_all(&out)?));
+        self.out = out;
+        written
     }
 }
 
@@ -356,7 +372,8 @@ impl LocalWriter {
             return Ok(());
         }
         self.join_flush().await?;
-        let file = sealing.file.try_clone()?;
+        let Some(file) = &sealing.file else { return Ok(()) };
+        let file = file.try_clone()?;
         self.flushed_to = self.handed;
         self.flush = Some(tokio::task::spawn_blocking(move || file.sync_data()));
         Ok(())
@@ -442,10 +459,11 @@ impl ObjectWriter for LocalWriter {
                 }
                 let meta = SealedMeta { size, sha256, modified: mtime_secs(SystemTime::now()) };
                 let block = sealing.sealer.seal_meta(&meta).map_err(integrity)?;
-                sealing.file.seek(SeekFrom::Start(HEADER_LEN as u64))?;
-                sealing.file.write_all(&block)?;
+                let file = sealing.file()?;
+                file.seek(SeekFrom::Start(HEADER_LEN as u64))?;
+                file.write_all(&block)?;
                 // Data and size; the name it will have is made durable by `publish`.
-                sealing.file.sync_data()?;
+                file.sync_data()?;
                 Ok(meta)
             })
             .await?;
@@ -557,30 +575,25 @@ impl LocalStore {
             }
             let name = hex::encode(random_bytes::<16>().map_err(|e| StorageError::Backend(e.to_string()))?);
             let staging_path = staging.join(format!("{name}.part"));
-            blocking(move || {
-                let sealer = Sealer::new(&tenant_key).map_err(integrity)?;
-                let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staging_path)?;
-                file.write_all(sealer.header())?;
-                file.write_all(&[0u8; META_LEN])?;
-                let sealing = Sealing { file, sealer, hasher: Sha256::default(), out: Vec::new() };
-                Ok(LocalWriter {
-                    sealing: Some(sealing),
-                    in_flight: None,
-                    frames: Vec::new(),
-                    frames_len: 0,
-                    size: 0,
-                    handed: 0,
-                    flushed_to: 0,
-                    flush: None,
-                    prepared: None,
-                    staging_path,
-                    final_path,
-                    tenant_root,
-                    durable_dirs,
-                    done: false,
-                })
+            let sealer = Sealer::new(&tenant_key).map_err(integrity)?;
+            let sealing =
+                Sealing { file: None, path: staging_path.clone(), sealer, hasher: Sha256::default(), out: Vec::new() };
+            Ok(LocalWriter {
+                sealing: Some(sealing),
+                in_flight: None,
+                frames: Vec::new(),
+                frames_len: 0,
+                size: 0,
+                handed: 0,
+                flushed_to: 0,
+                flush: None,
+                prepared: None,
+                staging_path,
+                final_path,
+                tenant_root,
+                durable_dirs,
+                done: false,
             })
-            .await
         }
     }
 }
@@ -978,6 +991,7 @@ mod tests {
         let data = vec![5u8; BATCH + 3];
         // prepare, then abort: nothing anywhere.
         let mut w = store.begin_put("t", &key, None).await.unwrap();
+        assert_eq!(staged(dir.path()), 0, "the staging file is made with the first batch");
         w.write(Bytes::from(data.clone())).await.unwrap();
         w.prepare(None).await.unwrap();
         assert!(!store.object_path("t", &key).exists());
