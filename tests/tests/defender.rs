@@ -140,8 +140,8 @@ fn https_bad_tokens_ban_at_accept_the_cli_unbans_and_a_ban_survives_a_restart() 
 
     assert_eq!(list_with(&gw, &good), "200");
     // An unknown token weighs 2: the third reaches the threshold of 6 (each still gets 401).
-    // All on one kept-alive HTTP/1.1 connection: after the ban it gets no more guesses (403,
-    // no record, and the connection closed).
+    // All on one kept-alive connection (HTTP/1.1, then HTTP/2): after the ban it gets no
+    // more guesses (403, no record, and the connection closed).
     let out = gw
         .curl()
         .arg("--http1.1")
@@ -184,11 +184,19 @@ fn https_bad_tokens_ban_at_accept_the_cli_unbans_and_a_ban_survives_a_restart() 
     let records = files.wait_audit("an unban", |r| !ops(r, "unban").is_empty());
     assert_eq!(ops(&records, "unban")[0]["ban"]["reason"], "removed");
 
-    // Banned again, then restarted on the same data: still refused, still listed.
-    for _ in 0..3 {
-        assert_eq!(list_with(&gw, "not-a-token"), "401");
-    }
+    // Banned again, this time over one HTTP/2 connection: its 403 comes with a GOAWAY, and
+    // the next request needs a connection, which is refused at accept.
+    let out = gw
+        .curl()
+        .arg("--http2")
+        .args(["-w", "%{http_code} %{num_connects} %{http_version}\n", "-H", "Authorization: Bearer not-a-token"])
+        .args((0..5).flat_map(|_| ["-o".to_owned(), "/dev/null".to_owned(), gw.url("/v1/files/")]))
+        .output()
+        .unwrap();
+    let codes: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(codes, ["401 1 2", "401 0 2", "401 0 2", "403 0 2", "000 1 0"], "HTTP/2, banned after the third");
     assert_refused_before_tls(&gw, &good);
+    // Then restarted on the same data: still refused, still listed.
     gw.signal("TERM");
     assert!(gw.wait(Duration::from_secs(30)).success());
     let saved = std::fs::read_to_string(files.dir.path().join("data/defender/bans.json")).unwrap();

@@ -48,12 +48,20 @@ pub struct Connection {
     last_credential: Mutex<Option<String>>,
     /// The second factor this connection passed (`X-Gateway-TOTP`), if any.
     mfa: crate::mfa::HttpsSession,
+    /// Cancelled when the connection should finish after the answers in flight (its
+    /// source was banned); the connection task watches it.
+    pub end: tokio_util::sync::CancellationToken,
 }
 
 impl Connection {
     /// State for a new connection.
     pub fn new(client: ClientInfo) -> Connection {
-        Connection { client, last_credential: Mutex::new(None), mfa: crate::mfa::HttpsSession::default() }
+        Connection {
+            client,
+            last_credential: Mutex::new(None),
+            mfa: crate::mfa::HttpsSession::default(),
+            end: tokio_util::sync::CancellationToken::new(),
+        }
     }
 }
 
@@ -233,14 +241,14 @@ impl Api {
             }
             resp = Response::from_parts(parts, empty());
         }
-        if resp.status() == StatusCode::FORBIDDEN
-            && head.version() < hyper::Version::HTTP_2
-            && self.transfers.banned(conn.client.remote_addr.ip())
-        {
-            // A banned source's kept-alive HTTP/1.1 connection ends with this answer, so a
-            // flood over it stops costing a request each; its next connection is refused at
-            // accept. (HTTP/2 connections keep getting 403s, one stream each.)
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if resp.status() == StatusCode::FORBIDDEN && self.transfers.banned(conn.client.remote_addr.ip()) {
+            // A banned source's kept-alive connection ends with this answer (HTTP/1.1: close;
+            // HTTP/2: GOAWAY), so a flood over it stops costing a request each; its next
+            // connection is refused at accept.
+            if head.version() < hyper::Version::HTTP_2 {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            conn.end.cancel();
         }
         let h = resp.headers_mut();
         h.insert(header::STRICT_TRANSPORT_SECURITY, self.hsts.clone());

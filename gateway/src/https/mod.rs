@@ -179,6 +179,7 @@ pub async fn serve(
                 .and_then(|leaf| gateway_certs::PeerCert::from_der(leaf.as_ref()))
                 .map(Arc::new);
             let conn = Arc::new(Connection::new(client));
+            let end = conn.end.clone();
             let service = service_fn(move |req| {
                 let api = api.clone();
                 let conn = conn.clone();
@@ -207,6 +208,11 @@ pub async fn serve(
                 () = draining.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     conn.as_mut().await
+                }
+                () = end.cancelled() => {
+                    // Banned meanwhile: the answer in flight goes out, then the connection ends.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(LIFETIME_DRAIN, conn.as_mut()).await.unwrap_or(Ok(()))
                 }
                 () = tokio::time::sleep(settings.max_connection_duration) => {
                     lifetime_ended(&settings, peer).await;
