@@ -333,6 +333,11 @@ fn load(path: &Path) -> Result<BTreeMap<String, SavedUser>, String> {
     Ok(saved.users)
 }
 
+/// Whether the state file of `config` can be read (for `check-config`; a missing file is fine).
+pub fn check_state(config: &gateway_config::AccountsConfig) -> Result<(), String> {
+    load(&state_file(&config.state_dir)).map(|_| ()).map_err(|e| format!("account state: {e}"))
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     if let Some(dir) = path.parent() {

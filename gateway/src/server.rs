@@ -211,6 +211,9 @@ pub fn check_files(config: &Config) -> Vec<String> {
     if let Err(errors) = Directory::from_config(config) {
         problems.extend(errors);
     }
+    if let Err(e) = crate::accounts::check_state(&config.accounts) {
+        problems.push(e);
+    }
     problems
 }
 

@@ -301,6 +301,9 @@ async fn a_damaged_state_file_stops_the_start_with_its_name() {
     let err = Accounts::open(&f.config.accounts, f.users.clone(), f.audit.clone(), f.alerts.clone(), f.clock.clone())
         .unwrap_err();
     assert!(err.contains("unknown version 9"), "{err}");
+    assert!(check_state(&f.config.accounts).unwrap_err().contains("unknown version 9"), "check-config reports it too");
+    std::fs::remove_file(&path).unwrap();
+    assert!(check_state(&f.config.accounts).is_ok(), "no file yet is fine");
 }
 
 #[tokio::test]
