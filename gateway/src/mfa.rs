@@ -276,6 +276,61 @@ mod tests {
         assert_eq!(m.verify_at("bob", MfaMethod::TotpSha256, &bob_code, t + 30), Ok(()));
     }
 
+    fn principal(directory: &Directory, token: &crate::secrets::Token) -> Principal {
+        directory.authenticate_bearer(Some(&format!("Bearer {}", token.reveal()))).unwrap()
+    }
+
+    #[test]
+    fn https_second_factor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, s) = mfa(dir.path());
+        let (alice, bob) =
+            (crate::secrets::Token::mint("alice-1").unwrap(), crate::secrets::Token::mint("bob-1").unwrap());
+        let text = format!(
+            "mode = \"production\"\n[[tenants]]\nname = \"acme\"\n\
+             [[users]]\nname = \"alice\"\ntenant = \"acme\"\nhome = \"/\"\npermissions = [\"read\"]\nmfa = \"totp\"\n\
+             [[users.tokens]]\nid = \"alice-1\"\nsha256 = \"{}\"\n\
+             [[users]]\nname = \"bob\"\ntenant = \"acme\"\nhome = \"/\"\npermissions = [\"read\"]\n\
+             [[users.tokens]]\nid = \"bob-1\"\nsha256 = \"{}\"\n",
+            hex::encode(alice.sha256()),
+            hex::encode(bob.sha256())
+        );
+        let (config, errors) = gateway_config::parse(&text, "test");
+        assert!(errors.is_empty(), "{errors:?}");
+        let directory = Directory::from_config(&config).unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let session = HttpsSession::default();
+        // No MFA: unchanged.
+        let who = m.check_https(&directory, principal(&directory, &bob), None, &session, ip).unwrap();
+        assert_eq!(who.auth_method, "bearer");
+        // MFA, no code; not enrolled: refused with the reason, the user and token id kept.
+        let f = m.check_https(&directory, principal(&directory, &alice), None, &session, ip).unwrap_err();
+        assert!(f.reason.starts_with("mfa required: no X-Gateway-TOTP"), "{}", f.reason);
+        assert_eq!((f.user.as_deref(), f.credential_id.as_deref()), (Some("alice"), Some("alice-1")));
+        let f = m.check_https(&directory, principal(&directory, &alice), Some("123456"), &session, ip).unwrap_err();
+        assert_eq!(f.reason, "mfa required but the user is not enrolled");
+        // Enrolled: a good code passes and is remembered for this connection only.
+        let secret = store::TotpSecret::generate(Algorithm::Sha256).unwrap();
+        s.save("alice", &secret, false).unwrap();
+        let now = unix_now();
+        let code = format!("{:06}", totp::hotp(secret.expose(), Algorithm::Sha256, totp::step(now), 6));
+        let who = m.check_https(&directory, principal(&directory, &alice), Some(&code), &session, ip).unwrap();
+        assert_eq!(who.auth_method, "bearer+totp");
+        let who = m.check_https(&directory, principal(&directory, &alice), None, &session, ip).unwrap();
+        assert_eq!(who.auth_method, "bearer+totp");
+        let other = HttpsSession::default();
+        let f = m.check_https(&directory, principal(&directory, &alice), Some(&code), &other, ip).unwrap_err();
+        assert_eq!(f.reason, "mfa code already used (replay)");
+        // Token + bound certificate: two factors, no code asked.
+        let both = Principal { auth_method: "bearer+client_certificate", ..principal(&directory, &alice) };
+        assert!(m.check_https(&directory, both, None, &HttpsSession::default(), ip).is_ok());
+        // A refused code is an auth failure of a known user for the defender.
+        assert_eq!(
+            crate::defender::auth_offence("keyboard-interactive", &f),
+            Some(crate::defender::Offence::AuthFailedKnownUser)
+        );
+    }
+
     #[tokio::test]
     async fn alert_after_three_failures_per_user_then_quiet() {
         let dir = tempfile::tempdir().unwrap();
