@@ -274,6 +274,29 @@ pub struct KeyringReloader {
     /// SSE-C tenants: their key files and stores, and the last refusal reported.
     customer: Vec<(crate::storage::router::CustomerKeyWatch, Option<String>)>,
     audit: crate::audit::AuditLog,
+    /// Refused key files raise `storage_key_refused` here.
+    alerts: crate::alerts::Alerts,
+}
+
+/// The alert for a tenant's key files refused at reload (reported once per distinct error).
+fn refused_alert(tenant: &str, file: &Path, kind: &str, error: &str) -> crate::alerts::Alert {
+    crate::alerts::Alert {
+        severity: crate::alerts::Severity::Warning,
+        kind: "storage_key_refused",
+        nature: format!("the {kind} keys of tenant {tenant} changed on disk and were refused: {error}"),
+        scope: crate::alerts::Scope { files: vec![file.display().to_string()], count: 1, ..Default::default() },
+        actions_taken: vec![
+            "the keys in force stay: new objects are still sealed with the previous newest key".into(),
+            "the attempt is in the audit trail with the error".into(),
+        ],
+        remediation: vec![
+            "check who or what changed these files; if it was not a planned rotation, treat it as tampering".into(),
+            "for a planned rotation, fix the file (32 bytes hex, mode 0600, no duplicate key) or rerun `gateway keys rotate`".into(),
+        ],
+        next_steps: vec![
+            "`gateway keys` on the tenant shows the key ids; compare them with the audit trail's storage_key_reload records".into(),
+        ],
+    }
 }
 
 impl fmt::Debug for KeyringReloader {
@@ -289,7 +312,13 @@ impl KeyringReloader {
             .into_iter()
             .map(|(tenant, key_file, ring)| Watched { tenant, key_file, ring, refused: None })
             .collect();
-        KeyringReloader { watched, customer: Vec::new(), audit }
+        KeyringReloader { watched, customer: Vec::new(), audit, alerts: crate::alerts::Alerts::disabled() }
+    }
+
+    /// Raise an alert for each refused set of key files.
+    pub fn with_alerts(mut self, alerts: crate::alerts::Alerts) -> Self {
+        self.alerts = alerts;
+        self
     }
 
     /// Also watch these SSE-C tenants' key files: a changed set of SSE-C keys goes into a new
@@ -348,6 +377,7 @@ impl KeyringReloader {
                 }
                 tracing::error!(tenant = %w.tenant, error = %text, "SSE-C keys refused; the keys in force stay");
                 *refused = Some(text.clone());
+                self.alerts.raise(refused_alert(&w.tenant, &w.key_file, "SSE-C", text));
             }
             let entry = crate::audit::AuditEntry {
                 operation: Some("sse_c_key_reload".into()),
@@ -409,6 +439,7 @@ impl KeyringReloader {
                     }
                     tracing::error!(tenant = %w.tenant, error = %text, "storage keys refused; the keys in force stay");
                     w.refused = Some(text.clone());
+                    self.alerts.raise(refused_alert(&w.tenant, &w.key_file, "storage", &text));
                     ("error", Some(text), before.ids().iter().map(ToString::to_string).collect())
                 }
             };

@@ -553,6 +553,7 @@ impl Gateway {
         let keyrings = tokio::spawn(
             crate::keyring::KeyringReloader::new(self.keyrings.clone(), self.audit.clone())
                 .with_customer_keys(self.customer_keys.clone())
+                .with_alerts(self.transfers.alerts().clone())
                 .run(stop.clone().cancelled_owned()),
         );
         let ship_stop = tokio_util::sync::CancellationToken::new();

@@ -70,6 +70,14 @@ fn rotated_id(stdout: &str) -> String {
 #[test]
 fn rotate_without_restart_then_reencrypt_everything() {
     let files = TestGateway::builder().sftp().local_only().files();
+    // Alerts to a receiver that is not there: they wait in the outbox, where the test reads them.
+    let alert_key = files.dir.path().join("alert.key");
+    std::fs::write(&alert_key, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n").unwrap();
+    std::fs::set_permissions(&alert_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut text = std::fs::read_to_string(&files.config_path).unwrap();
+    text.push_str(&format!("\n[alerts]\nwebhook_url = \"https://{dead}/hook\"\nhmac_key_file = {alert_key:?}\n"));
+    std::fs::write(&files.config_path, text).unwrap();
     let mut gw = files.serve();
     let token = files.tokens["alice"].clone();
     let first: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -148,6 +156,19 @@ fn rotate_without_restart_then_reencrypt_everything() {
     let refusals =
         files.audit().iter().filter(|x| x["operation"] == "storage_key_reload" && x["result"] == "error").count();
     assert_eq!(refusals, 1, "a broken file is reported once, not every look");
+    // And raised once as an alert naming the tenant and the file, without the key.
+    let outbox = files.dir.path().join("data/alerts/outbox");
+    let alerts: Vec<serde_json::Value> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .filter(|v: &serde_json::Value| v["kind"] == "storage_key_refused")
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(alerts[0]["nature"].as_str().unwrap().contains("tenant acme"), "{}", alerts[0]);
+    assert!(alerts[0]["scope"]["files"][0].as_str().unwrap().ends_with("acme.key"), "{}", alerts[0]);
+    let third_hex = std::fs::read_to_string(&third).unwrap();
+    assert!(!alerts[0].to_string().contains(third_hex.trim()), "no key in an alert");
     // `reencrypt` refuses the broken ring too, naming the file, and changes nothing.
     let (ok, _, err) = keys(&files, "reencrypt");
     assert!(!ok && err.contains("acme.key.2") && err.contains("0644"), "{err}");
