@@ -484,10 +484,11 @@ async fn absolute_limits_end_a_busy_sftp_session_and_a_kept_alive_https_connecti
     assert!(lines.iter().all(|l| l.starts_with("200 ")), "{text}");
     let connects: Vec<u32> = lines.iter().map(|l| l.split(' ').nth(1).unwrap().parse().unwrap()).collect();
     assert_eq!(connects[0], 1);
-    let reconnects = connects.iter().skip(1).filter(|c| **c > 0).count();
-    assert!((1..=2).contains(&reconnects), "a new connection after each 3 s: {connects:?}");
-    let first_new = connects.iter().skip(1).position(|c| *c > 0).unwrap() + 1;
-    assert!(first_new >= 8, "not before ~2 s of requests: {connects:?}");
+    // New connections only after the server ended the previous one at its age limit: at
+    // least one, and each connection served several requests (not one connection each).
+    let starts: Vec<usize> = connects.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, _)| i).collect();
+    assert!(starts.len() >= 2, "a new connection after 3 s: {connects:?}");
+    assert!(starts.windows(2).all(|w| w[1] - w[0] >= 4), "each connection lived ~3 s: {connects:?}");
     let closed = gw
         .wait_audit("the HTTPS connection closed at its limit", |r| {
             r["operation"] == "connection" && r["protocol"] == "https" && r["reason"] == "max_connection_duration"
