@@ -533,22 +533,54 @@ impl Alerts {
         }
     }
 
+    /// Count one peer-driven event of `what` from `source`: `Some(events)` when an alert is
+    /// due (the first in a [`COALESCE_WINDOW`], carrying the ones held back since), `None`
+    /// while the window is quiet (or alerts are off).
+    fn coalesce(&self, source: IpAddr, what: &'static str) -> Option<u64> {
+        let inner = self.inner.as_ref()?;
+        let now = Instant::now();
+        let mut sources = inner.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = sources.entry((source, what), now, COALESCE_WINDOW)?;
+        c.add(now, COALESCE_WINDOW);
+        if c.quiet_until.is_some_and(|q| q > now) {
+            c.quiet += 1;
+            return None;
+        }
+        c.quiet_until = Some(now + COALESCE_WINDOW);
+        Some(1 + std::mem::take(&mut c.quiet))
+    }
+
+    /// An authenticated client broke the protocol (an SFTP packet of impossible length):
+    /// at most one alert per source per [`COALESCE_WINDOW`].
+    pub fn protocol_abuse(&self, protocol: &'static str, source: IpAddr, user: &str, what: &str) {
+        let Some(count) = self.coalesce(source, "abuse") else { return };
+        self.raise(Alert {
+            severity: Severity::Warning,
+            kind: "protocol_abuse",
+            nature: format!("{protocol} client {source} (user {user}) broke the protocol: {what}"),
+            scope: Scope {
+                protocol: Some(protocol),
+                users: vec![user.to_owned()],
+                sources: vec![source.to_string()],
+                count,
+                ..Scope::default()
+            },
+            actions_taken: vec![
+                "the session was closed and the event recorded in the audit trail (protocol_abuse)".into(),
+                "the defender scored it as protocol abuse".into(),
+            ],
+            remediation: vec![
+                format!("if the client of user {user} is not a known SFTP implementation, treat its credentials as misused and rotate them"),
+                format!("consider blocking {source}"),
+            ],
+            next_steps: vec![format!("review the audit trail for user {user} and {source} around this time")],
+        });
+    }
+
     /// A client path refused as an attempt to leave the user's home (`..`, encoded
     /// separators, backslashes): at most one alert per source per [`COALESCE_WINDOW`].
     pub fn traversal_attempt(&self, protocol: &'static str, source: IpAddr, user: &str, path: &str, why: &str) {
-        let Some(inner) = self.inner.as_ref() else { return };
-        let now = Instant::now();
-        let count = {
-            let mut sources = inner.sources.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(c) = sources.entry((source, "traversal"), now, COALESCE_WINDOW) else { return };
-            c.add(now, COALESCE_WINDOW);
-            if c.quiet_until.is_some_and(|q| q > now) {
-                c.quiet += 1;
-                return;
-            }
-            c.quiet_until = Some(now + COALESCE_WINDOW);
-            1 + std::mem::take(&mut c.quiet)
-        };
+        let Some(count) = self.coalesce(source, "traversal") else { return };
         self.raise(Alert {
             severity: Severity::Warning,
             kind: "traversal_attempt",

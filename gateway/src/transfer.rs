@@ -529,6 +529,22 @@ impl Transfers {
         }
     }
 
+    /// An authenticated client broke the protocol (`what`, already bounded by the caller):
+    /// a `protocol_abuse` record, a defender offence and an alert. The caller ends the session.
+    pub async fn protocol_abuse(&self, who: &Principal, client: &ClientInfo, what: &str) {
+        self.offence(client.remote_addr.ip(), crate::defender::Offence::ProtocolAbuse);
+        let entry = AuditEntry {
+            operation: Some("protocol_abuse".into()),
+            result: Some("denied".into()),
+            error: Some(what.to_owned()),
+            ..client.user_entry(AuditEvent::Denied, who)
+        };
+        if let Err(e) = self.audit.append(entry, false).await {
+            tracing::error!(error = %e, "could not audit a protocol violation");
+        }
+        self.alerts.protocol_abuse(client.protocol.as_str(), client.remote_addr.ip(), &who.user, what);
+    }
+
     /// Begin an upload of `rel`. The object appears only when [`Upload::finish`] succeeds.
     pub async fn begin_upload(
         &self,

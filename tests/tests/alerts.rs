@@ -542,6 +542,58 @@ async fn a_ban_raises_an_alert_naming_the_source_and_the_action() {
     assert_eq!(receiver.accepted().iter().filter(|(_, v)| v["kind"] == "source_banned").count(), 1);
 }
 
+/// An authenticated SFTP client that sends a packet of impossible length (paramiko, raw bytes
+/// on the `sftp` subsystem channel): the session is closed, the trail has a `protocol_abuse`
+/// record, and a `protocol_abuse` alert names the user and the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sftp_protocol_violation_is_recorded_and_alerted() {
+    const RAW: &str = r#"
+import struct, sys, paramiko
+port, user, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+t = paramiko.Transport(("127.0.0.1", port))
+t.connect(username=user, pkey=paramiko.PKey.from_path(key))
+ch = t.open_session()
+ch.invoke_subsystem("sftp")
+ch.sendall(struct.pack(">I", 0xFFFFFFF0) + b"\x01")
+ch.settimeout(20)
+try:
+    data = ch.recv(1024)
+    while data:
+        data = ch.recv(1024)
+    print("closed")
+except Exception as e:
+    print("error: %s" % e)
+t.close()
+"#;
+    let receiver_pki_dir = tempfile::tempdir().unwrap();
+    let receiver_pki =
+        gateway_certs::dev::mint(receiver_pki_dir.path(), gateway_certs::dev::KeyKind::EcdsaP256).unwrap();
+    let receiver = Receiver::start(&receiver_pki, "127.0.0.1:0".parse().unwrap(), KEY).await;
+    let files = TestGateway::builder().sftp().local_only().files();
+    send_alerts_to(&files, &receiver, &receiver_pki);
+    let gw = files.serve();
+    let key = files.user_keys["alice"].to_str().unwrap().to_owned();
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", RAW, &gw.sftp_addr.port().to_string(), "alice", &key])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "closed", "the gateway closes the channel");
+    let records = files.wait_audit("protocol_abuse", |r| r.iter().any(|x| x["operation"] == "protocol_abuse"));
+    let rec = records.iter().find(|x| x["operation"] == "protocol_abuse").unwrap();
+    assert_eq!(rec["user"], "alice");
+    assert_eq!(rec["result"], "denied");
+    assert!(rec["error"].as_str().unwrap().contains("4294967280"), "{rec}");
+    let (seen, v) = receiver.wait_for("protocol_abuse", &gw.log, |v| v["kind"] == "protocol_abuse").await;
+    assert!(verify(KEY, &seen) && fresh(&seen));
+    assert_incident_fields(&v);
+    assert_eq!(v["scope"]["users"], serde_json::json!(["alice"]));
+    assert_eq!(v["scope"]["sources"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(v["scope"]["protocol"], "sftp");
+}
+
 /// Paths the test relies on exist where the builder puts them.
 #[test]
 fn builder_layout_is_what_the_alert_test_expects() {

@@ -549,6 +549,9 @@ impl Reader {
                             Ok(None) => break,
                             Err(BadLength(len)) => {
                                 tracing::warn!(len, user = %self.ctx.who.user, "SFTP packet length out of bounds; closing the session");
+                                let what =
+                                    format!("SFTP packet length {len} out of bounds (1..={})", MAX_PACKET + 1024);
+                                self.ctx.transfers.protocol_abuse(&self.ctx.who, &self.ctx.client, &what).await;
                                 return End::Framing;
                             }
                         }
