@@ -77,9 +77,11 @@ for spec in sys.argv[5:]:
     print(json.dumps(out), flush=True)
 "#;
 
+const GINA_PASSWORD: &str = "correct horse battery staple";
+
 fn users() -> Vec<UserSpec> {
     let user = |name| UserSpec { name, tenant: "acme", home: "/", permissions: &["list", "read"] };
-    vec![user("alice"), user("carol"), user("dave"), user("erin"), user("frank"), user("reader")]
+    vec![user("alice"), user("carol"), user("dave"), user("erin"), user("frank"), user("gina"), user("reader")]
 }
 
 async fn enroll(config: &Path, user: &str) -> String {
@@ -104,16 +106,44 @@ async fn code(dir: &Path, uri: &str, offset: i64) -> String {
 /// publickey,keyboard-interactive; the code comes from an SSH_ASKPASS program that prints
 /// `code_file` and logs its prompt. Returns (success, output).
 async fn openssh_sftp(gw: &TestGateway, user: &str, dir: &Path, code: &str) -> (bool, String) {
+    openssh_sftp_with(gw, user, dir, code, None).await
+}
+
+/// [`openssh_sftp`]; with `password`, the first factor is that password (asked through the
+/// same SSH_ASKPASS program, which tells the prompts apart).
+async fn openssh_sftp_with(
+    gw: &TestGateway,
+    user: &str,
+    dir: &Path,
+    code: &str,
+    password: Option<&str>,
+) -> (bool, String) {
     use tokio::io::AsyncWriteExt;
     let code_file = dir.join(format!("code-{user}"));
     std::fs::write(&code_file, code).unwrap();
-    let askpass = dir.join("askpass.sh");
-    std::fs::write(&askpass, format!("#!/bin/sh\necho \"$1\" >> {:?}\ncat {:?}\n", dir.join("prompts.log"), code_file))
-        .unwrap();
+    let password_file = dir.join(format!("password-{user}"));
+    std::fs::write(&password_file, password.unwrap_or("")).unwrap();
+    let askpass = dir.join(format!("askpass-{user}.sh"));
+    std::fs::write(
+        &askpass,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> {:?}\ncase \"$1\" in *Verification*) cat {:?};; *) cat {:?};; esac\n",
+            dir.join("prompts.log"),
+            code_file,
+            password_file
+        ),
+    )
+    .unwrap();
+    let first = if password.is_some() { "password" } else { "publickey" };
     std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut child = tokio::process::Command::new("sftp")
         .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes"])
-        .args(["-o", "PreferredAuthentications=publickey,keyboard-interactive", "-o", "NumberOfPasswordPrompts=1"])
+        .args([
+            "-o",
+            &format!("PreferredAuthentications={first},keyboard-interactive"),
+            "-o",
+            "NumberOfPasswordPrompts=1",
+        ])
         .args(["-o", "LogLevel=ERROR", "-P", &gw.sftp_port().to_string(), "-i"])
         .arg(&gw.user_keys[user])
         .arg(format!("{user}@127.0.0.1"))
@@ -166,6 +196,8 @@ async fn totp_over_sftp_and_https() {
         .user_settings("alice", "mfa = \"totp\"")
         .user_settings("carol", "mfa = \"totp-sha1\"")
         .user_settings("dave", "mfa = \"totp\"")
+        .user_settings("gina", "mfa = \"totp\"")
+        .password("gina", GINA_PASSWORD)
         .user_settings("erin", "mfa = \"totp\"")
         .user_settings("frank", "mfa = \"totp\"\nclient_certificates = [\"cn:frank\"]")
         // [alerts] to a receiver that is not there: raised alerts wait in the outbox.
@@ -176,7 +208,7 @@ async fn totp_over_sftp_and_https() {
         .await;
     // Enrolled while the gateway runs.
     let mut uris = std::collections::HashMap::new();
-    for user in ["alice", "carol", "erin", "frank"] {
+    for user in ["alice", "carol", "erin", "frank", "gina"] {
         uris.insert(user, enroll(&gw.config_path, user).await);
     }
     assert!(uris["carol"].contains("algorithm=SHA1") && uris["alice"].contains("algorithm=SHA256"));
@@ -233,6 +265,16 @@ async fn totp_over_sftp_and_https() {
     assert!(!ok || carol_code == "000000", "a wrong code must be refused: {text}");
     let carol_ok = gw.wait_audit("carol login", |r| r["event"] == "auth_success" && r["user"] == "carol").await;
     assert_eq!(carol_ok["auth_method"], "publickey+totp");
+
+    // --- Password, then the code (both through SSH_ASKPASS).
+    let gina_code = code(dir, &uris["gina"], 0).await;
+    let (ok, text) = openssh_sftp_with(&gw, "gina", dir, &gina_code, Some(GINA_PASSWORD)).await;
+    assert!(ok, "gina with password and code: {text}");
+    let g = gw.wait_audit("gina login", |r| r["event"] == "auth_success" && r["user"] == "gina").await;
+    assert_eq!(g["auth_method"], "password+totp");
+    let next = code(dir, &uris["gina"], 30).await;
+    let (ok, text) = openssh_sftp_with(&gw, "gina", dir, &next, Some("not her password")).await;
+    assert!(!ok, "a wrong password is not rescued by a good code: {text}");
 
     // --- Not enrolled: refused at the key, with the reason; without MFA: key alone, as before.
     let (ok, text) = openssh_sftp(&gw, "dave", dir, "123456").await;
