@@ -516,3 +516,78 @@ fn ensure_dev_pki_replaces_broken_ca() {
     let chain: Vec<_> = CertificateDer::pem_file_iter(&cert).unwrap().collect::<Result<_, _>>().unwrap();
     assert_eq!(chain[1], CertificateDer::from_pem_file(&pki.ca_cert).unwrap());
 }
+
+/// Counts the TLS 1.3 tickets a client is given; stores them like the default cache.
+#[derive(Debug)]
+struct CountingTickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group);
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(&self, name: ServerName<'static>, value: rustls::client::Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(name, value);
+    }
+    fn tls12_session(&self, name: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name);
+    }
+    fn insert_tls13_ticket(&self, name: ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
+        self.tickets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value);
+    }
+    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// TLS 1.3 resumption: the server hands out one ticket per handshake, full or resumed (rustls'
+/// default is two), and each next connection resumes with the one it got.
+#[test]
+fn one_ticket_per_handshake_and_the_next_connection_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = mint(dir.path(), KeyKind::EcdsaP256).unwrap();
+    let resolver = Arc::new(ReloadableCert::new(load_server_cert(&pki.server_cert, &pki.server_key).unwrap()));
+    let server_cfg = Arc::new(server_config(CipherProfile::Aes256, resolver, None).unwrap());
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(&pki.ca_cert).unwrap()).unwrap();
+    let store = Arc::new(CountingTickets {
+        inner: rustls::client::ClientSessionMemoryCache::new(8),
+        tickets: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider(CipherProfile::Aes256)))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::store(store.clone());
+    let cfg = Arc::new(cfg);
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let mut client = ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut server = ServerConnection::new(server_cfg.clone()).unwrap();
+        handshake(&mut client, &mut server).unwrap();
+        // The tickets follow the handshake: deliver what the server has left to send.
+        let mut buf = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut buf).unwrap();
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        kinds.push(server.handshake_kind());
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
+    assert_eq!(store.tickets.load(std::sync::atomic::Ordering::SeqCst), 3, "one ticket per handshake");
+}

@@ -69,6 +69,10 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.ignore_client_order = true;
+    // TLS 1.3 resumption: one ticket per handshake (each resumption hands out its successor),
+    // more only when a client asks for them (RFC 9149), at most four.
+    config.send_tls13_tickets = 1;
+    config.max_tls13_tickets = 4;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
