@@ -95,6 +95,8 @@ echo "curl:    $(curl --version | head -1)"
 echo "gateway: $BIN ($(date -u -r "$BIN" '+built %Y-%m-%d %H:%M UTC'); working tree: git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(git -C "$ROOT" status --porcelain -- gateway certs config Cargo.toml Cargo.lock 2>/dev/null | wc -l) locally modified source files)"
 echo "temp:    $T (filesystem $(df -P "$T" | awk 'NR == 2 { print $1 }'))"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average at start; other work on the machine skews the figures)"
+crypto_baseline
+echo "crypto:  one SHA-256 pass ${SHA_S_GIB} s/GiB, one AES-256-GCM pass ${GCM_S_GIB} s/GiB (openssl speed -evp, 16 KiB blocks, one core)"
 
 # ---------------------------------------------------------------------------- helpers
 # CLK_TCK, stat_fields, cpu_ticks, vm_kib, mb, mib, free_port, median, vals, ratio: benches/lib.sh
@@ -365,6 +367,14 @@ echo
 for op in PUT GET; do
     g=$(vals "${SPEEDS[gateway.$op]}" | median); n=$(vals "${SPEEDS[nginx.$op]}" | median)
     echo "goal gateway >= 1.0x nginx, $op (medians): $(awk -v g="$g" -v n="$n" 'BEGIN { print (g >= n ? "met" : "NOT met") }') ($(ratio "$g" "$n"))"
+done
+# Server CPU per GiB: the gateway may spend what nginx spends plus one SHA-256 pass and one
+# AES-256-GCM pass (its hash of the content and its sealing or unsealing of the stored bytes).
+for op in PUT GET; do
+    gc=$(vals "${CPUS[gateway.$op]}" | median); nc=$(vals "${CPUS[nginx.$op]}" | median)
+    read -r gpg npg allow < <(awk -v g="$gc" -v n="$nc" -v mib="$BIG" -v sha="$SHA_S_GIB" -v gcm="$GCM_S_GIB" \
+        'BEGIN { gib = mib / 1024; printf "%.2f %.2f %.2f\n", g / gib, n / gib, n / gib + sha + gcm }')
+    echo "goal server CPU per GiB, $op: gateway $gpg s ≤ nginx $npg + SHA-256 $SHA_S_GIB + AES-GCM $GCM_S_GIB = $allow s: $(awk -v g="$gpg" -v a="$allow" 'BEGIN { print (g <= a ? "met" : "NOT met") }')"
 done
 ge=$(vals "${EFFS[gateway.PUT]}" | median)
 ne=$(vals "${EFFS[nginx.PUT]}" | median)

@@ -48,3 +48,14 @@ free_port() { # a free TCP port in the kernel's ephemeral range
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }   # of numbers on stdin
 vals() { tr ' ' '\n' <<<"$1" | grep .; }   # vals "A B C": one value a line
 ratio() { awk -v g="$1" -v n="$2" 'BEGIN { printf "%.2fx", g / n }'; }
+
+# ---------------------------------------------------------------------------- crypto baseline
+# crypto_baseline: sets SHA_S_GIB and GCM_S_GIB, the CPU seconds one pass of SHA-256 and of
+# AES-256-GCM over 1 GiB costs on this machine (`openssl speed -evp`, 16 KiB blocks, one
+# core), the allowance the CPU-per-GiB goals give the gateway over the reference server.
+speed_bps() { openssl speed -mr -evp "$1" -bytes 16384 -seconds 2 2>/dev/null | awk -F: '/^\+F:/ { r = $4 } END { print r + 0 }'; }   # speed_bps ALG: bytes/s
+crypto_baseline() {
+    SHA_S_GIB=$(awk -v r="$(speed_bps sha256)" 'BEGIN { if (r > 0) printf "%.3f", 1073741824 / r; else print "nan" }')
+    GCM_S_GIB=$(awk -v r="$(speed_bps aes-256-gcm)" 'BEGIN { if (r > 0) printf "%.3f", 1073741824 / r; else print "nan" }')
+    [[ $SHA_S_GIB != nan && $GCM_S_GIB != nan ]] || die "openssl speed gave no figure"
+}
