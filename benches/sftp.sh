@@ -18,6 +18,8 @@
 #   SMALL_KIB=16    size of each small file, KiB
 #   SMALL_RUNS=3    counted rounds of the small-files test (after one warm-up round)
 #   ONLY=smallfiles run only the small-files test (no big transfers, no idle sessions)
+#   ONLY=idle       run only the idle-session test (no transfers)
+#   IDLE_SIDES="ossh gateway"   which servers the idle-session test measures
 #   SESSION_BATCH=25   idle sessions started at a time (then waited for until authenticated)
 #   SKIP_BUILD=1    do not run `cargo build --release -p gateway` (use target/release/gateway as is)
 #   GATEWAY_BIN=... benchmark this gateway binary instead (implies SKIP_BUILD=1)
@@ -39,12 +41,14 @@ WARMUP=${WARMUP:-1}
 CIPHERS=${CIPHERS:-aes256-gcm@openssh.com chacha20-poly1305@openssh.com}
 SESSIONS=${SESSIONS:-500}
 SESSION_BATCH=${SESSION_BATCH:-25}
+IDLE_SIDES=${IDLE_SIDES:-ossh gateway}
 SMALL=${SMALL:-1000}
 SMALL_KIB=${SMALL_KIB:-16}
 SMALL_RUNS=${SMALL_RUNS:-3}
 ONLY=${ONLY:-}
-[[ -z $ONLY || $ONLY == smallfiles ]] || { echo "error: ONLY must be empty or 'smallfiles' (got '$ONLY')" >&2; exit 1; }
+[[ -z $ONLY || $ONLY == smallfiles || $ONLY == idle ]] || { echo "error: ONLY must be empty, 'smallfiles' or 'idle' (got '$ONLY')" >&2; exit 1; }
 [[ $ONLY == smallfiles ]] && SESSIONS=0
+[[ $ONLY == idle ]] && SMALL=0
 XFER_MAX_TIME=${XFER_MAX_TIME:-600}
 KEX=curve25519-sha256  # both servers support it; OpenSSH 9.2's default (sntrup761x25519) the gateway lacks
 STARTUP_TIMEOUT=60     # seconds a server gets to come up (the gateway makes an RSA-3072 host key)
@@ -156,6 +160,7 @@ trap 'echo "interrupted" >&2; exit 130' INT TERM
 
 need_kib=$(((4 * BIG + 64) * 1024))
 [[ $ONLY == smallfiles ]] && need_kib=$(((8 * SMALL * SMALL_KIB) + 65536))
+[[ $ONLY == idle ]] && need_kib=65536
 avail_kib=$(df -Pk "$T" | awk 'NR == 2 { print $4 }')
 ((avail_kib >= need_kib)) || die "$T has $((avail_kib / 1024)) MiB free, need about $((need_kib / 1024)) MiB"
 
@@ -166,6 +171,8 @@ echo "client:  $(ssh -V 2>&1) (sftp $(command -v sftp))"
 echo "gateway: $BIN ($(date -u -r "$BIN" '+built %Y-%m-%d %H:%M UTC'); working tree: git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(git -C "$ROOT" status --porcelain -- gateway certs config Cargo.toml Cargo.lock 2>/dev/null | wc -l) locally modified source files)"
 echo "temp:    $T (filesystem $(df -P "$T" | awk 'NR == 2 { print $1 }'))"
 echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average at start; other work on the machine skews the figures)"
+crypto_baseline
+echo "crypto:  one SHA-256 pass ${SHA_S_GIB} s/GiB, one AES-256-GCM pass ${GCM_S_GIB} s/GiB (openssl speed -evp, 16 KiB blocks, one core)"
 
 # ---------------------------------------------------------------------------- helpers
 # CLK_TCK, stat_fields, cpu_ticks, vm_kib, mb, mib, free_port, median, vals, ratio: benches/lib.sh
@@ -206,8 +213,13 @@ listen = "127.0.0.1:0"
 
 [sftp]
 listen = "127.0.0.1:$1"
-max_connections = 1000
+max_connections = $((SESSIONS + 1000))
 connection_rate_per_source = 0
+max_connections_per_source = 0
+
+# Every client is 127.0.0.1: the per-source caps and the defender would measure themselves.
+[defender]
+enabled = false
 
 [storage]
 backend = "local"
@@ -627,8 +639,7 @@ idle_sessions() { # idle_sessions SIDE
 if ((SESSIONS > 0)); then
     echo
     echo "== idle sessions: ${SESSIONS} authenticated idle SFTP sessions per server ($(short "${CIPHER_LIST[0]}"), batches of $SESSION_BATCH)"
-    idle_sessions ossh
-    idle_sessions gateway
+    for side in $IDLE_SIDES; do idle_sessions "$side"; done
 fi
 
 # ---------------------------------------------------------------------------- summary
@@ -660,6 +671,15 @@ for cipher in "${CIPHER_LIST[@]}"; do
         echo "goal gateway >= 1.0x OpenSSH, $(short "$cipher") $op (medians): $(awk -v g="$g" -v n="$o" 'BEGIN { print (g >= n ? "met" : "NOT met") }') ($(ratio "$g" "$o"))"
     done
 done
+# Server CPU per GiB: the gateway may spend what OpenSSH spends plus one SHA-256 pass and one
+# AES-256-GCM pass (its hash of the content and its sealing or unsealing of the stored bytes).
+for cipher in "${CIPHER_LIST[@]}"; do
+    for op in put get; do
+        gpg=$(per_gib "$(vals "${CPUS[gateway.$op.$cipher]}" | median)"); opg=$(per_gib "$(vals "${CPUS[ossh.$op.$cipher]}" | median)")
+        allow=$(awk -v o="$opg" -v sha="$SHA_S_GIB" -v gcm="$GCM_S_GIB" 'BEGIN { printf "%.2f", o + sha + gcm }')
+        echo "goal server CPU per GiB, $(short "$cipher") $op: gateway $gpg s ≤ OpenSSH $opg + SHA-256 $SHA_S_GIB + AES-GCM $GCM_S_GIB = $allow s: $(awk -v g="$gpg" -v a="$allow" 'BEGIN { print (g <= a ? "met" : "NOT met") }')"
+    done
+done
 echo "server CPU s of an empty session (included once in every CPU s/GiB above): gateway $(vals "${EMPTY[gateway]}" | median), ossh $(vals "${EMPTY[ossh]}" | median) (medians of 5)"
 echo "gateway peak RSS, fresh process, $(short "${CIPHER_LIST[0]}"): put $(mib "${FRESH[put]}") MiB, get $(mib "${FRESH[get]}") MiB (idle after start-up $(mib "${FRESH[idle.put]}") MiB)"
 fi   # big transfers
@@ -681,12 +701,14 @@ if ((SESSIONS > 0)); then
     echo
     printf '| %-8s | %8s | %10s | %10s | %12s | %12s | %9s | %9s |\n' server sessions "RSS MiB" "PSS MiB" "RSS/session" "PSS/session" "up in" processes
     printf '|----------|----------|------------|------------|--------------|--------------|-----------|-----------|\n'
-    for side in ossh gateway; do
+    for side in $IDLE_SIDES; do
         read -r brss bpss rss pss n secs <<<"${IDLE_RES[$side]}"
         printf '| %-8s | %8s | %10s | %10s | %8s KiB | %8s KiB | %7s s | %9s |\n' "$side" "$SESSIONS" "$(mib "$rss")" "$(mib "$pss")" \
             "$(((rss - brss) / SESSIONS))" "$(((pss - bpss) / SESSIONS))" "$secs" "$n"
     done
     echo "   (RSS/PSS of all server processes with the sessions open, minus the idle server before them, / sessions)"
+    [[ -n ${IDLE_RES[gateway]:-} ]] && read -r brss _ rss _ _ _ <<<"${IDLE_RES[gateway]}" &&
+    echo "goal gateway memory per idle authenticated session ≤ 100 KiB at $SESSIONS sessions: $(((rss - brss) / SESSIONS)) KiB: $( (( (rss - brss) / SESSIONS <= 100 )) && echo met || echo "NOT met")"
 fi
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
