@@ -562,9 +562,13 @@ impl Transfers {
             transfer_id: Some(transfer_id.clone()),
             ..self.entry(AuditEvent::Started, who, client, "upload", rel)
         };
-        // The `started` record and the store's preparations (local: the staging file) at the
-        // same time; nothing is visible before commit, and a writer not wanted is aborted.
-        let (started, writer) = tokio::join!(self.start(&base), self.store.begin_put(&who.tenant, &key, size_hint));
+        // The `started` record is queued, not waited for: it only has to be on disk before
+        // storage changes, and the durable `intent` that precedes the commit comes after it
+        // in the trail, so that append confirms it (or fails, and nothing is committed). A
+        // broken trail refuses the upload here already. Meanwhile the store prepares (local:
+        // nothing visible before commit); a writer not wanted is aborted.
+        let started = async { Ok::<_, TransferError>(self.audit.append_queued(base.clone()).await?) };
+        let (started, writer) = tokio::join!(started, self.store.begin_put(&who.tenant, &key, size_hint));
         if let Err(e) = started {
             if let Ok(w) = writer {
                 w.abort().await;
@@ -999,26 +1003,30 @@ impl Upload {
     /// reported for audited, stored data. Without the intent nothing is committed; without
     /// the `completed` record the object is deleted again and the upload fails.
     ///
-    /// The intent and the store's [`prepare`](crate::storage::ObjectWriter::prepare) (local:
-    /// seal the rest, fsync the data) run at the same time: neither changes what is visible,
-    /// and a close then waits for the longer of the two instead of their sum.
+    /// The intent and the store's preparations (local: seal the rest, fsync the data) run at
+    /// the same time: neither changes what is visible, and a close then waits for the longer
+    /// of the two instead of their sum. The store commits once told that the intent is
+    /// durable ([`ObjectWriter::commit_after`](crate::storage::ObjectWriter::commit_after);
+    /// local: all in one blocking call); the intent's append also confirms the `started`
+    /// record queued before it.
     pub async fn finish(mut self, expected_sha256: Option<[u8; 32]>) -> Result<Receipt, TransferError> {
-        let Some(mut writer) = self.writer.take() else {
+        let Some(writer) = self.writer.take() else {
             return Err(TransferError::Storage("upload already finished".into()));
         };
         let intent = AuditEntry { event: AuditEvent::Intent, bytes: Some(self.bytes), ..self.base.clone() };
-        let (logged, prepared) = tokio::join!(self.audit.append(intent, true), writer.prepare(expected_sha256));
+        let (go, gate) = tokio::sync::oneshot::channel();
+        let logged = async {
+            let logged = self.audit.append(intent, true).await;
+            let _ = go.send(logged.is_ok());
+            logged
+        };
+        let (logged, committed) = tokio::join!(logged, writer.commit_after(expected_sha256, gate));
+        // On any error the writer has removed what it staged (and committed nothing unless
+        // the intent is durable); the `failed` record answers the intent too, should it land.
         if let Err(e) = logged {
-            // The `failed` record below answers the intent too, should it still land.
-            self.writer = Some(writer);
             return Err(self.fail(e.into()).await);
         }
-        if let Err(e) = prepared {
-            self.writer = Some(writer);
-            let e = self.storage_failure(e);
-            return Err(self.fail(e).await);
-        }
-        let meta = match writer.commit(expected_sha256).await {
+        let meta = match committed {
             Ok(meta) => meta,
             Err(e) => {
                 let e = self.storage_failure(e);

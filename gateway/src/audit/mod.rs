@@ -278,6 +278,28 @@ impl AuditLog {
         }
     }
 
+    /// Queue an entry (not durable) without waiting for the writer: for a record that only has
+    /// to be on disk before a later durable one, which it precedes in the trail (the queue is
+    /// one FIFO), so that append confirms both. Refused at once while the trail is broken;
+    /// takes a queue slot like [`AuditLog::append`] (waiting at most
+    /// [`AuditConfig::append_timeout`] for one, nothing queued then). A write error after this
+    /// returns is not reported here: it breaks the trail, and the later append fails.
+    pub async fn append_queued(&self, mut entry: AuditEntry) -> Result<(), AuditError> {
+        if let Some(why) = self.broken() {
+            return Err(AuditError::Unavailable(why));
+        }
+        entry.bound_fields();
+        let permit = match tokio::time::timeout(self.append_timeout, self.slots.clone().acquire_owned()).await {
+            Ok(permit) => permit.map_err(|_| stopped())?,
+            Err(_) => return Err(AuditError::Timeout { after: self.append_timeout, pending: false }),
+        };
+        crate::metrics::metrics().observe_record(&entry);
+        let slot = Slot { _permit: permit, claim: Arc::new(AtomicU8::new(QUEUED)) };
+        self.tx
+            .send(Msg::Append { entry: Box::new(entry), durable: false, ack: None, slot: Some(slot) })
+            .map_err(|_| stopped())
+    }
+
     /// Queue an entry without waiting: for paths that cannot wait, such as a transfer
     /// dropped mid-way, and for the outcome owed to a record already queued. Still written in
     /// order, before the final checkpoint. This bypasses the queue bound: such records are
@@ -575,6 +597,9 @@ impl Writer {
             tracing::error!(error = %e, "audit trail write failed; refusing further operations");
             self.broken = Some(e);
         }
+        // Before anyone hears of it, so that a caller told of the failure finds the trail
+        // broken ([`AuditLog::append_queued`] refuses at once).
+        self.publish_broken();
         for (ack, seq, _slot) in acks {
             let reply = match &self.broken {
                 None => Ok(seq),
@@ -821,6 +846,27 @@ mod tests {
         assert!(text.ends_with('\n') && !text.contains("\"intent\""), "{text}");
         let report = verify::verify_trail(&dir.path().join("audit.jsonl"), &Default::default()).unwrap();
         assert_eq!(report.open, ["t1"]);
+    }
+
+    #[tokio::test]
+    async fn a_queued_record_precedes_the_next_append_and_its_write_failure_fails_that_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path(), Duration::from_secs(10));
+        log.append_queued(opened(AuditEvent::Started, "t1", "upload")).await.unwrap();
+        let seq = log.append(opened(AuditEvent::Intent, "t1", "upload"), true).await.unwrap();
+        let events: Vec<(u64, AuditEvent)> = lines(dir.path()).iter().map(|l| (l.seq, l.entry.event)).collect();
+        assert_eq!(events, [(seq - 1, AuditEvent::Started), (seq, AuditEvent::Intent)]);
+        // The queued record cannot be written: the trail breaks, the append after it fails,
+        // and nothing more is queued.
+        log.faults().set(|text| text.contains("\"t2\"").then_some(faults::Fault::Fail));
+        log.append_queued(opened(AuditEvent::Started, "t2", "upload")).await.unwrap();
+        let err = log.append(opened(AuditEvent::Intent, "t3", "upload"), true).await.unwrap_err();
+        assert!(matches!(err, AuditError::Unavailable(_)), "{err:?}");
+        let refused = log.append_queued(opened(AuditEvent::Started, "t4", "upload")).await.unwrap_err();
+        assert!(refused.to_string().contains("audit trail unavailable"), "{refused}");
+        log.close().await;
+        let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(!text.contains("\"t2\"") && !text.contains("\"t3\"") && !text.contains("\"t4\""), "{text}");
     }
 
     #[tokio::test]

@@ -313,6 +313,30 @@ impl Sealing {
     }
 }
 
+impl Sealing {
+    /// Seal the last frames, check the digest, write the metadata block and make the staging
+    /// file durable (data and size; the name it will have is made durable by `publish`).
+    fn finish(
+        &mut self,
+        frames: Vec<Bytes>,
+        size: u64,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> Result<SealedMeta, StorageError> {
+        self.seal_frames(frames, true)?;
+        let sha256 = std::mem::take(&mut self.hasher).finish();
+        if expected_sha256.is_some_and(|want| want != sha256) {
+            return Err(StorageError::DigestMismatch);
+        }
+        let meta = SealedMeta { size, sha256, modified: mtime_secs(SystemTime::now()) };
+        let block = self.sealer.seal_meta(&meta).map_err(integrity)?;
+        let file = self.file()?;
+        file.seek(SeekFrom::Start(HEADER_LEN as u64))?;
+        file.write_all(&block)?;
+        file.sync_data()?;
+        Ok(meta)
+    }
+}
+
 /// An upload into staging; see [`ObjectWriter`].
 struct LocalWriter {
     /// The sealing state, when no batch is in flight.
@@ -451,24 +475,58 @@ impl ObjectWriter for LocalWriter {
             self.join_flush().await?;
             let frames = std::mem::take(&mut self.frames);
             let size = self.size;
-            let meta = blocking(move || {
-                sealing.seal_frames(frames, true)?;
-                let sha256 = std::mem::take(&mut sealing.hasher).finish();
-                if expected_sha256.is_some_and(|want| want != sha256) {
-                    return Err(StorageError::DigestMismatch);
-                }
-                let meta = SealedMeta { size, sha256, modified: mtime_secs(SystemTime::now()) };
-                let block = sealing.sealer.seal_meta(&meta).map_err(integrity)?;
-                let file = sealing.file()?;
-                file.seek(SeekFrom::Start(HEADER_LEN as u64))?;
-                file.write_all(&block)?;
-                // Data and size; the name it will have is made durable by `publish`.
-                file.sync_data()?;
-                Ok(meta)
-            })
-            .await?;
+            let meta = blocking(move || sealing.finish(frames, size, expected_sha256)).await?;
             self.prepared = Some(meta);
             Ok(())
+        }
+        .boxed()
+    }
+
+    /// The whole close of a small file in one blocking call (one thread hand-off, not two):
+    /// seal the rest and fsync the data, then wait there for `go` (the caller's durable
+    /// `intent`), then rename and fsync the directory. On an error (or no `go`) the staging
+    /// file is removed before this returns.
+    fn commit_after(
+        mut self: Box<Self>,
+        expected_sha256: Option<[u8; 32]>,
+        go: tokio::sync::oneshot::Receiver<bool>,
+    ) -> BoxFuture<'static, Result<ObjectMeta, StorageError>> {
+        async move {
+            let prepared = self.prepared.take();
+            let sealing = match prepared {
+                Some(_) => None,
+                None => Some((self.settle().await?, std::mem::take(&mut self.frames))),
+            };
+            self.join_flush().await?;
+            let size = self.size;
+            let final_path = self.final_path.clone();
+            let staging_path = self.staging_path.clone();
+            let tenant_root = self.tenant_root.clone();
+            let known = self.durable_dirs.clone();
+            let meta = blocking(move || {
+                let meta = match (prepared, sealing) {
+                    (Some(meta), _) => meta,
+                    (None, Some((mut sealing, frames))) => sealing.finish(frames, size, expected_sha256)?,
+                    (None, None) => return Err(StorageError::Backend("upload not prepared".into())),
+                };
+                if expected_sha256.is_some_and(|want| want != meta.sha256) {
+                    return Err(StorageError::DigestMismatch);
+                }
+                if !go.blocking_recv().unwrap_or(false) {
+                    return Err(super::not_committed());
+                }
+                publish(&staging_path, &final_path, &tenant_root, &known)?;
+                Ok(meta)
+            })
+            .await;
+            match meta {
+                Ok(meta) => {
+                    self.done = true;
+                    Ok(to_meta(&meta))
+                }
+                // `Drop` removes the staging file (not done).
+                Err(e) => Err(e),
+            }
         }
         .boxed()
     }
@@ -1017,6 +1075,52 @@ mod tests {
         assert_eq!(meta.size, data.len() as u64);
         assert_eq!(get(&store, "p").await, data);
         assert_eq!(staged(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn commit_after_waits_for_go_and_leaves_nothing_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = test_store(dir.path());
+        for (name, data) in [("q", vec![7u8; 16 << 10]), ("r", vec![8u8; BATCH * 2 + 5])] {
+            let key = ObjectKey::home(name).unwrap();
+            // Sealed and synced, then held until told: nothing visible meanwhile.
+            let mut w = store.begin_put("t", &key, None).await.unwrap();
+            w.write(Bytes::from(data.clone())).await.unwrap();
+            let (go, gate) = tokio::sync::oneshot::channel();
+            let commit = tokio::spawn(w.commit_after(None, gate));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!commit.is_finished(), "{:?}", commit.await);
+            assert!(!store.object_path("t", &key).exists());
+            assert_eq!(staged(dir.path()), 1);
+            go.send(false).unwrap();
+            assert!(commit.await.unwrap().is_err());
+            assert!(!store.object_path("t", &key).exists());
+            assert_eq!(staged(dir.path()), 0);
+            // A sender dropped counts as no.
+            let mut w = store.begin_put("t", &key, None).await.unwrap();
+            w.write(Bytes::from(data.clone())).await.unwrap();
+            let (go, gate) = tokio::sync::oneshot::channel::<bool>();
+            drop(go);
+            assert!(w.commit_after(None, gate).await.is_err());
+            assert_eq!(staged(dir.path()), 0);
+            // A wrong digest: refused even when told to go.
+            let mut w = store.begin_put("t", &key, None).await.unwrap();
+            w.write(Bytes::from(data.clone())).await.unwrap();
+            let (go, gate) = tokio::sync::oneshot::channel();
+            go.send(true).unwrap();
+            assert!(matches!(w.commit_after(Some([0u8; 32]), gate).await, Err(StorageError::DigestMismatch)));
+            assert!(!store.object_path("t", &key).exists());
+            assert_eq!(staged(dir.path()), 0);
+            // Told to go: the object, whole.
+            let mut w = store.begin_put("t", &key, None).await.unwrap();
+            w.write(Bytes::from(data.clone())).await.unwrap();
+            let (go, gate) = tokio::sync::oneshot::channel();
+            go.send(true).unwrap();
+            let meta = w.commit_after(Some(crate::digest::sha256(&data)), gate).await.unwrap();
+            assert_eq!(meta.size, data.len() as u64);
+            assert_eq!(get(&store, name).await, data);
+            assert_eq!(staged(dir.path()), 0);
+        }
     }
 
     #[tokio::test]

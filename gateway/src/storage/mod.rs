@@ -227,7 +227,7 @@ impl ListCursor {
 /// upload should be ended with [`ObjectWriter::abort`], which removes every trace of it
 /// (S3: `AbortMultipartUpload`). Dropping a writer also discards it, on a best-effort basis
 /// for backends whose cleanup needs a request.
-pub trait ObjectWriter: Send {
+pub trait ObjectWriter: Send + 'static {
     /// Append plaintext. Waits while the backend is busy (back-pressure), so memory stays
     /// bounded whatever the object size.
     fn write(&mut self, data: Bytes) -> BoxFuture<'_, Result<(), StorageError>>;
@@ -248,6 +248,33 @@ pub trait ObjectWriter: Send {
         self: Box<Self>,
         expected_sha256: Option<[u8; 32]>,
     ) -> BoxFuture<'static, Result<ObjectMeta, StorageError>>;
+    /// [`prepare`](ObjectWriter::prepare), then wait for `go` (the caller's durable `intent`
+    /// record), then [`commit`](ObjectWriter::commit). When `go` says false or is dropped,
+    /// or `prepare` fails, the upload is aborted (nothing of it remains) before this returns
+    /// an error; nothing is visible before `go` said true. Backends override it to do the
+    /// whole close in fewer steps (local: one blocking call).
+    fn commit_after(
+        mut self: Box<Self>,
+        expected_sha256: Option<[u8; 32]>,
+        go: tokio::sync::oneshot::Receiver<bool>,
+    ) -> BoxFuture<'static, Result<ObjectMeta, StorageError>> {
+        Box::pin(async move {
+            if let Err(e) = self.prepare(expected_sha256).await {
+                self.abort().await;
+                return Err(e);
+            }
+            if !go.await.unwrap_or(false) {
+                self.abort().await;
+                return Err(not_committed());
+            }
+            self.commit(expected_sha256).await
+        })
+    }
+}
+
+/// The error of [`ObjectWriter::commit_after`] when its caller said not to commit.
+pub fn not_committed() -> StorageError {
+    StorageError::Backend("not committed: the intent to commit was not recorded".into())
 }
 
 /// A storage backend.

@@ -117,7 +117,12 @@ async fn without_the_intent_nothing_changes() {
     let f = fixture(Duration::from_secs(10));
     f.put("keep.bin", b"keep").await.unwrap();
     f.fail_when(|t| t.contains("\"event\":\"intent\""));
-    assert!(is_audit(&f.put("new.bin", b"new").await.unwrap_err()));
+    // The `started` record is queued at open; a waited append behind it puts it on disk on
+    // its own (an SFTP client's writes usually give the writer that time).
+    let mut up = f.transfers.begin_upload(&f.who, &f.client, &rel("new.bin"), None).await.unwrap();
+    f.transfers.audit().append(AuditEntry::new(AuditEvent::Operation), false).await.unwrap();
+    up.write(Bytes::from_static(b"new")).await.unwrap();
+    assert!(is_audit(&up.finish(None).await.unwrap_err()));
     assert!(!f.exists("new.bin").await, "no object without its intent");
     assert!(is_audit(&f.transfers.delete(&f.who, &f.client, &rel("keep.bin")).await.unwrap_err()));
     assert!(f.exists("keep.bin").await, "no delete without its intent");
@@ -126,6 +131,31 @@ async fn without_the_intent_nothing_changes() {
     assert!(after.is_empty(), "{after:?}");
     let interrupted = f.lines().into_iter().filter(|l| l.entry.event == AuditEvent::Interrupted).count();
     assert_eq!(interrupted, 1);
+
+    // Queued `started` and failing `intent` in one write: both are cut off together, so the
+    // upload fails, nothing is stored and nothing is left open.
+    let f = fixture(Duration::from_secs(10));
+    let held = Arc::new(AtomicBool::new(true));
+    let hold = held.clone();
+    f.audit.faults().set(move |t| {
+        if t.contains("barrier") {
+            Some(Fault::Hold(hold.clone()))
+        } else {
+            t.contains("\"event\":\"intent\"").then_some(Fault::Fail)
+        }
+    });
+    // The writer is held on a record of its own while the upload queues both.
+    f.audit.append_detached(AuditEntry { path: Some("barrier".into()), ..AuditEntry::new(AuditEvent::Operation) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut up = f.transfers.begin_upload(&f.who, &f.client, &rel("new.bin"), None).await.unwrap();
+    up.write(Bytes::from_static(b"new")).await.unwrap();
+    let finish = tokio::spawn(up.finish(None));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    held.store(false, Ordering::SeqCst);
+    assert!(is_audit(&finish.await.unwrap().unwrap_err()));
+    assert!(!f.lines().iter().any(|l| l.entry.event == AuditEvent::Started), "cut off with the intent");
+    assert!(!f.exists("new.bin").await, "no object without its intent");
+    assert_eq!(f.restart().await, (vec![], vec![]));
 
     let f = fixture(Duration::from_secs(10));
     f.put("a.bin", b"a").await.unwrap();
