@@ -185,7 +185,9 @@ where
         // Reap finished connection tasks so the set does not grow.
         while tasks.try_join_next().is_some() {}
         let _ = tcp.set_nodelay(true);
-        let conn = serve(tcp, peer);
+        // Boxed: the task's future then holds a pointer, not a second copy of the
+        // connection's state (an `async` block keeps what it captures beside what it awaits).
+        let conn = Box::pin(serve(tcp, peer));
         tasks.spawn(async move {
             let _permit = permit;
             let _slot = slot;

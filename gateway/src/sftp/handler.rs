@@ -298,7 +298,9 @@ impl Handler for SshConnection {
                     stop: self.stop.clone(),
                     kill: self.shared.kill.clone(),
                 };
-                let session = super::session::run(channel, shared, who, client, limits);
+                // Boxed: `run_until_cancelled_owned` is an `async fn`, whose state would hold
+                // the session's future twice (as argument and as the awaited value).
+                let session = Box::pin(super::session::run(channel, shared, who, client, limits));
                 self.shared.sessions.spawn(self.shared.kill.clone().run_until_cancelled_owned(session));
             }
             _ => session.channel_failure(id)?,
