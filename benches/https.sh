@@ -10,6 +10,7 @@
 #   SMALL=64        small file, MiB (the "small" RSS measurement)
 #   RUNS=3          alternating rounds (gw PUT, nginx PUT, gw GET, nginx GET per round)
 #   WARMUP=2        untimed rounds first (page cache and first-touch memory, see docs/benchmarks.md)
+#   RSS_ONLY=1      only the peak-RSS measurements (fresh process per transfer), no throughput rounds
 #   SKIP_BUILD=1    do not run `cargo build --release -p gateway` (use target/release/gateway as is)
 #   GATEWAY_BIN=... benchmark this gateway binary instead (implies SKIP_BUILD=1)
 #   BENCH_TMPDIR    where the temporary directory is made (default $TMPDIR or /tmp);
@@ -289,6 +290,7 @@ transfer() {
 }
 
 # ---------------------------------------------------------------------------- throughput runs
+if [[ ${RSS_ONLY:-0} != 1 ]]; then   # throughput and correctness (not indented)
 # Reference: the disk itself (write BIG through the page cache, then sync), no TLS, no server.
 sync
 t0=$(date +%s.%N)
@@ -328,6 +330,7 @@ for side in gateway nginx; do
     echo "   $side: $got OK"
 done
 
+fi   # RSS_ONLY
 # ---------------------------------------------------------------------------- peak RSS
 # VmHWM is the process's lifetime peak, so every measurement gets a fresh gateway process
 # (same data dir). Idle = VmHWM right after start-up; peak = VmHWM after one transfer.
@@ -349,6 +352,7 @@ for m in "PUT small" "PUT big" "GET small" "GET big"; do
 done
 
 # ---------------------------------------------------------------------------- summary
+if [[ ${RSS_ONLY:-0} != 1 ]]; then   # throughput summary (not indented)
 echo
 echo "== summary (${BIG} MiB, ${RUNS} rounds; curl over HTTP/1.1, TLS 1.3 TLS_AES_256_GCM_SHA384, 127.0.0.1)"
 echo "   med = median, best = fastest round, CPU s = server CPU seconds for the whole transfer (lowest is the least disturbed)"
@@ -380,6 +384,7 @@ ge=$(vals "${EFFS[gateway.PUT]}" | median)
 ne=$(vals "${EFFS[nginx.PUT]}" | median)
 echo "PUT counting the time until the data is on disk (reply + a sync right after it; the gateway fsyncs before replying, nginx does not):"
 echo "   gateway $(mb "$ge") MB/s, nginx $(mb "$ne") MB/s, ratio $(ratio "$ge" "$ne") (medians)"
+fi   # RSS_ONLY
 echo
 printf '| %-26s | %12s | %12s | %12s |\n' "gateway peak RSS" "${SMALL} MiB" "${BIG} MiB" "big / small"
 printf '|----------------------------|--------------|--------------|--------------|\n'
@@ -389,6 +394,9 @@ for op in PUT GET; do
         "$(awk -v s="$s" -v b="$b" 'BEGIN { printf "%.2f", b / s }')"
 done
 printf '| %-26s | %8s MiB | %8s MiB | %12s |\n' "idle after start-up" "$(mib "${IDLE[PUT.small]}")" "$(mib "${IDLE[PUT.big]}")" "-"
+for op in PUT GET; do
+    echo "goal $op peak RSS for ${BIG} MiB within 5% of ${SMALL} MiB: $(awk -v s="${PEAK[$op.small]}" -v b="${PEAK[$op.big]}" 'BEGIN { printf "%s (%.3fx)", (b <= 1.05 * s ? "met" : "NOT met"), b / s }')"
+done
 echo
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "done; stopping servers and removing $T"
