@@ -19,6 +19,8 @@
 #   SMALL_RUNS=3    counted rounds of the small-files test (after one warm-up round)
 #   ONLY=smallfiles run only the small-files test (no big transfers, no idle sessions)
 #   ONLY=idle       run only the idle-session test (no transfers)
+#   ONLY=rss        only the fresh-process peak RSS of a RSS_SMALL MiB and a BIG MiB put and get
+#   RSS_SMALL=256   the small size of ONLY=rss (MiB)
 #   IDLE_SIDES="ossh gateway"   which servers the idle-session test measures
 #   SESSION_BATCH=25   idle sessions started at a time (then waited for until authenticated)
 #   SKIP_BUILD=1    do not run `cargo build --release -p gateway` (use target/release/gateway as is)
@@ -46,7 +48,9 @@ SMALL=${SMALL:-1000}
 SMALL_KIB=${SMALL_KIB:-16}
 SMALL_RUNS=${SMALL_RUNS:-3}
 ONLY=${ONLY:-}
-[[ -z $ONLY || $ONLY == smallfiles || $ONLY == idle ]] || { echo "error: ONLY must be empty, 'smallfiles' or 'idle' (got '$ONLY')" >&2; exit 1; }
+[[ -z $ONLY || $ONLY == smallfiles || $ONLY == idle || $ONLY == rss ]] || { echo "error: ONLY must be empty, 'smallfiles', 'idle' or 'rss' (got '$ONLY')" >&2; exit 1; }
+RSS_SMALL=${RSS_SMALL:-256}
+[[ $ONLY == rss ]] && { SESSIONS=0; SMALL=0; }
 [[ $ONLY == smallfiles ]] && SESSIONS=0
 [[ $ONLY == idle ]] && SMALL=0
 XFER_MAX_TIME=${XFER_MAX_TIME:-600}
@@ -161,6 +165,7 @@ trap 'echo "interrupted" >&2; exit 130' INT TERM
 need_kib=$(((4 * BIG + 64) * 1024))
 [[ $ONLY == smallfiles ]] && need_kib=$(((8 * SMALL * SMALL_KIB) + 65536))
 [[ $ONLY == idle ]] && need_kib=65536
+[[ $ONLY == rss ]] && need_kib=$(((3 * BIG + 2 * RSS_SMALL + 64) * 1024))
 avail_kib=$(df -Pk "$T" | awk 'NR == 2 { print $4 }')
 ((avail_kib >= need_kib)) || die "$T has $((avail_kib / 1024)) MiB free, need about $((need_kib / 1024)) MiB"
 
@@ -357,7 +362,7 @@ wait_no_sessions() { # wait until sshd has reaped every session process (cutime 
 
 SRC=$T/big.bin
 BIG_BYTES=$((BIG * 1048576))
-if [[ -z $ONLY ]]; then
+if [[ -z $ONLY || $ONLY == rss ]]; then
     echo "== making a ${BIG} MiB random file"
     head -c $((BIG * 1048576)) /dev/urandom >"$SRC"
     SRC_SHA=$(sha256sum "$SRC" | cut -d' ' -f1)
@@ -494,6 +499,8 @@ for side in gateway ossh; do
     echo "   $side: $got OK"
 done
 
+fi   # big transfers, up to here
+if [[ -z $ONLY || $ONLY == rss ]]; then   # fresh-process RSS (not indented)
 # ---------------------------------------------------------------------------- gateway peak RSS, fresh process
 # The per-round "peak RSS" above is VmHWM reset (clear_refs) at session start, so for the
 # long-lived gateway it also holds memory kept from earlier sessions (allocator caches).
@@ -501,19 +508,34 @@ done
 echo
 echo "== gateway peak RSS (VmHWM), fresh process per measurement, ${BIG} MiB, $(short "${CIPHER_LIST[0]}")"
 declare -A FRESH
-for op in put get; do
+fresh_rss() { # fresh_rss OP KEY: one transfer of $SRC (put) or big.bin (get) in a fresh gateway
     stop_gateway
     start_gateway
     sleep 0.5
-    FRESH[idle.$op]=$(vm_kib "$GW_PID" VmHWM)
-    transfer gateway "$op" "${CIPHER_LIST[0]}"
-    FRESH[$op]=$(vm_kib "$GW_PID" VmHWM)
-    FRESH[after.$op]=$(vm_kib "$GW_PID" VmRSS)
-    printf '   %-3s: idle %6s MiB, peak %6s MiB, RSS after the session %6s MiB (%s MB/s)\n' "$op" \
-        "$(mib "${FRESH[idle.$op]}")" "$(mib "${FRESH[$op]}")" "$(mib "${FRESH[after.$op]}")" "$(mb "$SPEED")"
-done
+    FRESH[idle.$2]=$(vm_kib "$GW_PID" VmHWM)
+    transfer gateway "$1" "${CIPHER_LIST[0]}"
+    FRESH[$2]=$(vm_kib "$GW_PID" VmHWM)
+    FRESH[after.$2]=$(vm_kib "$GW_PID" VmRSS)
+    printf '   %-3s %5s MiB: idle %6s MiB, peak %6s MiB, RSS after the session %6s MiB (%s MB/s)\n' "$1" "$3" \
+        "$(mib "${FRESH[idle.$2]}")" "$(mib "${FRESH[$2]}")" "$(mib "${FRESH[after.$2]}")" "$(mb "$SPEED")"
+}
+if [[ $ONLY == rss ]]; then   # the small size first, as big.bin, then the big one over it
+    BIG_SRC=$SRC
+    SRC=$T/rss-small.bin
+    head -c $((RSS_SMALL * 1048576)) /dev/urandom >"$SRC"
+    fresh_rss put small.put "$RSS_SMALL"
+    fresh_rss get small.get "$RSS_SMALL"
+    SRC=$BIG_SRC
+fi
+fresh_rss put put "$BIG"
+fresh_rss get get "$BIG"
+if [[ $ONLY == rss ]]; then
+    for op in put get; do
+        echo "goal gateway $op peak RSS for ${BIG} MiB within 5% of ${RSS_SMALL} MiB: $(awk -v s="${FRESH[small.$op]}" -v b="${FRESH[$op]}" 'BEGIN { printf "%s (%.1f vs %.1f MiB, %.3fx)", (b <= 1.05 * s ? "met" : "NOT met"), b / 1024, s / 1024, b / s }')"
+    done
+fi
 
-fi   # big transfers
+fi   # fresh-process RSS
 
 # ---------------------------------------------------------------------------- many small files
 # SMALL files of SMALL_KIB KiB in one local directory, `put -r` into a new remote directory, then
