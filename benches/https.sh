@@ -40,6 +40,7 @@ extra=""
 [[ -n ${GATEWAY_BIN:-} ]] && extra+="GATEWAY_BIN=$GATEWAY_BIN "
 [[ ${SKIP_BUILD:-0} == 1 && -z ${GATEWAY_BIN:-} ]] && extra+="SKIP_BUILD=1 "
 [[ -n ${BENCH_TMPDIR:-} ]] && extra+="BENCH_TMPDIR=$BENCH_TMPDIR "
+[[ ${RSS_ONLY:-0} == 1 ]] && extra+="RSS_ONLY=1 "
 echo "command: ${extra}BIG=$BIG SMALL=$SMALL RUNS=$RUNS WARMUP=$WARMUP bash benches/https.sh${*:+ $*}   (cwd $ROOT)"
 echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 
