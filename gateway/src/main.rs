@@ -298,6 +298,18 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
         (config, errors.iter().map(ToString::to_string).collect())
     };
     problems.extend(check_files(&config).into_iter().map(|p| format!("{origin}: {p}")));
+    // Not errors (the gateway starts), but these users cannot log in yet.
+    let store = gateway::mfa::store::Store::new(&config.mfa);
+    for (i, user) in config.users.iter().enumerate() {
+        if user.mfa.is_some() && !store.enrolled(&user.name) {
+            eprintln!(
+                "{origin}: warning: users[{i}] ({}): mfa is set but the user is not enrolled (no {}); logins are refused until `gateway users mfa enroll {}`",
+                user.name,
+                store.path_of(&user.name).display(),
+                user.name
+            );
+        }
+    }
     if problems.is_empty() {
         let mode = if config.mode == Mode::Development { "development" } else { "production" };
         println!("{origin}: OK ({mode}, {} tenants, {} users)", config.tenants.len(), config.users.len());

@@ -84,6 +84,50 @@ permissions = ["read"]
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// A user with `mfa` but no enrolment: check-config passes with a warning naming the user and
+/// the missing file; once the file exists the warning is gone.
+#[test]
+fn check_config_warns_about_mfa_users_not_enrolled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mfa.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"mode = "development"
+data_dir = "{d}"
+[https]
+listen = "127.0.0.1:0"
+[[tenants]]
+name = "acme"
+[[users]]
+name = "alice"
+tenant = "acme"
+home = "/alice"
+permissions = ["read"]
+[[users]]
+name = "bob"
+tenant = "acme"
+home = "/bob"
+permissions = ["read"]
+mfa = "totp"
+"#,
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = gateway().arg("check-config").arg("--config").arg(&config).output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("warning: users[1] (bob): mfa is set but the user is not enrolled"), "{t}");
+    assert!(!t.contains("(alice)"), "{t}");
+    let secrets = dir.path().join("mfa/secrets");
+    assert!(t.contains(&secrets.join("bob.totp").display().to_string()), "{t}");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("bob.totp"), b"sealed").unwrap();
+    let out = gateway().arg("check-config").arg("--config").arg(&config).output().unwrap();
+    assert!(out.status.success() && !text(&out).contains("warning"), "{}", text(&out));
+}
+
 /// Write a trail with `n` records and a checkpoint every `every`, closed cleanly.
 fn make_trail(dir: &Path, n: usize, every: u64) -> (PathBuf, PathBuf) {
     let rt = tokio::runtime::Runtime::new().unwrap();
