@@ -7,13 +7,9 @@
 //! File-system work runs on the blocking pool, in batches of [`BATCH`] bytes.
 //!
 //! Where an upload's time goes, and what overlaps:
-//! - A large upload (more than one batch) writes its sealed bytes around the page cache
-//!   ([`super::direct`]: `O_DIRECT`, whole aligned blocks, the disk writing one batch while
-//!   the next is sealed), which saves the page-cache work that was half its CPU, and leaves
-//!   the final fsync at commit only the tail and the metadata block.
-//! - Where the file system refuses direct writes, the upload goes through the page cache and
-//!   asks the kernel to write it back every [`FLUSH_EVERY`] bytes (`fdatasync` on a second
-//!   blocking thread, while sealing goes on), so the final fsync finds little left to write.
+//! - A large upload asks the kernel to write its staging file back every [`FLUSH_EVERY`]
+//!   bytes (`fdatasync` on a second blocking thread, while sealing goes on), so the final
+//!   fsync at commit finds little left to write instead of the whole file.
 //! - [`ObjectWriter::prepare`] seals the last chunk, writes the metadata block and fsyncs the
 //!   file while the caller writes its durable `intent` record; only the rename waits for both.
 //! - After the rename, the parent directory is fsynced; its ancestors up to the tenant root
@@ -22,7 +18,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,7 +28,6 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 
-use super::direct::DirectWrites;
 use super::sealed::{self, Opener, SealedMeta, Sealer, CHUNK, DATA_OFFSET, HEADER_LEN, META_LEN, TAG};
 use super::{
     ByteRange, EntryKind, ListCursor, ListEntry, ListPage, ObjectMeta, ObjectRead, ObjectStore, ObjectWriter,
@@ -88,8 +83,6 @@ pub struct LocalStore {
     staging: PathBuf,
     keys: HashMap<String, Arc<SharedKeyring>>,
     durable_dirs: Arc<DurableDirs>,
-    /// Whether large uploads are written around the page cache ([`super::direct`]).
-    direct_io: bool,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -138,7 +131,7 @@ impl LocalStore {
                 tracing::warn!(path = %entry.path().display(), error = %e, "could not remove stale staging file");
             }
         }
-        Ok(LocalStore { objects, staging, keys, durable_dirs: Arc::default(), direct_io: true })
+        Ok(LocalStore { objects, staging, keys, durable_dirs: Arc::default() })
     }
 
     /// The tenant's keyring in force now.
@@ -266,10 +259,6 @@ struct Sealing {
     /// The staging file, made with the first batch (or at `prepare`), so opening an upload
     /// costs no file-system round trip and a small file is created, sealed and synced in one.
     file: Option<File>,
-    /// Direct writes around the page cache, for an upload larger than one batch.
-    direct: Option<DirectWrites>,
-    /// Whether this upload may use direct writes (the store's setting).
-    allow_direct: bool,
     /// Set when the writer is dropped uncommitted: a batch still in flight must not leave a
     /// staging file behind (it may create the file after the writer removed it).
     abandoned: Arc<AtomicBool>,
@@ -283,7 +272,13 @@ impl Sealing {
     /// The staging file, created (header and a blank metadata block) on first use.
     fn file(&mut self) -> Result<&mut File, StorageError> {
         if self.file.is_none() {
-            let mut file = self.create()?;
+            let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&self.path)?;
+            // Checked after creating: either the writer's drop sees the file and removes it,
+            // or this sees the flag (both sides are SeqCst).
+            if self.abandoned.load(Ordering::SeqCst) {
+                let _ = fs::remove_file(&self.path);
+                return Err(StorageError::Backend("upload abandoned".into()));
+            }
             file.write_all(self.sealer.header())?;
             file.write_all(&[0u8; META_LEN])?;
             self.file = Some(file);
@@ -291,91 +286,41 @@ impl Sealing {
         self.file.as_mut().ok_or_else(|| StorageError::Backend("staging file missing".into()))
     }
 
-    fn create(&self) -> Result<File, StorageError> {
-        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&self.path)?;
-        // Checked after creating: either the writer's drop sees the file and removes it, or
-        // this sees the flag (both sides are SeqCst).
-        if self.abandoned.load(Ordering::SeqCst) {
-            let _ = fs::remove_file(&self.path);
-            return Err(StorageError::Backend("upload abandoned".into()));
-        }
-        Ok(file)
-    }
-
-    /// Create the staging file for direct writes (header and blank metadata block go out with
-    /// the first blocks); through the page cache where the file system refuses them.
-    fn start_direct(&mut self) -> Result<(), StorageError> {
-        let file = self.create()?;
-        let mut head = Vec::with_capacity(DATA_OFFSET as usize);
-        head.extend_from_slice(self.sealer.header());
-        head.extend_from_slice(&[0u8; META_LEN]);
-        self.direct = DirectWrites::open(&self.path, &head);
-        if self.direct.is_none() {
-            (&file).write_all(&head)?;
-        }
-        self.file = Some(file);
-        Ok(())
-    }
-
     /// Seal `frames` (a whole number of chunks, unless `last`) and write them.
     fn seal_frames(&mut self, frames: Vec<Bytes>, last: bool) -> Result<(), StorageError> {
-        if self.file.is_none() && !last && self.allow_direct {
-            self.start_direct()?;
+        self.out.clear();
+        let mut chunk_start = 0;
+        let mut remaining: usize = frames.iter().map(Bytes::len).sum();
+        for frame in &frames {
+            let mut rest: &[u8] = frame;
+            while !rest.is_empty() {
+                let room = CHUNK - (self.out.len() - chunk_start);
+                let (take, more) = rest.split_at(room.min(rest.len()));
+                self.hasher.update(take);
+                self.out.extend_from_slice(take);
+                remaining -= take.len();
+                rest = more;
+                // A full chunk is sealed now unless it ends the object: that one is the final
+                // chunk and is sealed as such below.
+                if self.out.len() - chunk_start == CHUNK && (remaining > 0 || !last) {
+                    self.sealer.seal_tail(&mut self.out, chunk_start, false).map_err(integrity)?;
+                    chunk_start = self.out.len();
+                }
+            }
         }
-        if let (Some(direct), Some(file), false) = (self.direct.as_mut(), self.file.as_ref(), last) {
-            let plain: usize = frames.iter().map(Bytes::len).sum();
-            let (mut out, pad) = direct.buffer(plain + (plain / CHUNK + 1) * TAG);
-            let start = out.len();
-            seal_into(&mut self.sealer, &mut self.hasher, &mut out, start, &frames, last)?;
-            direct.submit(out, pad, file)?;
-            return Ok(());
+        let partial = self.out.len() > chunk_start;
+        if last {
+            // The final chunk: whatever remains, possibly nothing (an empty object, or a size
+            // that is a multiple of the chunk size still ends with an empty sealed chunk).
+            self.sealer.seal_tail(&mut self.out, chunk_start, true).map_err(integrity)?;
+        } else if partial {
+            return Err(StorageError::Backend("internal error: partial chunk in a non-final batch".into()));
         }
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        let sealed = seal_into(&mut self.sealer, &mut self.hasher, &mut out, 0, &frames, last);
-        let written = sealed.and_then(|()| self.file().and_then(|f| Ok(f.write_all(&out)?)));
+        let out = std::mem::take(&mut self.out);
+        let written = self.file().and_then(|f| Ok(f.write_all(&out)?));
         self.out = out;
         written
     }
-}
-
-/// Seal `frames` onto `out` from `chunk_start` on: whole chunks, and the final chunk when
-/// `last` (a non-final batch must be a whole number of chunks). Hashes the plaintext.
-fn seal_into(
-    sealer: &mut Sealer,
-    hasher: &mut Sha256,
-    out: &mut Vec<u8>,
-    mut chunk_start: usize,
-    frames: &[Bytes],
-    last: bool,
-) -> Result<(), StorageError> {
-    let mut remaining: usize = frames.iter().map(Bytes::len).sum();
-    for frame in frames {
-        let mut rest: &[u8] = frame;
-        while !rest.is_empty() {
-            let room = CHUNK - (out.len() - chunk_start);
-            let (take, more) = rest.split_at(room.min(rest.len()));
-            hasher.update(take);
-            out.extend_from_slice(take);
-            remaining -= take.len();
-            rest = more;
-            // A full chunk is sealed now unless it ends the object: that one is the final
-            // chunk and is sealed as such below.
-            if out.len() - chunk_start == CHUNK && (remaining > 0 || !last) {
-                sealer.seal_tail(out, chunk_start, false).map_err(integrity)?;
-                chunk_start = out.len();
-            }
-        }
-    }
-    let partial = out.len() > chunk_start;
-    if last {
-        // The final chunk: whatever remains, possibly nothing (an empty object, or a size
-        // that is a multiple of the chunk size still ends with an empty sealed chunk).
-        sealer.seal_tail(out, chunk_start, true).map_err(integrity)?;
-    } else if partial {
-        return Err(StorageError::Backend("internal error: partial chunk in a non-final batch".into()));
-    }
-    Ok(())
 }
 
 impl Sealing {
@@ -387,16 +332,7 @@ impl Sealing {
         size: u64,
         expected_sha256: Option<[u8; 32]>,
     ) -> Result<SealedMeta, StorageError> {
-        match (self.direct.take(), self.file.as_ref()) {
-            (Some(mut direct), Some(file)) => {
-                // The blocks in flight, then the tail through the page cache.
-                let (pos, mut out) = direct.finish(file)?;
-                let start = out.len();
-                seal_into(&mut self.sealer, &mut self.hasher, &mut out, start, &frames, true)?;
-                file.write_all_at(&out, pos)?;
-            }
-            _ => self.seal_frames(frames, true)?,
-        }
+        self.seal_frames(frames, true)?;
         let sha256 = std::mem::take(&mut self.hasher).finish();
         if expected_sha256.is_some_and(|want| want != sha256) {
             return Err(StorageError::DigestMismatch);
@@ -474,10 +410,6 @@ impl LocalWriter {
             return Ok(());
         }
         self.join_flush().await?;
-        // Direct writes are on the disk already; only page-cache writes need flushing.
-        if sealing.direct.as_ref().is_some_and(DirectWrites::active) {
-            return Ok(());
-        }
         let Some(file) = &sealing.file else { return Ok(()) };
         let file = file.try_clone()?;
         self.flushed_to = self.handed;
@@ -696,11 +628,6 @@ fn move_no_replace(src: &Path, dst: &Path) -> Result<(), StorageError> {
 }
 
 impl LocalStore {
-    /// Write large uploads around the page cache (the default) or through it.
-    pub fn set_direct_io(&mut self, on: bool) {
-        self.direct_io = on;
-    }
-
     /// [`ObjectStore::begin_put`], with the writer's own type.
     fn begin_writer(
         &self,
@@ -713,7 +640,6 @@ impl LocalStore {
         let staging = self.staging.clone();
         let durable_dirs = self.durable_dirs.clone();
         let is_root = key.is_root();
-        let allow_direct = self.direct_io;
         async move {
             let tenant_key = tenant_key?;
             if is_root {
@@ -725,8 +651,6 @@ impl LocalStore {
             let abandoned = Arc::new(AtomicBool::new(false));
             let sealing = Sealing {
                 file: None,
-                direct: None,
-                allow_direct,
                 abandoned: abandoned.clone(),
                 path: staging_path.clone(),
                 sealer,
@@ -1077,34 +1001,14 @@ mod tests {
 
     #[tokio::test]
     async fn sizes_on_chunk_and_batch_boundaries() {
-        sizes_on_boundaries(true).await;
-    }
-
-    #[tokio::test]
-    async fn sizes_on_chunk_and_batch_boundaries_through_the_page_cache() {
-        sizes_on_boundaries(false).await;
-    }
-
-    async fn sizes_on_boundaries(direct_io: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = test_store(dir.path());
-        store.set_direct_io(direct_io);
-        let sizes = [
-            0,
-            1,
-            CHUNK - 1,
-            CHUNK,
-            CHUNK + 1,
-            2 * CHUNK,
-            BATCH,
-            BATCH + 1,
-            3 * BATCH,
-            3 * BATCH + 7,
-            // Sealed lengths that end on, just before and just after a direct-write block.
-            6 * BATCH + super::super::direct::ALIGN,
-            6 * BATCH + super::super::direct::ALIGN - (DATA_OFFSET as usize) - 6 * 16 * TAG - TAG,
-            6 * BATCH + super::super::direct::ALIGN - (DATA_OFFSET as usize) - 6 * 16 * TAG - TAG + 1,
-        ];
+        let mut keys = HashMap::new();
+        keys.insert(
+            "t".to_owned(),
+            SharedKeyring::new(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap())),
+        );
+        let store = LocalStore::open(dir.path(), keys).unwrap();
+        let sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, BATCH, BATCH + 1, 3 * BATCH, 3 * BATCH + 7];
         for (i, size) in sizes.into_iter().enumerate() {
             let data: Vec<u8> = (0..size).map(|j| (j * 7 + i) as u8).collect();
             for piece in [size, 1000, CHUNK, 3 * CHUNK + 5] {
@@ -1249,13 +1153,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_large_upload_through_the_page_cache_is_flushed_while_it_is_written() {
+    async fn a_large_upload_is_flushed_while_it_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let store = test_store(dir.path());
         let key = ObjectKey::home("big").unwrap();
         let data: Vec<u8> = (0..(2 * FLUSH_EVERY as usize + 5 * BATCH)).map(|i| (i % 251) as u8).collect();
-        let mut store = store;
-        store.set_direct_io(false);
         let mut w = store.begin_writer("t", &key).await.unwrap();
         for piece in data.chunks(256 * 1024) {
             w.write(Bytes::copy_from_slice(piece)).await.unwrap();
@@ -1265,34 +1167,6 @@ mod tests {
         assert!(w.flush.is_some());
         Box::new(w).commit(None).await.unwrap();
         assert_eq!(get(&store, "big").await, data);
-    }
-
-    #[tokio::test]
-    async fn a_large_upload_goes_around_the_page_cache_where_the_file_system_allows() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path());
-        let probe = dir.path().join("probe");
-        fs::write(&probe, b"").unwrap();
-        let supported = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&probe).is_ok();
-        let key = ObjectKey::home("big").unwrap();
-        let data: Vec<u8> = (0..(2 * FLUSH_EVERY as usize + 3 * BATCH + 12345)).map(|i| (i % 253) as u8).collect();
-        let mut w = store.begin_writer("t", &key).await.unwrap();
-        for piece in data.chunks(100_000) {
-            w.write(Bytes::copy_from_slice(piece)).await.unwrap();
-        }
-        let sealing = w.settle().await.unwrap();
-        if supported {
-            assert!(sealing.direct.as_ref().is_some_and(DirectWrites::active), "direct writes expected");
-            // Nothing sits in the page cache to flush.
-            assert!(w.flush.is_none());
-        } else {
-            assert!(sealing.direct.is_none());
-        }
-        w.sealing = Some(sealing);
-        let meta = Box::new(w).commit(None).await.unwrap();
-        assert_eq!(meta.sha256, Some(crate::digest::sha256(&data)));
-        assert_eq!(get(&store, "big").await, data);
-        assert_eq!(staged(dir.path()), 0);
     }
 
     #[tokio::test]

@@ -9,7 +9,6 @@
 //! visible until [`ObjectWriter::commit`] succeeds, and a writer dropped without commit leaves
 //! nothing behind.
 
-mod direct;
 pub mod local;
 pub mod reencrypt;
 pub mod router;
