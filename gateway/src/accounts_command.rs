@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Subcommand;
 
-use crate::bans_command::{call, AdminArgs};
+use crate::bans_command::{call, get_json, AdminArgs};
 
 /// Account commands against the running gateway.
 #[derive(Subcommand)]
@@ -39,12 +39,7 @@ pub enum AccountsCommand {
 pub fn run(command: AccountsCommand) -> anyhow::Result<ExitCode> {
     match command {
         AccountsCommand::List { admin } => {
-            let (status, body) = call(&admin, "GET", "/users")?;
-            if status != 200 {
-                bail!("GET /users: {status} {}", body.trim());
-            }
-            let accounts: Vec<gateway::accounts::AccountInfo> =
-                serde_json::from_str(&body).context("GET /users: the answer is not the expected JSON")?;
+            let accounts: Vec<gateway::accounts::AccountInfo> = get_json(&admin, "/users")?;
             println!("{:<24} {:<16} {:<20} LAST LOGIN", "USER", "TENANT", "STATUS");
             for a in accounts {
                 let last = a.last_login.unwrap_or_else(|| format!("never (first seen {})", a.first_seen));

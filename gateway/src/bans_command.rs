@@ -47,12 +47,7 @@ pub enum BansCommand {
 pub fn run(command: BansCommand) -> anyhow::Result<ExitCode> {
     match command {
         BansCommand::List { admin } => {
-            let (status, body) = call(&admin, "GET", "/bans")?;
-            if status != 200 {
-                bail!("GET /bans: {status} {}", body.trim());
-            }
-            let bans: Vec<gateway::defender::BanInfo> =
-                serde_json::from_str(&body).context("GET /bans: the answer is not the expected JSON")?;
+            let bans: Vec<gateway::defender::BanInfo> = get_json(&admin, "/bans")?;
             if bans.is_empty() {
                 println!("no bans");
             } else {
@@ -88,6 +83,16 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
         bail!("--token-file {}: empty", path.display());
     }
     Ok(token)
+}
+
+/// GET `path` from the admin listener and parse its JSON answer; anything but 200 is an
+/// error carrying the status and body.
+pub(crate) fn get_json<T: serde::de::DeserializeOwned>(admin: &AdminArgs, path: &str) -> anyhow::Result<T> {
+    let (status, body) = call(admin, "GET", path)?;
+    if status != 200 {
+        bail!("GET {path}: {status} {}", body.trim());
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {path}: the answer is not the expected JSON"))
 }
 
 /// One HTTP/1.1 request to the admin listener: (status, body).
