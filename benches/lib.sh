@@ -29,6 +29,7 @@ cpu_ticks() { # cpu_ticks PID...: utime + stime (all threads) of the given live 
     done
     echo "$sum"
 }
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }   # busy ticks of all CPUs (user nice system irq softirq steal)
 vm_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; }   # vm_kib PID VmHWM (empty if PID is gone)
 
 # ---------------------------------------------------------------------------- units, ports, statistics
