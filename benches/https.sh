@@ -388,22 +388,23 @@ for op in PUT GET; do
 done
 # Server CPU per GiB: the gateway may spend what nginx spends plus one SHA-256 pass and one
 # AES-256-GCM pass (its hash of the content and its sealing or unsealing of the stored bytes).
-for op in PUT GET; do
-    gc=$(vals "${CPUS[gateway.$op]}" | median); nc=$(vals "${CPUS[nginx.$op]}" | median)
-    read -r gpg npg allow < <(awk -v g="$gc" -v n="$nc" -v mib="$BIG" -v sha="$SHA_S_GIB" -v gcm="$GCM_S_GIB" \
-        'BEGIN { gib = mib / 1024; printf "%.2f %.2f %.2f\n", g / gib, n / gib, n / gib + sha + gcm }')
-    echo "goal server CPU per GiB, $op: gateway $gpg s ≤ nginx $npg + SHA-256 $SHA_S_GIB + AES-GCM $GCM_S_GIB = $allow s: $(awk -v g="$gpg" -v a="$allow" 'BEGIN { print (g <= a ? "met" : "NOT met") }')"
-done
+# cpu_goal LABEL ARRAY: one goal line per op from the medians in the named array.
+cpu_goal() {
+    local label=$1 op gc nc gpg npg allow
+    local -n figures=$2
+    for op in PUT GET; do
+        gc=$(vals "${figures[gateway.$op]}" | median); nc=$(vals "${figures[nginx.$op]}" | median)
+        read -r gpg npg allow < <(awk -v g="$gc" -v n="$nc" -v mib="$BIG" -v sha="$SHA_S_GIB" -v gcm="$GCM_S_GIB" \
+            'BEGIN { gib = mib / 1024; printf "%.2f %.2f %.2f\n", g / gib, n / gib, n / gib + sha + gcm }')
+        echo "goal $label, $op: gateway $gpg s ≤ nginx $npg + SHA-256 $SHA_S_GIB + AES-GCM $GCM_S_GIB = $allow s: $(awk -v g="$gpg" -v a="$allow" 'BEGIN { print (g <= a ? "met" : "NOT met") }')"
+    done
+}
+cpu_goal "server CPU per GiB" CPUS
 # The same like for like: the gateway writes its data back to the disk itself (fdatasync as it
 # goes and before the reply), nginx leaves it to the kernel's flusher threads, whose CPU the
 # process figures above do not see. Machine CPU minus the client's counts both, each up to
 # the data being on disk.
-for op in PUT GET; do
-    gc=$(vals "${MCPUS[gateway.$op]}" | median); nc=$(vals "${MCPUS[nginx.$op]}" | median)
-    read -r gpg npg allow < <(awk -v g="$gc" -v n="$nc" -v mib="$BIG" -v sha="$SHA_S_GIB" -v gcm="$GCM_S_GIB" \
-        'BEGIN { gib = mib / 1024; printf "%.2f %.2f %.2f\n", g / gib, n / gib, n / gib + sha + gcm }')
-    echo "goal machine CPU per GiB (like for like, writeback counted), $op: gateway $gpg s ≤ nginx $npg + SHA-256 $SHA_S_GIB + AES-GCM $GCM_S_GIB = $allow s: $(awk -v g="$gpg" -v a="$allow" 'BEGIN { print (g <= a ? "met" : "NOT met") }')"
-done
+cpu_goal "machine CPU per GiB (like for like, writeback counted)" MCPUS
 ge=$(vals "${EFFS[gateway.PUT]}" | median)
 ne=$(vals "${EFFS[nginx.PUT]}" | median)
 echo "PUT counting the time until the data is on disk (reply + a sync right after it; the gateway fsyncs before replying, nginx does not):"
