@@ -369,7 +369,7 @@ impl Gateway {
             Some(ship) => Some((open_shipper(config, ship).await.map_err(|e| StartupError(vec![e]))?, ship.interval)),
             None => None,
         };
-        let audit = AuditLog::open(
+        let (audit, completed) = AuditLog::open_recovering(
             AuditConfig {
                 path: config.audit.path.clone(),
                 checkpoint_every_records: config.audit.checkpoint_every_records,
@@ -377,8 +377,22 @@ impl Gateway {
                 append_timeout: config.audit.append_timeout,
             },
             signing,
+            &store.interrupted_uploads(),
         )
         .map_err(|e| StartupError(vec![e.to_string()]))?;
+        // An upload whose `completed` record was written while its name was being made durable
+        // (the two overlap) is put in place; the other interrupted uploads are removed.
+        let finished = store
+            .recover_uploads(&completed)
+            .await
+            .map_err(|e| StartupError(vec![format!("storage: finishing interrupted uploads: {e}")]))?;
+        if !finished.is_empty() {
+            tracing::warn!(
+                count = finished.len(),
+                objects = ?finished.get(..finished.len().min(20)).unwrap_or_default(),
+                "the previous run stopped while uploads with a completed record were being made durable; put them in place"
+            );
+        }
         let tls = gateway_certs::server_config(profile, cert.clone(), clients.as_ref().map(|c| c.verifier()))
             .map_err(|e| StartupError(vec![e.to_string()]))?;
         let readiness = Arc::new(crate::admin::Readiness::new(

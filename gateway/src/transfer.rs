@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::Stream;
 use tokio_util::task::task_tracker::{TaskTracker, TaskTrackerToken};
-use write_ahead::{append_outcome, open_record, outcome, settle, Undo};
+use write_ahead::{append_outcome, open_record, outcome, settle, take_back, Undo};
 
 use crate::audit::{AuditEntry, AuditError, AuditEvent, AuditLog};
 use crate::auth::Principal;
@@ -568,7 +568,8 @@ impl Transfers {
         // broken trail refuses the upload here already. Meanwhile the store prepares (local:
         // nothing visible before commit); a writer not wanted is aborted.
         let started = async { Ok::<_, TransferError>(self.audit.append_queued(base.clone()).await?) };
-        let (started, writer) = tokio::join!(started, self.store.begin_put(&who.tenant, &key, size_hint));
+        let (started, writer) =
+            tokio::join!(started, self.store.begin_upload(&who.tenant, &key, size_hint, &transfer_id));
         if let Err(e) = started {
             if let Ok(w) = writer {
                 w.abort().await;
@@ -1020,9 +1021,27 @@ impl Upload {
             let _ = go.send(logged.is_ok());
             logged
         };
-        let (logged, committed) = tokio::join!(logged, writer.commit_after(expected_sha256, gate));
-        // On any error the writer has removed what it staged (and committed nothing unless
-        // the intent is durable); the `failed` record answers the intent too, should it land.
+        // The `completed` record goes out as soon as the object has its name, while the store
+        // makes that name durable (local: the directory fsync), so a close waits for the
+        // longer of the two, not their sum. A crash in between leaves the record and the
+        // staging file, named after this transfer: the next start puts the object in place
+        // (`ObjectStore::recover_uploads`).
+        let (placed, on_placed) = tokio::sync::oneshot::channel::<ObjectMeta>();
+        let (audit, base, bytes, started) = (&self.audit, &self.base, self.bytes, self.started);
+        // -> whether the object was placed, and its `completed` record with how its append went.
+        let recorded = async move {
+            let Ok(meta) = on_placed.await else { return (false, None) };
+            let Some(entry) = meta.sha256.map(|sha| completed_entry(base, bytes, started, &meta, sha)) else {
+                return (true, None);
+            };
+            let appended = append_outcome(audit, entry.clone(), true).await;
+            (true, Some((entry, appended)))
+        };
+        let (logged, committed, (was_placed, recorded)) =
+            tokio::join!(logged, writer.commit_placed(expected_sha256, gate, placed), recorded);
+        // On any error before the object was placed the writer has removed what it staged
+        // (and committed nothing unless the intent is durable); the `failed` record answers
+        // the intent too, should it land.
         if let Err(e) = logged {
             return Err(self.fail(e.into()).await);
         }
@@ -1030,6 +1049,13 @@ impl Upload {
             Ok(meta) => meta,
             Err(e) => {
                 let e = self.storage_failure(e);
+                if was_placed {
+                    // Placed, but its name could not be made durable: the object goes again,
+                    // and the `failed` record follows the `completed` one, if that landed.
+                    if let Err(d) = self.store.delete(&self.tenant, &self.key).await {
+                        tracing::error!(error = %d, "could not remove an object whose name could not be made durable");
+                    }
+                }
                 return Err(self.fail(e).await);
             }
         };
@@ -1042,17 +1068,33 @@ impl Upload {
             return Err(self.fail(TransferError::Storage("the store reported no digest".into())).await);
         };
         self.done = true;
-        let entry = AuditEntry {
-            event: AuditEvent::Completed,
-            result: Some("ok".into()),
-            bytes: Some(self.bytes),
-            sha256: Some(hex::encode(sha256)),
-            duration_ms: Some(elapsed_ms(self.started)),
-            s3: meta.location.as_ref().map(|l| l.audit()),
-            ..self.base.clone()
-        };
-        settle(&self.audit, self.store.as_ref(), &self.tenant, entry, Undo::Delete(self.key.clone())).await?;
+        let undo = Undo::Delete(self.key.clone());
+        match recorded {
+            Some((_, Ok(_))) => {}
+            Some((entry, Err(e))) => {
+                return Err(take_back(&self.audit, self.store.as_ref(), &self.tenant, &entry, undo, e).await.into())
+            }
+            // A backend that never said when the object was placed: record it now.
+            None => {
+                let entry = completed_entry(&self.base, self.bytes, self.started, &meta, sha256);
+                settle(&self.audit, self.store.as_ref(), &self.tenant, entry, undo).await?;
+            }
+        }
         Ok(Receipt { transfer_id: self.transfer_id.clone(), size: self.bytes, sha256 })
+    }
+}
+
+/// The `completed` record of an upload (`base`: its `started` record) of `bytes` begun at
+/// `started`, stored as `meta` says.
+fn completed_entry(base: &AuditEntry, bytes: u64, started: Instant, meta: &ObjectMeta, sha256: [u8; 32]) -> AuditEntry {
+    AuditEntry {
+        event: AuditEvent::Completed,
+        result: Some("ok".into()),
+        bytes: Some(bytes),
+        sha256: Some(hex::encode(sha256)),
+        duration_ms: Some(elapsed_ms(started)),
+        s3: meta.location.as_ref().map(|l| l.audit()),
+        ..base.clone()
     }
 }
 

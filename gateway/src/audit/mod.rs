@@ -28,6 +28,7 @@ pub mod ship;
 pub mod signing;
 pub mod verify;
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -171,6 +172,19 @@ impl AuditLog {
     /// with a clean shutdown is scanned first, and every transfer or change it left without
     /// an outcome gets an `interrupted` record (written and synced before this returns).
     pub fn open(config: AuditConfig, key: CheckpointKey) -> Result<AuditLog, AuditError> {
+        Ok(AuditLog::open_recovering(config, key, &[])?.0)
+    }
+
+    /// [`AuditLog::open`], also returning the `completed` upload records of the transfers
+    /// in `uploads` (ids of uploads the store found interrupted,
+    /// [`crate::storage::ObjectStore::interrupted_uploads`]) when the trail did not end with
+    /// a clean shutdown: their objects were committed, but their names may not have reached
+    /// the disk. After a clean shutdown the map is empty (every commit had ended).
+    pub fn open_recovering(
+        config: AuditConfig,
+        key: CheckpointKey,
+        uploads: &[String],
+    ) -> Result<(AuditLog, HashMap<String, AuditEntry>), AuditError> {
         let open_err = |message: String| AuditError::Open { path: config.path.clone(), message };
         if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             crate::secrets::create_private_dir(parent).map_err(|e| open_err(e.to_string()))?;
@@ -184,8 +198,9 @@ impl AuditLog {
             .map_err(|e| open_err(e.to_string()))?;
         let tail = read_tail(&mut file).map_err(open_err)?;
         let mut pending = PendingOutcomes::default();
+        let mut completed = HashMap::new();
         if tail.seq > 0 && !tail.clean_shutdown {
-            pending = scan_pending(&config.path).map_err(open_err)?;
+            (pending, completed) = scan_pending(&config.path, uploads).map_err(open_err)?;
         }
         let sidecar = OpenOptions::new()
             .append(true)
@@ -229,7 +244,7 @@ impl AuditLog {
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| AuditError::Unavailable(format!("cannot start audit writer: {e}")))?;
-        Ok(AuditLog {
+        let log = AuditLog {
             tx,
             slots: Arc::new(Semaphore::new(QUEUE_LIMIT)),
             append_timeout: config.append_timeout,
@@ -237,7 +252,8 @@ impl AuditLog {
             broken,
             #[cfg(test)]
             faults,
-        })
+        };
+        Ok((log, completed))
     }
 
     /// Write an entry and wait until it is on disk (`durable` also waits for fdatasync).
@@ -377,9 +393,12 @@ fn read_tail(file: &mut File) -> Result<Tail, String> {
     Ok(Tail { seq: parsed.seq, prev: hex::encode(crate::digest::sha256(line)), len, clean_shutdown })
 }
 
-/// Read the whole trail and return what it left without an outcome. Lines that do not parse
-/// are skipped (with a warning): finding them is `audit verify`'s job, not the start's.
-fn scan_pending(path: &Path) -> Result<PendingOutcomes, String> {
+/// Read the whole trail and return what it left without an outcome, and the `completed`
+/// upload records of the transfers in `uploads`. Lines that do not parse are skipped (with a
+/// warning): finding them is `audit verify`'s job, not the start's.
+fn scan_pending(path: &Path, uploads: &[String]) -> Result<(PendingOutcomes, HashMap<String, AuditEntry>), String> {
+    let uploads: HashSet<&str> = uploads.iter().map(String::as_str).collect();
+    let mut completed = HashMap::new();
     #[derive(serde::Deserialize)]
     struct Peek<'a> {
         event: AuditEvent,
@@ -408,6 +427,19 @@ fn scan_pending(path: &Path) -> Result<PendingOutcomes, String> {
                 Ok(full) => pending.observe_entry(&full.entry),
                 Err(_) => unreadable += 1,
             }
+        } else if peek.event == AuditEvent::Completed
+            && peek.transfer_id.as_deref().is_some_and(|id| uploads.contains(id))
+        {
+            pending.observe(peek.event, peek.transfer_id.as_deref(), None);
+            match serde_json::from_slice::<AuditLine>(text) {
+                Ok(full) if full.entry.operation.as_deref() == Some("upload") => {
+                    if let Some(id) = full.entry.transfer_id.clone() {
+                        completed.insert(id, full.entry);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => unreadable += 1,
+            }
         } else {
             pending.observe(peek.event, peek.transfer_id.as_deref(), None);
         }
@@ -416,7 +448,7 @@ fn scan_pending(path: &Path) -> Result<PendingOutcomes, String> {
         tracing::warn!(unreadable, "the audit trail has records that do not parse; run `gateway audit verify`");
     }
     tracing::info!(records, ms = started.elapsed().as_millis() as u64, "scanned the audit trail after an unclean stop");
-    Ok(pending)
+    Ok((pending, completed))
 }
 
 /// The trail file, with the length of what is known to be whole records.
@@ -928,6 +960,51 @@ mod tests {
         let log = open_log(dir.path(), Duration::from_secs(10));
         log.close().await;
         assert_eq!(lines(dir.path()).len(), l.len());
+    }
+
+    #[tokio::test]
+    async fn after_an_unclean_stop_the_completed_records_of_interrupted_uploads_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_path = dir.path().join("k.key");
+        let log = open_log(dir.path(), Duration::from_secs(10));
+        for id in ["placed", "unfinished", "elsewhere"] {
+            log.append(opened(AuditEvent::Intent, id, "upload"), true).await.unwrap();
+        }
+        log.append(
+            AuditEntry {
+                object_key: Some("in/placed.bin".into()),
+                ..opened(AuditEvent::Completed, "placed", "upload")
+            },
+            true,
+        )
+        .await
+        .unwrap();
+        log.append(opened(AuditEvent::Completed, "elsewhere", "upload"), true).await.unwrap();
+        log.append(opened(AuditEvent::Operation, "renamed", "rename"), true).await.unwrap();
+        log.faults().set(|_| Some(faults::Fault::Fail));
+        assert!(log.append(AuditEntry::new(AuditEvent::Operation), true).await.is_err());
+        log.close().await;
+
+        // The store asks about the uploads it found interrupted, "elsewhere" is not one.
+        let asked = ["placed".to_owned(), "unfinished".to_owned(), "renamed".to_owned()];
+        let config = config(dir.path(), 1000, Duration::from_secs(60));
+        let (log, completed) =
+            AuditLog::open_recovering(config.clone(), CheckpointKey::load(&key_path).unwrap(), &asked).unwrap();
+        log.close().await;
+        assert_eq!(completed.keys().collect::<Vec<_>>(), ["placed"]);
+        assert_eq!(completed["placed"].object_key.as_deref(), Some("in/placed.bin"));
+        let interrupted: Vec<Option<String>> = lines(dir.path())
+            .into_iter()
+            .filter(|l| l.entry.event == AuditEvent::Interrupted)
+            .map(|l| l.entry.transfer_id)
+            .collect();
+        assert_eq!(interrupted, [Some("unfinished".to_owned())]);
+
+        // After the clean stop that followed, nothing is reported again.
+        let (log, completed) =
+            AuditLog::open_recovering(config, CheckpointKey::load(&key_path).unwrap(), &asked).unwrap();
+        log.close().await;
+        assert!(completed.is_empty(), "{completed:?}");
     }
 
     #[tokio::test]

@@ -33,6 +33,7 @@ use super::{
     ByteRange, EntryKind, ListCursor, ListEntry, ListPage, ObjectMeta, ObjectRead, ObjectStore, ObjectWriter,
     RangeRequest, StorageError,
 };
+use crate::audit::AuditEntry;
 use crate::digest::Sha256;
 use crate::keyring::{SharedKeyring, TenantKeyring};
 use crate::path::ObjectKey;
@@ -83,6 +84,24 @@ pub struct LocalStore {
     staging: PathBuf,
     keys: HashMap<String, Arc<SharedKeyring>>,
     durable_dirs: Arc<DurableDirs>,
+    /// Staging files of uploads a crash interrupted, by upload id, found at open and kept
+    /// until [`ObjectStore::recover_uploads`] settles them.
+    interrupted: std::sync::Mutex<Vec<(String, PathBuf)>>,
+}
+
+/// Prefix of a staging file named after its upload id (`u-<id>.part`); other staging files
+/// have random names.
+const UPLOAD_STAGING_PREFIX: &str = "u-";
+
+/// The upload id a staging file name carries, if it is one of ours and the id is plain.
+fn upload_id_of(name: &str) -> Option<&str> {
+    let id = name.strip_prefix(UPLOAD_STAGING_PREFIX)?.strip_suffix(".part")?;
+    plain_id(id).then_some(id)
+}
+
+/// Ids that can name a file: 1 to 64 ASCII letters, digits, `-` or `_`.
+fn plain_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -124,14 +143,27 @@ impl LocalStore {
             crate::secrets::create_private_dir(&objects.join(tenant))
                 .map_err(|e| StorageError::Backend(e.to_string()))?;
         }
-        // Anything left in staging is an upload a crash interrupted: never visible, now gone.
+        // Anything left in staging is an upload a crash interrupted. Files named after an
+        // upload wait for `recover_uploads` (its `completed` record may be written while its
+        // name was not yet durable); the rest were never visible and go now.
+        let mut interrupted = Vec::new();
         for entry in fs::read_dir(&staging)? {
             let entry = entry?;
+            if let Some(id) = entry.file_name().to_str().and_then(upload_id_of) {
+                interrupted.push((id.to_owned(), entry.path()));
+                continue;
+            }
             if let Err(e) = fs::remove_file(entry.path()) {
                 tracing::warn!(path = %entry.path().display(), error = %e, "could not remove stale staging file");
             }
         }
-        Ok(LocalStore { objects, staging, keys, durable_dirs: Arc::default() })
+        Ok(LocalStore {
+            objects,
+            staging,
+            keys,
+            durable_dirs: Arc::default(),
+            interrupted: std::sync::Mutex::new(interrupted),
+        })
     }
 
     /// The tenant's keyring in force now.
@@ -386,6 +418,57 @@ impl Drop for LocalWriter {
 
 impl LocalWriter {
     /// Wait for the batch in flight (if any) and take back the sealing state.
+    /// The whole close in one blocking call (one thread hand-off, not two): seal the rest and
+    /// fsync the data, then wait there for `go` (the caller's durable `intent`), then rename,
+    /// say so on `placed`, and fsync the directory. On an error before the rename (or no
+    /// `go`) the staging file is removed before this returns.
+    async fn close(
+        mut self: Box<Self>,
+        expected_sha256: Option<[u8; 32]>,
+        go: tokio::sync::oneshot::Receiver<bool>,
+        placed: Option<tokio::sync::oneshot::Sender<ObjectMeta>>,
+    ) -> Result<ObjectMeta, StorageError> {
+        let prepared = self.prepared.take();
+        let sealing = match prepared {
+            Some(_) => None,
+            None => Some((self.settle().await?, std::mem::take(&mut self.frames))),
+        };
+        self.join_flush().await?;
+        let size = self.size;
+        let final_path = self.final_path.clone();
+        let staging_path = self.staging_path.clone();
+        let tenant_root = self.tenant_root.clone();
+        let known = self.durable_dirs.clone();
+        let meta = blocking(move || {
+            let meta = match (prepared, sealing) {
+                (Some(meta), _) => meta,
+                (None, Some((mut sealing, frames))) => sealing.finish(frames, size, expected_sha256)?,
+                (None, None) => return Err(StorageError::Backend("upload not prepared".into())),
+            };
+            if expected_sha256.is_some_and(|want| want != meta.sha256) {
+                return Err(StorageError::DigestMismatch);
+            }
+            if !go.blocking_recv().unwrap_or(false) {
+                return Err(super::not_committed());
+            }
+            place(&staging_path, &final_path)?;
+            if let Some(placed) = placed {
+                let _ = placed.send(to_meta(&meta));
+            }
+            sync_parents(&final_path, &tenant_root, &known)?;
+            Ok(meta)
+        })
+        .await;
+        match meta {
+            Ok(meta) => {
+                self.done = true;
+                Ok(to_meta(&meta))
+            }
+            // `Drop` removes the staging file (not done).
+            Err(e) => Err(e),
+        }
+    }
+
     async fn settle(&mut self) -> Result<Sealing, StorageError> {
         if let Some(task) = self.in_flight.take() {
             let sealing = task.await.map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))??;
@@ -501,48 +584,22 @@ impl ObjectWriter for LocalWriter {
     /// `intent`), then rename and fsync the directory. On an error (or no `go`) the staging
     /// file is removed before this returns.
     fn commit_after(
-        mut self: Box<Self>,
+        self: Box<Self>,
         expected_sha256: Option<[u8; 32]>,
         go: tokio::sync::oneshot::Receiver<bool>,
     ) -> BoxFuture<'static, Result<ObjectMeta, StorageError>> {
-        async move {
-            let prepared = self.prepared.take();
-            let sealing = match prepared {
-                Some(_) => None,
-                None => Some((self.settle().await?, std::mem::take(&mut self.frames))),
-            };
-            self.join_flush().await?;
-            let size = self.size;
-            let final_path = self.final_path.clone();
-            let staging_path = self.staging_path.clone();
-            let tenant_root = self.tenant_root.clone();
-            let known = self.durable_dirs.clone();
-            let meta = blocking(move || {
-                let meta = match (prepared, sealing) {
-                    (Some(meta), _) => meta,
-                    (None, Some((mut sealing, frames))) => sealing.finish(frames, size, expected_sha256)?,
-                    (None, None) => return Err(StorageError::Backend("upload not prepared".into())),
-                };
-                if expected_sha256.is_some_and(|want| want != meta.sha256) {
-                    return Err(StorageError::DigestMismatch);
-                }
-                if !go.blocking_recv().unwrap_or(false) {
-                    return Err(super::not_committed());
-                }
-                publish(&staging_path, &final_path, &tenant_root, &known)?;
-                Ok(meta)
-            })
-            .await;
-            match meta {
-                Ok(meta) => {
-                    self.done = true;
-                    Ok(to_meta(&meta))
-                }
-                // `Drop` removes the staging file (not done).
-                Err(e) => Err(e),
-            }
-        }
-        .boxed()
+        self.close(expected_sha256, go, None).boxed()
+    }
+
+    /// As `commit_after`, with `placed` sent right after the rename, while the directory
+    /// is fsynced.
+    fn commit_placed(
+        self: Box<Self>,
+        expected_sha256: Option<[u8; 32]>,
+        go: tokio::sync::oneshot::Receiver<bool>,
+        placed: tokio::sync::oneshot::Sender<ObjectMeta>,
+    ) -> BoxFuture<'static, Result<ObjectMeta, StorageError>> {
+        self.close(expected_sha256, go, Some(placed)).boxed()
     }
 
     fn commit(
@@ -571,6 +628,12 @@ impl ObjectWriter for LocalWriter {
 /// directory is fsynced, and its ancestors up to the tenant root unless `known` says they are
 /// durable already.
 fn publish(staging: &Path, target: &Path, tenant_root: &Path, known: &DurableDirs) -> Result<(), StorageError> {
+    place(staging, target)?;
+    sync_parents(target, tenant_root, known)
+}
+
+/// Rename a finished staging file into place (making its parent directories as needed).
+fn place(staging: &Path, target: &Path) -> Result<(), StorageError> {
     let parent = target.parent().ok_or_else(|| StorageError::Backend("object has no parent directory".into()))?;
     if let Err(e) = fs::create_dir_all(parent) {
         return Err(match e.kind() {
@@ -584,8 +647,13 @@ fn publish(staging: &Path, target: &Path, tenant_root: &Path, known: &DurableDir
         return Err(StorageError::Conflict("path names a directory".into()));
     }
     fs::rename(staging, target)?;
-    // Make the new directory entries durable, up to the tenant root or the first directory
-    // known to be durable with all its ancestors.
+    Ok(())
+}
+
+/// Make the directory entries of a new `target` durable, up to the tenant root or the first
+/// directory known to be durable with all its ancestors.
+fn sync_parents(target: &Path, tenant_root: &Path, known: &DurableDirs) -> Result<(), StorageError> {
+    let parent = target.parent().ok_or_else(|| StorageError::Backend("object has no parent directory".into()))?;
     let mut learned = Vec::new();
     let mut dir = Some(parent);
     while let Some(d) = dir {
@@ -633,7 +701,9 @@ impl LocalStore {
         &self,
         tenant: &str,
         key: &ObjectKey,
+        upload_id: Option<&str>,
     ) -> impl std::future::Future<Output = Result<LocalWriter, StorageError>> {
+        let named = upload_id.filter(|id| plain_id(id)).map(|id| format!("{UPLOAD_STAGING_PREFIX}{id}.part"));
         let tenant_key = self.key(tenant);
         let final_path = self.object_path(tenant, key);
         let tenant_root = self.objects.join(tenant);
@@ -645,8 +715,14 @@ impl LocalStore {
             if is_root {
                 return Err(StorageError::Conflict("path names a directory".into()));
             }
-            let name = hex::encode(random_bytes::<16>().map_err(|e| StorageError::Backend(e.to_string()))?);
-            let staging_path = staging.join(format!("{name}.part"));
+            let name = match named {
+                Some(name) => name,
+                None => format!(
+                    "{}.part",
+                    hex::encode(random_bytes::<16>().map_err(|e| StorageError::Backend(e.to_string()))?)
+                ),
+            };
+            let staging_path = staging.join(name);
             let sealer = Sealer::new(&tenant_key).map_err(integrity)?;
             let abandoned = Arc::new(AtomicBool::new(false));
             let sealing = Sealing {
@@ -685,8 +761,68 @@ impl ObjectStore for LocalStore {
         key: &ObjectKey,
         _size_hint: Option<u64>,
     ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
-        let writer = self.begin_writer(tenant, key);
+        let writer = self.begin_writer(tenant, key, None);
         async move { Ok(Box::new(writer.await?) as Box<dyn ObjectWriter>) }.boxed()
+    }
+    fn begin_upload(
+        &self,
+        tenant: &str,
+        key: &ObjectKey,
+        _size_hint: Option<u64>,
+        upload_id: &str,
+    ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
+        let writer = self.begin_writer(tenant, key, Some(upload_id));
+        async move { Ok(Box::new(writer.await?) as Box<dyn ObjectWriter>) }.boxed()
+    }
+    fn interrupted_uploads(&self) -> Vec<String> {
+        self.interrupted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+    fn recover_uploads<'a>(
+        &'a self,
+        completed: &'a HashMap<String, AuditEntry>,
+    ) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
+        let left = std::mem::take(&mut *self.interrupted.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut plan = Vec::new();
+        for (id, staging) in left {
+            // The `completed` record of an upload names its tenant and key; without one the
+            // upload was never finished and its staging file goes.
+            let target = completed.get(&id).and_then(|entry| {
+                let tenant = entry.tenant.as_deref().filter(|t| self.keys.contains_key(*t))?;
+                let key = ObjectKey::home(entry.object_key.as_deref()?).ok().filter(|k| !k.is_root())?;
+                Some((tenant.to_owned(), key))
+            });
+            let target = target.map(|(tenant, key)| {
+                (format!("{tenant}:{key}"), self.object_path(&tenant, &key), self.objects.join(&tenant))
+            });
+            plan.push((staging, target));
+        }
+        let known = self.durable_dirs.clone();
+        async move {
+            blocking(move || {
+                let mut placed = Vec::new();
+                for (staging, target) in plan {
+                    match target {
+                        Some((name, path, tenant_root)) => {
+                            publish(&staging, &path, &tenant_root, &known)?;
+                            placed.push(name);
+                        }
+                        None => {
+                            if let Err(e) = fs::remove_file(&staging) {
+                                tracing::warn!(path = %staging.display(), error = %e, "could not remove stale staging file");
+                            }
+                        }
+                    }
+                }
+                Ok(placed)
+            })
+            .await
+        }
+        .boxed()
     }
 
     fn stat(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ObjectMeta, StorageError>> {
@@ -1071,6 +1207,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_start_after_a_crash_puts_in_place_what_has_a_completed_record_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = HashMap::from([(
+            "t".to_owned(),
+            SharedKeyring::new(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap())),
+        )]);
+        let store = LocalStore::open(dir.path(), keys.clone()).unwrap();
+        let data = vec![9u8; BATCH + 5];
+        // Two uploads sealed and durable but not renamed, then the process dies (no drop).
+        for id in ["placed", "unfinished"] {
+            let key = ObjectKey::home(&format!("in/{id}.bin")).unwrap();
+            let mut w = store.begin_upload("t", &key, None, id).await.unwrap();
+            w.write(Bytes::from(data.clone())).await.unwrap();
+            w.prepare(None).await.unwrap();
+            std::mem::forget(w);
+        }
+        fs::write(dir.path().join("staging/0123abcd.part"), b"a staging file of no upload").unwrap();
+        drop(store);
+
+        let store = LocalStore::open(dir.path(), keys).unwrap();
+        let mut found = store.interrupted_uploads();
+        found.sort();
+        assert_eq!(found, ["placed", "unfinished"]);
+        assert_eq!(staged(dir.path()), 2, "a staging file not named after an upload goes at open");
+        let completed = HashMap::from([(
+            "placed".to_owned(),
+            AuditEntry {
+                tenant: Some("t".into()),
+                object_key: Some("in/placed.bin".into()),
+                operation: Some("upload".into()),
+                transfer_id: Some("placed".into()),
+                ..AuditEntry::new(crate::audit::AuditEvent::Completed)
+            },
+        )]);
+        assert_eq!(store.recover_uploads(&completed).await.unwrap(), ["t:in/placed.bin"]);
+        assert_eq!(get(&store, "in/placed.bin").await, data);
+        assert!(matches!(
+            store.head("t", &ObjectKey::home("in/unfinished.bin").unwrap()).await,
+            Err(StorageError::NotFound)
+        ));
+        assert_eq!(staged(dir.path()), 0);
+        assert!(store.interrupted_uploads().is_empty());
+        // An id that could not name a file gets a random staging name.
+        let mut w = store.begin_upload("t", &ObjectKey::home("z").unwrap(), None, "../x").await.unwrap();
+        w.write(Bytes::from_static(b"z")).await.unwrap();
+        w.prepare(None).await.unwrap();
+        let names: Vec<String> = fs::read_dir(dir.path().join("staging"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.len() == 1 && upload_id_of(&names[0]).is_none() && names[0].ends_with(".part"), "{names:?}");
+        w.abort().await;
+        assert_eq!(staged(dir.path()), 0);
+    }
+
+    #[tokio::test]
     async fn prepare_makes_nothing_visible_and_commit_or_abort_follow() {
         let dir = tempfile::tempdir().unwrap();
         let store = test_store(dir.path());
@@ -1158,7 +1350,7 @@ mod tests {
         let store = test_store(dir.path());
         let key = ObjectKey::home("big").unwrap();
         let data: Vec<u8> = (0..(2 * FLUSH_EVERY as usize + 5 * BATCH)).map(|i| (i % 251) as u8).collect();
-        let mut w = store.begin_writer("t", &key).await.unwrap();
+        let mut w = store.begin_writer("t", &key, None).await.unwrap();
         for piece in data.chunks(256 * 1024) {
             w.write(Bytes::copy_from_slice(piece)).await.unwrap();
         }

@@ -16,6 +16,7 @@ pub mod s3;
 pub mod sealed;
 pub mod sealing;
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -270,6 +271,23 @@ pub trait ObjectWriter: Send + 'static {
             self.commit(expected_sha256).await
         })
     }
+    /// [`commit_after`](ObjectWriter::commit_after), sending the object's metadata on `placed`
+    /// as soon as the object has its name, before the commit returns: a backend that still
+    /// has to make that name durable (local: fsync the directory) lets the caller write its
+    /// outcome record meanwhile. When the commit fails after `placed` was sent, the object
+    /// may exist: the caller removes it. Default: `placed` once the commit succeeded.
+    fn commit_placed(
+        self: Box<Self>,
+        expected_sha256: Option<[u8; 32]>,
+        go: tokio::sync::oneshot::Receiver<bool>,
+        placed: tokio::sync::oneshot::Sender<ObjectMeta>,
+    ) -> BoxFuture<'static, Result<ObjectMeta, StorageError>> {
+        Box::pin(async move {
+            let meta = self.commit_after(expected_sha256, go).await?;
+            let _ = placed.send(meta.clone());
+            Ok(meta)
+        })
+    }
 }
 
 /// The error of [`ObjectWriter::commit_after`] when its caller said not to commit.
@@ -287,6 +305,32 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &ObjectKey,
         size_hint: Option<u64>,
     ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>>;
+    /// [`ObjectStore::begin_put`] for the upload `upload_id` (its transfer id). The local
+    /// store names its staging file after it, so that a start after a crash can finish a
+    /// commit whose `completed` record was written ([`ObjectStore::recover_uploads`]).
+    fn begin_upload(
+        &self,
+        tenant: &str,
+        key: &ObjectKey,
+        size_hint: Option<u64>,
+        _upload_id: &str,
+    ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
+        self.begin_put(tenant, key, size_hint)
+    }
+    /// Uploads a crash left between their commit and its end (local: staging files named
+    /// after an upload id), found when the store was opened.
+    fn interrupted_uploads(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Settle [`ObjectStore::interrupted_uploads`]: those with a `completed` record in
+    /// `completed` (upload id → that record) are put in place, the rest are removed. Returns
+    /// what was put in place, as `tenant:key`.
+    fn recover_uploads<'a>(
+        &'a self,
+        _completed: &'a HashMap<String, crate::audit::AuditEntry>,
+    ) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
     /// Metadata of one object.
     fn stat(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ObjectMeta, StorageError>>;
     /// Open `key` and stream `range` of it; the range is resolved against the object's size

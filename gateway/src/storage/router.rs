@@ -31,6 +31,9 @@ use crate::path::ObjectKey;
 /// Routes every call to the tenant's backend.
 pub struct TenantRouter {
     stores: HashMap<String, Arc<dyn ObjectStore>>,
+    /// The local store (shared by every local tenant): its interrupted uploads are the
+    /// store's, not a tenant's.
+    local: Arc<dyn ObjectStore>,
 }
 
 impl std::fmt::Debug for TenantRouter {
@@ -62,6 +65,24 @@ impl ObjectStore for TenantRouter {
         size_hint: Option<u64>,
     ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
         route!(self, tenant, |s| s.begin_put(tenant, key, size_hint))
+    }
+    fn begin_upload(
+        &self,
+        tenant: &str,
+        key: &ObjectKey,
+        size_hint: Option<u64>,
+        upload_id: &str,
+    ) -> BoxFuture<'_, Result<Box<dyn ObjectWriter>, StorageError>> {
+        route!(self, tenant, |s| s.begin_upload(tenant, key, size_hint, upload_id))
+    }
+    fn interrupted_uploads(&self) -> Vec<String> {
+        self.local.interrupted_uploads()
+    }
+    fn recover_uploads<'a>(
+        &'a self,
+        completed: &'a HashMap<String, crate::audit::AuditEntry>,
+    ) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
+        self.local.recover_uploads(completed)
     }
     fn stat(&self, tenant: &str, key: &ObjectKey) -> BoxFuture<'_, Result<ObjectMeta, StorageError>> {
         route!(self, tenant, |s| s.stat(tenant, key))
@@ -292,7 +313,7 @@ pub async fn open_stores_watched(
         }
     }
     if errors.is_empty() {
-        Ok((Arc::new(TenantRouter { stores }), watches))
+        Ok((Arc::new(TenantRouter { stores, local }), watches))
     } else {
         Err(errors)
     }

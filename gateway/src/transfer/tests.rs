@@ -15,6 +15,7 @@ use crate::storage::local::LocalStore;
 
 struct Fixture {
     dir: tempfile::TempDir,
+    keys: HashMap<String, Arc<crate::keyring::SharedKeyring>>,
     store: Arc<LocalStore>,
     audit: AuditLog,
     transfers: Transfers,
@@ -39,7 +40,7 @@ fn fixture(append_timeout: Duration) -> Fixture {
             crate::secrets::TenantKey::generate().unwrap(),
         )),
     )]);
-    let store = Arc::new(LocalStore::open(&dir.path().join("store"), keys).unwrap());
+    let store = Arc::new(LocalStore::open(&dir.path().join("store"), keys.clone()).unwrap());
     let key = CheckpointKey::generate(&dir.path().join("k.key")).unwrap();
     let audit = AuditLog::open(audit_config(dir.path(), append_timeout), key).unwrap();
     let transfers = Transfers::new(store.clone(), audit.clone(), 1 << 20);
@@ -59,7 +60,7 @@ fn fixture(append_timeout: Duration) -> Fixture {
         credential_id: "alice-1".into(),
     };
     let client = ClientInfo::https("127.0.0.1:1".parse().unwrap(), None, None);
-    Fixture { dir, store, audit, transfers, who, client }
+    Fixture { dir, keys, store, audit, transfers, who, client }
 }
 
 fn rel(p: &str) -> RelPath {
@@ -224,6 +225,41 @@ async fn without_the_outcome_what_can_be_undone_is() {
     assert_eq!(interrupted.entry.operation.as_deref(), Some("delete"));
     assert_eq!(interrupted.entry.path.as_deref(), Some("gone.bin"));
     assert_eq!(interrupted.entry.transfer_id.as_deref(), Some(open[0].as_str()));
+}
+
+#[tokio::test]
+async fn a_completed_upload_whose_name_a_crash_lost_is_put_in_place_at_the_next_start() {
+    let f = fixture(Duration::from_secs(10));
+    let receipt = f.put("in/x.bin", b"committed before the crash").await.unwrap();
+    f.put("in/y.bin", b"y").await.unwrap();
+    // The crash came after the `completed` record and before the new directory entry was on
+    // disk: the object is back under its staging name, and the trail has no clean end.
+    let object = f.dir.path().join("store/objects/t/home/in/x.bin");
+    let staging = f.dir.path().join(format!("store/staging/u-{}.part", receipt.transfer_id));
+    std::fs::rename(&object, &staging).unwrap();
+    // An upload interrupted before its commit: its staging file goes.
+    let unfinished = f.dir.path().join("store/staging/u-0123456789abcdef.part");
+    std::fs::write(&unfinished, b"partial").unwrap();
+    f.fail_when(|_| true);
+    assert!(f.audit.append(AuditEntry::new(AuditEvent::Operation), true).await.is_err());
+    f.audit.close().await;
+
+    let store = LocalStore::open(&f.dir.path().join("store"), f.keys.clone()).unwrap();
+    let key = CheckpointKey::load(&f.dir.path().join("k.key")).unwrap();
+    let (audit, completed) = AuditLog::open_recovering(
+        audit_config(f.dir.path(), Duration::from_secs(10)),
+        key,
+        &store.interrupted_uploads(),
+    )
+    .unwrap();
+    assert_eq!(store.recover_uploads(&completed).await.unwrap(), ["t:home/in/x.bin"]);
+    audit.close().await;
+    assert!(!staging.exists() && !unfinished.exists());
+    let read = store.open("t", &ObjectKey::home("home/in/x.bin").unwrap(), RangeRequest::All).await.unwrap();
+    let body: Vec<Bytes> = futures_util::TryStreamExt::try_collect(read.body).await.unwrap();
+    assert_eq!(body.concat(), b"committed before the crash");
+    let report = verify::verify_trail(&f.dir.path().join("audit.jsonl"), &Default::default()).unwrap();
+    assert!(report.open.is_empty(), "{:?}", report.open);
 }
 
 #[tokio::test]

@@ -101,16 +101,28 @@ pub(super) async fn settle(
     outcome_entry: AuditEntry,
     undo: Undo,
 ) -> Result<(), AuditError> {
-    let e = match append_outcome(audit, outcome_entry.clone(), true).await {
-        Ok(_) => return Ok(()),
-        Err(e) => e,
-    };
+    match append_outcome(audit, outcome_entry.clone(), true).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(take_back(audit, store, tenant, &outcome_entry, undo, e).await),
+    }
+}
+
+/// The outcome record of a change could not be written (`e`): take the change back where
+/// `undo` can and queue a record saying what was done. Returns `e`.
+pub(super) async fn take_back(
+    audit: &AuditLog,
+    store: &dyn ObjectStore,
+    tenant: &str,
+    outcome_entry: &AuditEntry,
+    undo: Undo,
+    e: AuditError,
+) -> AuditError {
     let what = outcome_entry.operation.clone().unwrap_or_default();
     let note = match &undo {
-        Undo::Nothing => return Err(e),
+        Undo::Nothing => return e,
         Undo::Impossible(why) => {
             tracing::error!(error = %e, operation = %what, "the outcome of a change could not be recorded and it cannot be undone ({why})");
-            return Err(e);
+            return e;
         }
         _ => match undo.run(store, tenant).await {
             Ok(done) => {
@@ -127,6 +139,6 @@ pub(super) async fn settle(
         AuditEvent::Completed => AuditEvent::Failed,
         other => other,
     };
-    audit.append_detached(outcome(&outcome_entry, event, Some(note)));
-    Err(e)
+    audit.append_detached(outcome(outcome_entry, event, Some(note)));
+    e
 }
