@@ -576,7 +576,8 @@ if ((SMALL > 0)); then
     # Nothing is deleted until every round is done: ext4 without a journal makes each new
     # inode skip the ones freed in the last 30 s, so deleting a round's files would slow the
     # next rounds' creates (the side that deleted most, most).
-    rm -rf "$T"/got.* "$T/ossh"/small.*
+    # (KEEP_TMP=1 keeps them, so that back-to-back runs do not slow each other either.)
+    [[ ${KEEP_TMP:-0} == 1 ]] || rm -rf "$T"/got.* "$T/ossh"/small.*
     # Reference: what the gateway's durability promise alone costs per file on this disk, with
     # no SSH, no SFTP and no crypto: create a staging file, write it, fdatasync, rename it
     # into a directory, fsync that directory, append a trail-sized record and fdatasync it.
