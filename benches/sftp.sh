@@ -579,33 +579,38 @@ if ((SMALL > 0)); then
     # (KEEP_TMP=1 keeps them, so that back-to-back runs do not slow each other either.)
     [[ ${KEEP_TMP:-0} == 1 ]] || rm -rf "$T"/got.* "$T/ossh"/small.*
     # Reference: what the gateway's durability promise alone costs per file on this disk, with
-    # no SSH, no SFTP and no crypto: create a staging file, write it, fdatasync, rename it
-    # into a directory, fsync that directory, append a trail-sized record and fdatasync it.
-    # These steps are serial (each makes the next one's result meaningful); OpenSSH does none.
+    # no SSH, no SFTP and no crypto: create a staging file, write it, fdatasync; rename it into
+    # a directory; then fsync that directory while a trail-sized record is appended and
+    # fdatasynced on a second thread (the overlap the gateway's close uses). OpenSSH does none.
     mkdir -p "$T/floor/staging" "$T/floor/objects"
     FLOOR_MS=$(python3 - "$T/floor" "$SMALL" "$((SMALL_KIB * 1024))" <<'PY'
 import os, sys, time
+from concurrent.futures import ThreadPoolExecutor
 root, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 data, record = os.urandom(size), b"x" * 600 + b"\n"
 trail = os.open(f"{root}/trail.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 objects = f"{root}/objects"
-start = time.monotonic()
-for i in range(n):
-    staging = f"{root}/staging/{i}.part"
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, data)
-    os.fdatasync(fd)
-    os.close(fd)
-    os.rename(staging, f"{objects}/f{i}")
-    dfd = os.open(objects, os.O_RDONLY)
-    os.fsync(dfd)
-    os.close(dfd)
+def append():
     os.write(trail, record)
     os.fdatasync(trail)
-print(f"{(time.monotonic() - start) * 1000 / n:.3f}")
+with ThreadPoolExecutor(1) as recorder:
+    start = time.monotonic()
+    for i in range(n):
+        staging = f"{root}/staging/{i}.part"
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, data)
+        os.fdatasync(fd)
+        os.close(fd)
+        os.rename(staging, f"{objects}/f{i}")
+        recorded = recorder.submit(append)
+        dfd = os.open(objects, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+        recorded.result()
+    print(f"{(time.monotonic() - start) * 1000 / n:.3f}")
 PY
 )
-    echo "   durability floor: $FLOOR_MS ms a file (create + write $SMALL_KIB KiB + fdatasync, rename, directory fsync, 600 B record + fdatasync; serial, $SMALL files, no network)"
+    echo "   durability floor: $FLOOR_MS ms a file (create + write $SMALL_KIB KiB + fdatasync, rename, then directory fsync || 600 B record + fdatasync; $SMALL files, no network)"
     # Every acknowledged file has its `completed` record in the gateway's trail.
     trail=$GW_DATA/audit/audit.jsonl
     done_n=$(grep -c '"event":"completed".*"operation":"upload","path":"small\.[0-9]*/f[0-9]*\.bin"' "$trail" || true)
