@@ -417,7 +417,6 @@ impl Drop for LocalWriter {
 }
 
 impl LocalWriter {
-    /// Wait for the batch in flight (if any) and take back the sealing state.
     /// The whole close in one blocking call (one thread hand-off, not two): seal the rest and
     /// fsync the data, then wait there for `go` (the caller's durable `intent`), then rename,
     /// say so on `placed`, and fsync the directory. On an error before the rename (or no
@@ -469,6 +468,7 @@ impl LocalWriter {
         }
     }
 
+    /// Wait for the batch in flight (if any) and take back the sealing state.
     async fn settle(&mut self) -> Result<Sealing, StorageError> {
         if let Some(task) = self.in_flight.take() {
             let sealing = task.await.map_err(|e| StorageError::Backend(format!("storage task failed: {e}")))??;
@@ -579,10 +579,7 @@ impl ObjectWriter for LocalWriter {
         .boxed()
     }
 
-    /// The whole close of a small file in one blocking call (one thread hand-off, not two):
-    /// seal the rest and fsync the data, then wait there for `go` (the caller's durable
-    /// `intent`), then rename and fsync the directory. On an error (or no `go`) the staging
-    /// file is removed before this returns.
+    /// [`LocalWriter::close`] without telling anyone when the object is placed.
     fn commit_after(
         self: Box<Self>,
         expected_sha256: Option<[u8; 32]>,
@@ -794,10 +791,7 @@ impl ObjectStore for LocalStore {
             let target = completed.get(&id).and_then(|entry| {
                 let tenant = entry.tenant.as_deref().filter(|t| self.keys.contains_key(*t))?;
                 let key = ObjectKey::home(entry.object_key.as_deref()?).ok().filter(|k| !k.is_root())?;
-                Some((tenant.to_owned(), key))
-            });
-            let target = target.map(|(tenant, key)| {
-                (format!("{tenant}:{key}"), self.object_path(&tenant, &key), self.objects.join(&tenant))
+                Some((format!("{tenant}:{key}"), self.object_path(tenant, &key), self.objects.join(tenant)))
             });
             plan.push((staging, target));
         }
@@ -1138,12 +1132,7 @@ mod tests {
     #[tokio::test]
     async fn sizes_on_chunk_and_batch_boundaries() {
         let dir = tempfile::tempdir().unwrap();
-        let mut keys = HashMap::new();
-        keys.insert(
-            "t".to_owned(),
-            SharedKeyring::new(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap())),
-        );
-        let store = LocalStore::open(dir.path(), keys).unwrap();
+        let store = test_store(dir.path());
         let sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, BATCH, BATCH + 1, 3 * BATCH, 3 * BATCH + 7];
         for (i, size) in sizes.into_iter().enumerate() {
             let data: Vec<u8> = (0..size).map(|j| (j * 7 + i) as u8).collect();
@@ -1157,12 +1146,7 @@ mod tests {
     #[tokio::test]
     async fn digest_mismatch_and_drop_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut keys = HashMap::new();
-        keys.insert(
-            "t".to_owned(),
-            SharedKeyring::new(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap())),
-        );
-        let store = LocalStore::open(dir.path(), keys).unwrap();
+        let store = test_store(dir.path());
         let key = ObjectKey::home("x").unwrap();
         let mut w = store.begin_put("t", &key, None).await.unwrap();
         w.write(Bytes::from(vec![1u8; 3 * BATCH])).await.unwrap();
@@ -1193,13 +1177,16 @@ mod tests {
         back.concat()
     }
 
-    fn test_store(dir: &Path) -> LocalStore {
-        let mut keys = HashMap::new();
-        keys.insert(
+    /// A fresh key for tenant `t`.
+    fn test_keys() -> HashMap<String, Arc<SharedKeyring>> {
+        HashMap::from([(
             "t".to_owned(),
             SharedKeyring::new(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap())),
-        );
-        LocalStore::open(dir, keys).unwrap()
+        )])
+    }
+
+    fn test_store(dir: &Path) -> LocalStore {
+        LocalStore::open(dir, test_keys()).unwrap()
     }
 
     fn staged(dir: &Path) -> usize {
@@ -1209,10 +1196,7 @@ mod tests {
     #[tokio::test]
     async fn a_start_after_a_crash_puts_in_place_what_has_a_completed_record_and_removes_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = HashMap::from([(
-            "t".to_owned(),
-            SharedKeyring::new(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap())),
-        )]);
+        let keys = test_keys();
         let store = LocalStore::open(dir.path(), keys.clone()).unwrap();
         let data = vec![9u8; BATCH + 5];
         // Two uploads sealed and durable but not renamed, then the process dies (no drop).
@@ -1398,12 +1382,7 @@ mod tests {
     #[tokio::test]
     async fn rename_replaces_only_when_asked() {
         let dir = tempfile::tempdir().unwrap();
-        let mut keys = HashMap::new();
-        keys.insert(
-            "t".to_owned(),
-            SharedKeyring::new(TenantKeyring::single(crate::secrets::TenantKey::generate().unwrap())),
-        );
-        let store = LocalStore::open(dir.path(), keys).unwrap();
+        let store = test_store(dir.path());
         let k = |n: &str| ObjectKey::home(n).unwrap();
         put(&store, "a", b"aaa").await;
         put(&store, "b", b"bbb").await;
